@@ -1,0 +1,51 @@
+"""The ZeroMQ data-plane frame: the one definition of what a worker sends a gateway.
+
+A worker PUSHes at most one `TokenEvent` per scheduler step per request to the address given in
+`SubmitRequest.reply_to`; the gateway's PULL socket routes it by `request_id`. Frames are msgpack
+arrays (msgspec, `array_like`) to stay small on the hot path.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Stats(msgspec.Struct, array_like=True, omit_defaults=True):
+    """Counters sent once, with the final frame of a request. Durations are nanoseconds."""
+
+    prompt_eval_count: int = 0       # prompt tokens actually evaluated
+    prompt_eval_duration: int = 0    # from admission to the first generated token
+    eval_count: int = 0              # generated tokens
+    eval_duration: int = 0           # from the first generated token to the last
+    prompt_tokens: int = 0           # prompt length after templating (cached ones included)
+
+
+class TokenEvent(msgspec.Struct, array_like=True, omit_defaults=True):
+    """New text for one request; `done` marks its last frame.
+
+    `text` is the detokenized delta since the previous frame (possibly empty while a multi-byte
+    character or a possible stop string is held back). `token_ids` are the tokens it came from.
+    A failed request ends with `done=True`, `done_reason="error"` and `error` set.
+    """
+
+    request_id: str
+    text: str = ""
+    token_ids: list[int] = []
+    done: bool = False
+    done_reason: str | None = None   # "stop", "length", "cancel", "error"
+    error: str | None = None
+    stats: Stats | None = None
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(TokenEvent)
+
+
+def encode(event: TokenEvent) -> bytes:
+    """Serialize a frame for the wire."""
+    return _encoder.encode(event)
+
+
+def decode(data: bytes) -> TokenEvent:
+    """Parse a frame; raises msgspec.DecodeError on garbage."""
+    return _decoder.decode(data)

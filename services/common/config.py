@@ -1,0 +1,129 @@
+"""The one configuration loader: defaults < config file < environment < command-line flags.
+
+Every knob is a field of `Settings`. The file is TOML at `$MLXSERVE_HOME/config.toml` (or
+`$MLXSERVE_CONFIG`); each field can be set in the environment as `MLXSERVE_<FIELD>` (upper case);
+flags arrive as a dict of overrides from the entry point that parsed them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import InvalidArgument
+
+DEFAULT_PORT = 11435
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = field(default_factory=lambda: Path.home() / ".mlxserve")
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    keep_alive: float = 300.0        # seconds a model stays loaded after its last request
+    num_parallel: int = 4            # requests decoded together per model (batch size)
+    max_queue: int = 64              # requests waiting per model beyond num_parallel
+    load_timeout: float = 300.0      # seconds a worker may take to load its model
+    request_timeout: float = 600.0   # seconds one generation may take end to end
+    log_level: str = "info"
+    max_body_bytes: int = 32 * 1024 * 1024
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def store_socket(self) -> Path:
+        return self.run_dir / "store.sock"
+
+    @property
+    def supervisor_socket(self) -> Path:
+        return self.run_dir / "supervisor.sock"
+
+    @property
+    def store_target(self) -> str:
+        return f"unix://{self.store_socket}"
+
+    @property
+    def supervisor_target(self) -> str:
+        return f"unix://{self.supervisor_socket}"
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    def ensure_dirs(self) -> None:
+        """Create home, models, run (0700: internal sockets live there) and logs directories."""
+        for d in (self.home, self.models_dir, self.logs_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.run_dir, 0o700)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes a child process load these same settings."""
+        return {f"MLXSERVE_{f.name.upper()}": str(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    types = {f.name: f.type for f in dataclasses.fields(Settings)}
+    kind = types[name]
+    try:
+        if kind in ("Path",):
+            return Path(str(raw)).expanduser()
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgument(f"config: {name} must be {kind}, got {raw!r}") from e
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from defaults, the config file, the environment and `overrides` (flags).
+
+    `None` values in `overrides` mean "flag not given" and are skipped.
+    """
+    env = os.environ if env is None else env
+    names = {f.name for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+
+    home = Path(env.get("MLXSERVE_HOME", "") or Path.home() / ".mlxserve").expanduser()
+    if overrides and overrides.get("home"):
+        home = Path(overrides["home"]).expanduser()
+    cfg_path = Path(env.get("MLXSERVE_CONFIG", "") or home / "config.toml")
+    if cfg_path.is_file():
+        try:
+            data = tomllib.loads(cfg_path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise InvalidArgument(f"config file {cfg_path}: {e}") from e
+        for key, raw in data.items():
+            if key not in names:
+                raise InvalidArgument(f"config file {cfg_path}: unknown setting {key!r}")
+            values[key] = _coerce(key, raw)
+    for name in names:
+        raw = env.get(f"MLXSERVE_{name.upper()}")
+        if raw not in (None, ""):
+            values[name] = _coerce(name, raw)
+    for name, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        if name not in names:
+            raise InvalidArgument(f"unknown setting {name!r}")
+        values[name] = _coerce(name, raw)
+    values["home"] = home if "home" not in values else values["home"]
+    return Settings(**values)

@@ -1,0 +1,132 @@
+"""The error taxonomy: one exception type per failure kind, mapped once to HTTP, gRPC and exit codes.
+
+Domain code raises these; the gRPC servicers turn them into status codes (`abort_with`), the
+clients turn status codes back into them (`from_rpc_error`), and the gateway and CLI render them.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class MlxServeError(Exception):
+    """Base class. `message` is a complete sentence fit to show a user."""
+
+    http_status: int = 500
+    grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    exit_code: int = 1
+    openai_type: str = "api_error"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidArgument(MlxServeError):
+    """The request is malformed or names something impossible (400)."""
+
+    http_status = 400
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    exit_code = 2
+    openai_type = "invalid_request_error"
+
+
+class Unsupported(InvalidArgument):
+    """The model or the server lacks a feature the request needs (400)."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class NotFound(MlxServeError):
+    """An unknown model, blob or request (404)."""
+
+    http_status = 404
+    grpc_code = grpc.StatusCode.NOT_FOUND
+    exit_code = 3
+    openai_type = "not_found_error"
+
+
+class AlreadyExists(MlxServeError):
+    http_status = 409
+    grpc_code = grpc.StatusCode.ALREADY_EXISTS
+    exit_code = 2
+    openai_type = "invalid_request_error"
+
+
+class Busy(MlxServeError):
+    """A bounded queue is full; the client should retry after `retry_after` seconds (503)."""
+
+    http_status = 503
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    exit_code = 5
+    openai_type = "server_error"
+
+
+class Unavailable(MlxServeError):
+    """A service or worker is down or failed to start (503)."""
+
+    http_status = 503
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    exit_code = 4
+    openai_type = "server_error"
+
+
+class Timeout(MlxServeError):
+    """An operation ran past its deadline (504)."""
+
+    http_status = 504
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    exit_code = 6
+    openai_type = "server_error"
+
+
+class Cancelled(MlxServeError):
+    """The client went away or asked to stop (499, nginx's 'client closed request')."""
+
+    http_status = 499
+    grpc_code = grpc.StatusCode.CANCELLED
+    exit_code = 130
+    openai_type = "server_error"
+
+
+class Internal(MlxServeError):
+    """A bug or an unexpected failure (500)."""
+
+
+_BY_GRPC_CODE: dict[grpc.StatusCode, type[MlxServeError]] = {
+    cls.grpc_code: cls
+    for cls in (InvalidArgument, Unsupported, NotFound, AlreadyExists, Busy, Unavailable, Timeout, Cancelled, Internal)
+}
+
+# gRPC trailing-metadata key that carries Retry-After across a process boundary.
+RETRY_AFTER_KEY = "x-retry-after"
+
+
+def from_rpc_error(err: grpc.RpcError, *, service: str = "") -> MlxServeError:
+    """Turn a gRPC failure (from either the sync or the aio API) back into our error type."""
+    code = err.code() if callable(getattr(err, "code", None)) else grpc.StatusCode.UNKNOWN
+    details = err.details() if callable(getattr(err, "details", None)) else str(err)
+    if code == grpc.StatusCode.UNAVAILABLE and (not details or "connect" in details.lower() or "socket" in details.lower()):
+        # A transport failure, not a servicer's verdict: say which service is down.
+        return Unavailable(f"the {service or 'backend'} service is not reachable ({details or 'connection failed'})")
+    retry_after = None
+    try:
+        for key, value in err.trailing_metadata() or ():
+            if key == RETRY_AFTER_KEY:
+                retry_after = float(value)
+    except Exception:  # noqa: BLE001 - metadata is optional garnish
+        pass
+    cls = _BY_GRPC_CODE.get(code, Internal)
+    return cls(details or code.name.lower(), retry_after=retry_after)
+
+
+def grpc_status(err: MlxServeError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+    """The (code, details, trailing metadata) a servicer should abort with for `err`."""
+    meta: tuple[tuple[str, str], ...] = ()
+    if err.retry_after is not None:
+        meta = ((RETRY_AFTER_KEY, str(err.retry_after)),)
+    return err.grpc_code, err.message, meta
