@@ -30,9 +30,16 @@ def configure(service: str, level: str = "info", log_dir: Path | None = None, *,
     root.setLevel(lvl)
     for h in handlers:
         h.setFormatter(logging.Formatter("%(message)s"))
+    def add_service(_logger: object, _name: str, event: dict) -> dict:
+        # Bound here, not in contextvars: gRPC and engine threads do not inherit the main
+        # thread's context, and every line must say which service wrote it.
+        event.setdefault("service", service)
+        return event
+
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_service,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
@@ -42,7 +49,6 @@ def configure(service: str, level: str = "info", log_dir: Path | None = None, *,
         logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
     )
-    structlog.contextvars.bind_contextvars(service=service)
     return structlog.get_logger()
 
 

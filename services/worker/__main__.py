@@ -1,0 +1,5 @@
+"""`python -m mlxserve.services.worker`: run one model's worker process."""
+
+from .main import main
+
+raise SystemExit(main())

