@@ -1,0 +1,178 @@
+"""Import an mlx-lm / Hugging Face model folder (config.json, *.safetensors, tokenizer.json).
+
+Files are copied in as they are (hashed on the way); config.json and the safetensors headers
+give the facts `show` reports. Files the store does not keep (README.md, images, subfolders)
+are reported in the progress stream as skipped, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+from mlxserve import __version__
+from mlxserve.services.common.errors import InvalidArgument
+
+from ..blobs import copy_with_digest
+from ..manifest import ModelConfig, human_parameter_size, media_type_for
+from ..progress import ProgressCallback, ProgressEvent, no_progress
+from . import ImportResult
+
+CONVERTER = "mlxserve-hf"
+REQUIRED = ("config.json", "tokenizer.json")
+# Model types that are encoders: they embed, they do not complete.
+EMBEDDING_MODEL_TYPES = {"bert", "xlm-roberta", "roberta", "nomic_bert", "modernbert", "distilbert"}
+_DTYPE_LEVEL = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
+_GENERATION_PARAMS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                      "repetition_penalty": "repeat_penalty"}
+
+
+def is_model_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise InvalidArgument(f"{path.name} is not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > 100 * 1024 * 1024:
+            raise InvalidArgument(f"{path.name} is not a safetensors file (header of {n} bytes)")
+        try:
+            return json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InvalidArgument(f"{path.name} is not a safetensors file ({e})") from None
+
+
+def count_parameters(headers: list[dict[str, Any]], quantization: dict[str, Any] | None) -> int:
+    """Parameters of the unquantized model: packed uint32 weights count 32/bits values each."""
+    total = 0
+    for header in headers:
+        for name, info in header.items():
+            if name == "__metadata__" or name.endswith((".scales", ".biases")):
+                continue
+            n = 1
+            for d in info["shape"]:
+                n *= d
+            base = name.rpartition(".")[0]
+            if quantization and info.get("dtype") == "U32" and f"{base}.scales" in header:
+                layer = quantization.get(base)
+                bits = layer["bits"] if isinstance(layer, dict) else quantization.get("bits", 4)
+                n = n * 32 // bits
+            total += n
+    return total
+
+
+def import_hf_folder(src: Path, out_dir: Path, progress: ProgressCallback = no_progress) -> ImportResult:
+    """Copy an mlx-lm/Hugging Face folder's model files into `out_dir` and describe the model."""
+    missing = [name for name in REQUIRED if not (src / name).is_file()]
+    weights = sorted(p for p in src.glob("*.safetensors") if p.is_file())
+    if not weights:
+        missing.append("*.safetensors")
+    if missing:
+        raise InvalidArgument(f"{src.name} is not a model folder: missing {', '.join(missing)}")
+    try:
+        config = json.loads((src / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidArgument(f"{src.name}/config.json is not valid JSON: {e}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise InvalidArgument(f"{src.name}/config.json does not name a model_type")
+
+    keep: list[Path] = []
+    for p in sorted(src.iterdir()):
+        if p.is_file() and media_type_for(p.name) is not None:
+            keep.append(p)
+        else:
+            progress(ProgressEvent(f"skipping {p.name} (not a model file)"))
+    index = src / "model.safetensors.index.json"
+    if index.is_file():
+        shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        absent = sorted(s for s in shards if not (src / s).is_file())
+        if absent:
+            raise InvalidArgument(f"{src.name}: weight shards listed in the index are missing: {', '.join(absent)}")
+
+    total = sum(p.stat().st_size for p in keep)
+    done = 0
+    files: dict[str, tuple[Path, str | None]] = {}
+    listing = hashlib.sha256()
+    for p in keep:
+        def copied(n: int) -> None:
+            nonlocal done
+            done += n
+            progress(ProgressEvent(f"copying {p.name}", total=total, completed=done))
+
+        digest, _ = copy_with_digest(p, out_dir / p.name, copied)
+        files[p.name] = (out_dir / p.name, digest)
+        listing.update(f"{p.name} {digest}\n".encode())
+
+    quantization = config.get("quantization") if isinstance(config.get("quantization"), dict) else None
+    params = count_parameters([_safetensors_header(p) for p in weights], quantization)
+    cfg = _model_config(src, config, quantization, params)
+    return ImportResult(config=cfg, source_digest="sha256:" + listing.hexdigest(),
+                        converter=f"{CONVERTER}/{__version__}", files=files)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidArgument(f"{path.parent.name}/{path.name} is not valid JSON: {e}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _model_config(src: Path, config: dict[str, Any], quantization: dict[str, Any] | None, params: int) -> ModelConfig:
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+
+    def get(key: str, default: Any = None) -> Any:
+        return config.get(key, text.get(key, default))
+
+    arch = config["model_type"]
+    tok_config = _read_json(src / "tokenizer_config.json")
+    template = ""
+    if (src / "chat_template.jinja").is_file():
+        template = (src / "chat_template.jinja").read_text()
+    elif isinstance(tok_config.get("chat_template"), str):
+        template = tok_config["chat_template"]
+    elif isinstance(tok_config.get("chat_template"), list):  # named templates: use "default"
+        named = {t.get("name"): t.get("template") for t in tok_config["chat_template"] if isinstance(t, dict)}
+        template = named.get("default") or ""
+    license_file = next((p for p in sorted(src.glob("LICENSE*")) if p.is_file()), None)
+    license_text = license_file.read_text(errors="replace") if license_file else ""
+
+    if quantization:
+        level = f"Q{quantization.get('bits', 4)}"
+    else:
+        level = _DTYPE_LEVEL.get(str(get("torch_dtype", get("dtype", ""))), "F16")
+    context = int(get("max_position_embeddings", 0) or tok_config.get("model_max_length", 0) or 0)
+    if context > 10**9:  # transformers' "no limit" sentinel
+        context = 0
+    embedding = arch in EMBEDDING_MODEL_TYPES or (src / "modules.json").is_file()
+    capabilities = ["embedding"] if embedding else ["completion"]
+    if "tools" in template:
+        capabilities.append("tools")
+    if "<think>" in template:
+        capabilities.append("thinking")
+    gen = _read_json(src / "generation_config.json")
+    parameters = {ours: gen[theirs] for theirs, ours in _GENERATION_PARAMS.items()
+                  if isinstance(gen.get(theirs), (int, float)) and gen.get("do_sample", True)}
+
+    info: dict[str, Any] = {"general.architecture": arch, "general.parameter_count": params}
+    for key, ours in (("max_position_embeddings", "context_length"), ("hidden_size", "embedding_length"),
+                      ("num_hidden_layers", "block_count"), ("num_attention_heads", "attention.head_count"),
+                      ("num_key_value_heads", "attention.head_count_kv"), ("intermediate_size", "feed_forward_length"),
+                      ("rope_theta", "rope.freq_base"), ("rms_norm_eps", "attention.layer_norm_rms_epsilon"),
+                      ("vocab_size", "vocab_size")):
+        if get(key) is not None:
+            info[f"{arch}.{ours}"] = get(key)
+    return ModelConfig(
+        format="mlx", family=arch, families=[arch], architecture=arch, parameter_count=params,
+        parameter_size=human_parameter_size(params), quantization_level=level, context_length=context,
+        capabilities=capabilities, template=template, system="", license=license_text,
+        parameters=parameters, model_info=info,
+    )

@@ -1,0 +1,273 @@
+"""The GGUF importer: faithful conversion of tiny synthetic llama GGUFs, and clear refusals.
+
+`write_tiny_gguf` builds a real (random-weight) llama GGUF the way llama.cpp's converter does:
+HF-layout weights, Q/K rows permuted for rotary, a byte-level BPE vocabulary trained with
+`tokenizers`. Other store tests import it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+
+from mlxserve.services.common.errors import InvalidArgument  # noqa: E402
+from mlxserve.services.store.importers.gguf import import_gguf, read_gguf_header, unpermute_rows  # noqa: E402
+from mlxserve.services.store.store import ModelStore  # noqa: E402
+
+HIDDEN, HEADS, KV_HEADS, FFN, LAYERS = 64, 2, 1, 128, 2
+HEAD_DIM = HIDDEN // HEADS
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CORPUS = ["the quick brown fox jumps over the lazy dog", "hello world 12345", "a tiny model for tests"] * 20
+
+
+def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """What llama.cpp's convert_hf_to_gguf.py does to Q and K rows."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _trained_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    return tok
+
+
+def tiny_hf_weights(vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random float32 weights in Hugging Face llama layout (tied embeddings)."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.05).astype(np.float32)
+
+    out = {"model.embed_tokens.weight": w(vocab, HIDDEN), "model.norm.weight": 1 + w(HIDDEN)}
+    for i in range(LAYERS):
+        p = f"model.layers.{i}"
+        out |= {
+            f"{p}.self_attn.q_proj.weight": w(HEADS * HEAD_DIM, HIDDEN),
+            f"{p}.self_attn.k_proj.weight": w(KV_HEADS * HEAD_DIM, HIDDEN),
+            f"{p}.self_attn.v_proj.weight": w(KV_HEADS * HEAD_DIM, HIDDEN),
+            f"{p}.self_attn.o_proj.weight": w(HIDDEN, HEADS * HEAD_DIM),
+            f"{p}.mlp.gate_proj.weight": w(FFN, HIDDEN),
+            f"{p}.mlp.up_proj.weight": w(FFN, HIDDEN),
+            f"{p}.mlp.down_proj.weight": w(HIDDEN, FFN),
+            f"{p}.input_layernorm.weight": 1 + w(HIDDEN),
+            f"{p}.post_attention_layernorm.weight": 1 + w(HIDDEN),
+        }
+    return out
+
+
+_GGUF_NAMES = {
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+}
+
+
+def _gguf_name(hf: str) -> str:
+    if hf == "model.embed_tokens.weight":
+        return "token_embd.weight"
+    if hf == "model.norm.weight":
+        return "output_norm.weight"
+    _, _, layer, rest = hf.split(".", 3)
+    return f"blk.{layer}.{_GGUF_NAMES[rest.removesuffix('.weight')]}.weight"
+
+
+def write_tiny_gguf(
+    path: Path,
+    *,
+    arch: str = "llama",
+    quant: str = "F32",
+    tokenizer_model: str = "gpt2",
+    pre: str = "gpt2",
+    extra_tensor: tuple[str, int] | None = None,
+    weights: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Write a tiny llama GGUF; returns the HF-layout weights it encodes. `quant`: F32, Q8_0, Q4_1, mixed."""
+    Q = gguf.GGMLQuantizationType
+    tok = _trained_tokenizer()
+    vocab = tok.get_vocab()
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    model_json = json.loads(tok.to_str())["model"]
+    merges = [" ".join(m) if isinstance(m, list) else m for m in model_json["merges"]]
+    weights = weights if weights is not None else tiny_hf_weights(len(tokens))
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(LAYERS)
+    w.add_context_length(256)
+    w.add_embedding_length(HIDDEN)
+    w.add_feed_forward_length(FFN)
+    w.add_head_count(HEADS)
+    w.add_head_count_kv(KV_HEADS)
+    w.add_rope_dimension_count(HEAD_DIM)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(len(tokens))
+    w.add_file_type({"F32": 0, "Q8_0": 7, "Q4_1": 3}.get(quant, 3))
+    w.add_license("apache-2.0")
+    w.add_size_label("tiny")
+    w.add_tokenizer_model(tokenizer_model)
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_merges(merges)
+    w.add_token_types([3 if t.startswith("<|") else 1 for t in tokens])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_pad_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(False)
+    w.add_chat_template(CHAT_TEMPLATE)
+    for hf_name, value in weights.items():
+        name = _gguf_name(hf_name)
+        if ".attn_q." in name:
+            value = _llama_cpp_permute(value, HEADS)
+        elif ".attn_k." in name:
+            value = _llama_cpp_permute(value, KV_HEADS)
+        qtype = Q.F32
+        if value.ndim == 2:
+            qtype = {"F32": Q.F32, "Q8_0": Q.Q8_0, "Q4_1": Q.Q4_1}.get(quant, Q.Q4_1)
+            if quant == "mixed" and "ffn_down" in name:
+                qtype = Q.Q8_0
+        if qtype == Q.F32:
+            w.add_tensor(name, value)
+        else:
+            w.add_tensor(name, gguf.quants.quantize(value, qtype), raw_dtype=qtype)
+    if extra_tensor is not None:
+        name, qtype = extra_tensor
+        _, nbytes = gguf.GGML_QUANT_SIZES[Q(qtype)]
+        w.add_tensor(name, np.zeros((4, nbytes), np.uint8), raw_dtype=Q(qtype))  # one block per row
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return weights
+
+
+def _load_view(folder: Path):
+    import mlx_lm
+
+    return mlx_lm.load(str(folder))
+
+
+def test_unpermute_rows_inverts_llama_cpp_permutation() -> None:
+    rows = np.arange(4 * 64 * 3).reshape(4 * 64, 3)
+    assert np.array_equal(unpermute_rows(_llama_cpp_permute(rows, 4), 4), rows)
+
+
+def test_f32_gguf_imports_to_the_exact_hf_weights(tmp_path: Path) -> None:
+    import mlx.core as mx
+
+    src = tmp_path / "tiny.gguf"
+    expected = write_tiny_gguf(src, quant="F32")
+    out = tmp_path / "out"
+    out.mkdir()
+    import_gguf(src, out)
+    got = mx.load(str(out / "model.safetensors"))
+    assert set(got) == set(expected)
+    for name, value in expected.items():
+        assert np.array_equal(np.array(got[name]), value), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["tie_word_embeddings"] is True and "quantization" not in config
+
+
+def test_mixed_quantized_gguf_keeps_bits_per_layer_and_loads_in_mlx_lm(tmp_path: Path) -> None:
+    import mlx.core as mx
+
+    src = tmp_path / "tiny.gguf"
+    expected = write_tiny_gguf(src, quant="mixed")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = import_gguf(src, out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization"]["bits"] == 4 and config["quantization"]["group_size"] == 32
+    assert config["quantization"]["model.layers.0.mlp.down_proj"] == {"group_size": 32, "bits": 8}
+    got = mx.load(str(out / "model.safetensors"))
+    assert got["model.layers.0.self_attn.q_proj.scales"].dtype == mx.float32
+    assert got["model.layers.0.self_attn.q_proj.biases"].dtype == mx.float32
+    # Dequantized Q (unpermuted) is close to the original HF rows: 4-bit error, not scrambled rows.
+    q = mx.dequantize(got["model.layers.0.self_attn.q_proj.weight"], got["model.layers.0.self_attn.q_proj.scales"],
+                      got["model.layers.0.self_attn.q_proj.biases"], group_size=32, bits=4)
+    ref = expected["model.layers.0.self_attn.q_proj.weight"]
+    assert np.abs(np.array(q) - ref).max() < 0.05
+    assert result.config.parameter_count == sum(v.size for v in expected.values())
+
+    model, tokenizer = _load_view(out)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "hello world"}], add_generation_prompt=True)
+    logits = model(mx.array([ids]))
+    assert logits.shape == (1, len(ids), len(tokenizer.get_vocab()))
+
+
+def test_rebuilt_tokenizer_matches_the_original(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer
+
+    src = tmp_path / "tiny.gguf"
+    write_tiny_gguf(src, quant="F32")
+    out = tmp_path / "out"
+    out.mkdir()
+    import_gguf(src, out)
+    original = _trained_tokenizer()
+    rebuilt = Tokenizer.from_file(str(out / "tokenizer.json"))
+    for text in ["the lazy dog", "hello world 12345", " spaced  out\n", "<|im_start|>user\nhi<|im_end|>"]:
+        assert rebuilt.encode(text).ids == original.encode(text).ids, text
+    tok_config = json.loads((out / "tokenizer_config.json").read_text())
+    assert tok_config["eos_token"] == "<|im_end|>" and tok_config["chat_template"] == CHAT_TEMPLATE
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 2
+
+
+def test_header_reader_reports_shapes_and_types(tmp_path: Path) -> None:
+    src = tmp_path / "tiny.gguf"
+    write_tiny_gguf(src, quant="Q8_0")
+    header = read_gguf_header(src)
+    assert header.metadata["general.architecture"] == "llama"
+    info = header.tensors["blk.0.ffn_gate.weight"]
+    assert info.shape == (FFN, HIDDEN) and info.type_name == "Q8_0"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"arch": "qwen2"}, "architecture 'qwen2' is not supported"),
+        ({"tokenizer_model": "llama"}, "tokenizer model 'llama' is not supported"),
+        ({"pre": "deepseek-llm"}, "pre-tokenizer 'deepseek-llm' is not supported"),
+        ({"extra_tensor": ("blk.0.attn_extra.weight", 14)}, "Q6_K"),
+        ({"extra_tensor": ("rope_freqs.weight", 0)}, "rope_freqs.weight"),
+    ],
+)
+def test_unsupported_gguf_is_refused_and_leaves_nothing_behind(tmp_path: Path, kwargs: dict, message: str) -> None:
+    src = tmp_path / "bad.gguf"
+    write_tiny_gguf(src, **kwargs)
+    store = ModelStore(tmp_path / "models")
+    with pytest.raises(InvalidArgument, match=message):
+        store.create_from_path("bad", src)
+    assert store.list() == []
+    leftovers = [p for p in (tmp_path / "models").rglob("*") if p.is_file() and p.name != ".lock"]
+    assert leftovers == []
+
+
+def test_file_that_is_not_gguf_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "x.gguf"
+    src.write_bytes(b"not a gguf at all")
+    with pytest.raises(InvalidArgument, match="neither a GGUF file nor a model folder"):
+        ModelStore(tmp_path / "models").create_from_path("x", src)
+
+
+def test_truncated_gguf_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "tiny.gguf"
+    write_tiny_gguf(src)
+    src.write_bytes(src.read_bytes()[:200])
+    with pytest.raises(InvalidArgument, match="truncated"):
+        ModelStore(tmp_path / "models").create_from_path("x", src)

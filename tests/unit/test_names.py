@@ -1,0 +1,90 @@
+"""Model names: parsing, normalization, refusals, and that no name can escape the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mlxserve.services.common.errors import InvalidArgument
+from mlxserve.services.store.names import DEFAULT_HOST, parse_name
+
+HEX = "a" * 64
+
+
+def test_short_name_gets_default_host_namespace_and_tag() -> None:
+    n = parse_name("smollm2")
+    assert (n.host, n.namespace, n.name, n.tag, n.digest) == (DEFAULT_HOST, "library", "smollm2", "latest", None)
+    assert n.display == "smollm2:latest"
+
+
+def test_names_match_case_insensitively() -> None:
+    assert parse_name("SmolLM2:Q4") == parse_name("smollm2:q4")
+
+
+def test_full_name_with_host_port_namespace_and_tag() -> None:
+    n = parse_name("registry.example.com:5000/team/model-x:v1.2")
+    assert (n.host, n.namespace, n.name, n.tag) == ("registry.example.com:5000", "team", "model-x", "v1.2")
+    assert n.display == "registry.example.com:5000/team/model-x:v1.2"
+    assert parse_name("team/model").display == "team/model:latest"
+
+
+def test_digest_pins_a_manifest() -> None:
+    n = parse_name(f"smollm2@sha256:{HEX}")
+    assert n.digest == f"sha256:{HEX}" and not n.tag_given
+
+
+def test_manifest_path_layout(tmp_path: Path) -> None:
+    path = parse_name("team/model:v1").manifest_path(tmp_path)
+    assert path == tmp_path / "manifests" / DEFAULT_HOST / "team" / "model" / "v1"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty"),
+        ("a/b/c/d", "too many"),
+        ("../etc", "namespace"),
+        ("a..b", "must not contain '..'"),
+        ("model:a:b", "more than one ':'"),
+        ("my model", "may only hold"),
+        ("bad\x00name", "control characters"),
+        ("/etc/passwd", "looks like a path"),
+        ("-model", "must start with a letter or digit"),
+        ("model:", "tag is empty"),
+        (f"model@sha256:{'a' * 10}", "64 hex digits"),
+        ("host:99999/ns/model", "port"),
+        ("x" * 81, "longer than 80"),
+        ("a\\b", "backslashes"),
+    ],
+)
+def test_bad_names_are_refused_with_a_clear_message(text: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        parse_name(text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(["a", "Z", "0", ".", "..", "_", "-", ":", "/", "@", "\\", " ", "\x00", "~", "sha256:"]), max_size=20).map("".join))
+def test_no_parsed_name_maps_outside_the_models_dir(text: str) -> None:
+    root = Path("/srv/store/models")
+    try:
+        name = parse_name(text)
+    except InvalidArgument:
+        return
+    path = name.manifest_path(root)
+    assert path.resolve().is_relative_to((root / "manifests").resolve())
+    assert len(path.relative_to(root / "manifests").parts) == 4
+    assert parse_name(name.display).full == name.full  # display names round-trip
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=60))
+def test_arbitrary_text_either_parses_safely_or_is_refused(text: str) -> None:
+    try:
+        name = parse_name(text)
+    except InvalidArgument:
+        return
+    assert ".." not in name.full and "\x00" not in name.full
+    assert name.manifest_path(Path("/m")).is_relative_to(Path("/m/manifests"))
