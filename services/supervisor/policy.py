@@ -1,0 +1,142 @@
+"""Residency policy: which loaded models are leased, and when an idle one should be unloaded.
+
+A pure state machine (no processes, no asyncio, no wall clock): the caller passes a clock and
+asks `expired()` when it wants to reap. Keyed by an opaque model key (the supervisor uses the
+manifest digest, so two names for the same weights share one worker).
+
+Keep-alive rules (Ollama's):
+- each Acquire sets the model's keep-alive: the request's value, or the default when unset;
+  a Release that carries a value overrides it again, so the last request's keep-alive wins;
+- the timer runs only while the model has no lease: it starts when the last lease ends;
+- 0 means "unload as soon as idle"; a negative value means "never expire".
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Hashable
+
+from mlxserve.services.common.errors import NotFound
+
+Key = Hashable
+
+# Lease ids whose model was forgotten (stopped, crashed) are remembered for a while so that a
+# late Release from the gateway is a no-op instead of an error.
+ENDED_LEASES_KEPT = 4096
+
+
+@dataclass
+class _Resident:
+    keep_alive: float
+    leases: set[str] = field(default_factory=set)
+    idle_since: float | None = None  # set while no lease is held
+
+
+class Residency:
+    """Leases and keep-alive deadlines of resident models, driven by an injectable clock."""
+
+    def __init__(self, clock: Callable[[], float], default_keep_alive: float = 300.0) -> None:
+        self._clock = clock
+        self.default_keep_alive = default_keep_alive
+        self._models: dict[Key, _Resident] = {}
+        self._lease_owner: dict[str, Key] = {}
+        self._ended: OrderedDict[str, None] = OrderedDict()
+
+    # -- transitions ------------------------------------------------------------------------
+
+    def acquire(self, key: Key, lease_id: str, keep_alive: float | None = None) -> None:
+        """Lease `key` for one request; the model becomes resident if it was not."""
+        if lease_id in self._lease_owner:
+            raise ValueError(f"lease {lease_id} already held")
+        ka = self.default_keep_alive if keep_alive is None else keep_alive
+        res = self._models.get(key)
+        if res is None:
+            res = self._models[key] = _Resident(keep_alive=ka)
+        res.keep_alive = ka
+        res.leases.add(lease_id)
+        res.idle_since = None
+        self._lease_owner[lease_id] = key
+
+    def release(self, lease_id: str, keep_alive: float | None = None) -> Key | None:
+        """End a lease and return its model's key; the keep-alive timer starts if it was the last.
+
+        Returns None for a lease whose model was already forgotten (a harmless late release);
+        raises NotFound for a lease id never seen.
+        """
+        key = self._lease_owner.pop(lease_id, None)
+        if key is None:
+            if lease_id in self._ended:
+                return None
+            raise NotFound(f"lease '{lease_id}' not found")
+        res = self._models[key]
+        res.leases.discard(lease_id)
+        if keep_alive is not None:
+            res.keep_alive = keep_alive
+        if not res.leases:
+            res.idle_since = self._clock()
+        return key
+
+    def forget(self, key: Key) -> list[str]:
+        """Drop a model (unloaded, stopped or crashed); returns the leases it still held."""
+        res = self._models.pop(key, None)
+        if res is None:
+            return []
+        dropped = sorted(res.leases)
+        for lease_id in dropped:
+            self._lease_owner.pop(lease_id, None)
+            self._ended[lease_id] = None
+        while len(self._ended) > ENDED_LEASES_KEPT:
+            self._ended.popitem(last=False)
+        return dropped
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self._models
+
+    def keys(self) -> list[Key]:
+        return list(self._models)
+
+    def leases(self, key: Key) -> int:
+        res = self._models.get(key)
+        return len(res.leases) if res else 0
+
+    def keep_alive(self, key: Key) -> float:
+        return self._models[key].keep_alive
+
+    def owner(self, lease_id: str) -> Key | None:
+        return self._lease_owner.get(lease_id)
+
+    def deadline(self, key: Key) -> float | None:
+        """When an idle model expires (math.inf: never); None while it is leased."""
+        res = self._models[key]
+        if res.idle_since is None:
+            return None
+        if res.keep_alive < 0:
+            return math.inf
+        return res.idle_since + res.keep_alive
+
+    def expires_at(self, key: Key) -> float:
+        """The expiry to show a user: the deadline when idle, now + keep-alive while leased."""
+        res = self._models[key]
+        if res.keep_alive < 0:
+            return math.inf
+        deadline = self.deadline(key)
+        return self._clock() + res.keep_alive if deadline is None else deadline
+
+    def expired(self, now: float | None = None) -> list[Key]:
+        """Idle models whose keep-alive has run out by `now` (default: the clock)."""
+        now = self._clock() if now is None else now
+        out = []
+        for key in self._models:
+            deadline = self.deadline(key)
+            if deadline is not None and deadline <= now:
+                out.append(key)
+        return out
+
+    def next_deadline(self) -> float | None:
+        """The earliest finite deadline of an idle model, for a reaper to sleep until."""
+        finite = [d for k in self._models if (d := self.deadline(k)) is not None and d != math.inf]
+        return min(finite) if finite else None

@@ -1,0 +1,208 @@
+"""Worker processes: spawn (a fresh interpreter, never a fork), wait until ready, watch, kill.
+
+A worker gets a pipe on stdin that nobody writes to: when the supervisor dies, the kernel closes
+the write end and the worker reads EOF and exits, so no worker outlives its supervisor. Each
+worker runs in its own session so a Ctrl-C aimed at the terminal reaches the supervisor, which
+then stops its workers in order, instead of hitting every worker at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable, Sequence
+
+import grpc
+
+from mlxserve.services.common import rpc
+from mlxserve.services.common.errors import Timeout, Unavailable
+from mlxserve.v1 import common_pb2, worker_pb2_grpc
+
+STDERR_TAIL_LINES = 20
+
+
+def worker_command(view_path: str | Path, socket_path: Path, model_name: str) -> list[str]:
+    """The command line of a real MLX worker for one model."""
+    return [
+        sys.executable, "-m", "mlxserve.services.worker",
+        "--model-path", str(view_path),
+        "--socket", str(socket_path),
+        "--model-name", model_name,
+    ]
+
+
+def new_socket_path(run_dir: Path) -> Path:
+    return run_dir / f"worker-{uuid.uuid4().hex[:10]}.sock"
+
+
+def log_path_for(logs_dir: Path, model_name: str) -> Path:
+    """The worker's captured stdout/stderr: one file per model name, appended across restarts
+    (`.stderr.log`, beside the `worker-<name>.log` JSON log the worker writes itself)."""
+    return logs_dir / f"worker-{re.sub(r'[^A-Za-z0-9_.-]+', '_', model_name).strip('._')}.stderr.log"
+
+
+def remove_stale_sockets(run_dir: Path) -> list[Path]:
+    """Delete worker sockets left by a previous supervisor (its workers died with it)."""
+    removed = []
+    for path in run_dir.glob("worker-*.sock"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+@dataclass
+class WorkerProcess:
+    """One spawned worker: its process, socket, and the part of the log file it wrote."""
+
+    name: str
+    key: str
+    socket_path: Path
+    log_path: Path
+    process: asyncio.subprocess.Process
+    log_offset: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+    stopping: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def address(self) -> str:
+        return rpc.unix_target(self.socket_path)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    def stderr_tail(self, lines: int = STDERR_TAIL_LINES) -> list[str]:
+        """The last non-empty lines this worker wrote to stderr since it was spawned."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_offset)
+                data = f.read()
+        except OSError:
+            return []
+        text = data[-64 * 1024:].decode("utf-8", errors="replace")
+        return [ln.rstrip() for ln in text.splitlines() if ln.strip()][-lines:]
+
+    def failure_cause(self) -> str:
+        """The most telling line of stderr (the last one: an exception or a final log record)."""
+        tail = self.stderr_tail()
+        cause = tail[-1] if tail else "it wrote nothing to stderr"
+        return cause if len(cause) <= 500 else cause[:497] + "..."
+
+    async def ping(self, timeout: float = 1.0) -> bool:
+        """True when the worker answers Ping on its socket within `timeout`."""
+        if not self.socket_path.exists():
+            return False
+        channel = rpc.aio_channel(self.address)
+        try:
+            stub = worker_pb2_grpc.WorkerStub(channel)
+            await stub.Ping(common_pb2.PingRequest(), timeout=timeout)
+            return True
+        except grpc.RpcError:
+            return False
+        finally:
+            await channel.close()
+
+    async def wait_ready(self, timeout: float, poll_s: float = 0.1) -> None:
+        """Return once the worker answers Ping.
+
+        Raises Unavailable (with the stderr cause) if the process exits first, or Timeout — after
+        killing it — if it is not ready within `timeout` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        exited = asyncio.ensure_future(self.process.wait())
+        try:
+            while True:
+                if not self.alive:
+                    raise self.start_failure()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    await self.stop(grace=1.0)
+                    raise Timeout(f"worker for {self.name} did not become ready within {timeout:g}s (log: {self.log_path})")
+                if await self.ping(timeout=min(1.0, max(0.05, remaining))):
+                    return
+                # Sleep, but wake at once if the process exits meanwhile.
+                await asyncio.wait({exited}, timeout=min(poll_s, max(0.0, deadline - time.monotonic())))
+        finally:
+            if not exited.done():
+                exited.cancel()
+
+    def start_failure(self) -> Unavailable:
+        rc = self.process.returncode
+        return Unavailable(f"worker for {self.name} failed to start (exit code {rc}): {self.failure_cause()}")
+
+    async def stop(self, grace: float = 3.0) -> int | None:
+        """SIGTERM the worker (and close its stdin), then SIGKILL it after `grace` seconds."""
+        self.stopping = True
+        if self.alive:
+            self._signal(signal.SIGTERM)
+            if self.process.stdin is not None:
+                with contextlib.suppress(Exception):
+                    self.process.stdin.close()
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout=grace)
+            except asyncio.TimeoutError:
+                self._signal(signal.SIGKILL)
+                await self.process.wait()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        return self.process.returncode
+
+    def _signal(self, sig: signal.Signals) -> None:
+        # The worker leads its own process group: signal the group so helpers it started go too.
+        try:
+            os.killpg(self.process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(sig)
+
+
+async def spawn_worker(
+    command: Sequence[str],
+    *,
+    name: str,
+    key: str,
+    socket_path: Path,
+    log_path: Path,
+    env: dict[str, str],
+) -> WorkerProcess:
+    """Start a worker as a fresh process; stderr (and stdout) append to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        socket_path.unlink()
+    with open(log_path, "ab") as log:
+        offset = log.tell()
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    return WorkerProcess(name=name, key=key, socket_path=socket_path, log_path=log_path, process=process, log_offset=offset)
+
+
+def watch_exit(worker: WorkerProcess, on_exit: Callable[[WorkerProcess], Awaitable[None] | None]) -> asyncio.Task:
+    """Call `on_exit(worker)` when the process exits, however it exits."""
+
+    async def watch() -> None:
+        await worker.process.wait()
+        result = on_exit(worker)
+        if asyncio.iscoroutine(result):
+            await result
+
+    return asyncio.get_running_loop().create_task(watch(), name=f"watch-{worker.name}-{worker.pid}")
