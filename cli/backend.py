@@ -1,0 +1,84 @@
+"""How mlxctl reaches a running mlxserve: settings, gRPC stubs, and errors rendered as one line."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Iterator, TypeVar
+
+import grpc
+import typer
+
+from mlxserve.services.common import rpc
+from mlxserve.services.common.config import Settings, load_settings
+from mlxserve.services.common.errors import MlxServeError, Unavailable, from_rpc_error
+from mlxserve.v1 import store_pb2_grpc, supervisor_pb2_grpc
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+START_HINT = "start it with `mlxctl serve`"
+
+
+def settings_from(ctx: typer.Context | None, **overrides: Any) -> Settings:
+    """Settings from defaults, config file, env, the global `--home` and the command's own flags."""
+    home = overrides.pop("home", None) or ((ctx.obj or {}).get("home") if ctx is not None else None)
+    return load_settings({"home": home, **overrides})
+
+
+def exits_on_error(fn: F) -> F:
+    """Render an MlxServeError as `Error: ...` on stderr and exit with its class's exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MlxServeError as e:
+            typer.echo(f"Error: {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class Backend:
+    """Sync gRPC stubs for the store and the supervisor of one mlxserve home."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def _not_running(self, service: str) -> Unavailable:
+        sock = self.settings.store_socket if service == "store" else self.settings.supervisor_socket
+        return Unavailable(f"mlxserve is not running (no {service} at {sock}); {START_HINT}")
+
+    def _channel(self, service: str) -> grpc.Channel:
+        sock = self.settings.store_socket if service == "store" else self.settings.supervisor_socket
+        if not sock.exists():
+            raise self._not_running(service)
+        return rpc.sync_channel(rpc.unix_target(sock))
+
+    def call(self, service: str, method: str, request: Any, timeout: float | None = 30.0) -> Any:
+        """One unary call; a socket nobody answers on reads as 'mlxserve is not running'."""
+        with self._channel(service) as channel:
+            stub = self._stub(service, channel)
+            try:
+                return rpc.call_sync(service, getattr(stub, method), request, timeout=timeout)
+            except Unavailable as e:
+                if "not reachable" in e.message:
+                    raise self._not_running(service) from None
+                raise
+
+    def stream(self, service: str, method: str, request: Any) -> Iterator[Any]:
+        """A server-streaming call (store Create), mapping failures to our errors."""
+        with self._channel(service) as channel:
+            try:
+                yield from getattr(self._stub(service, channel), method)(request)
+            except grpc.RpcError as e:
+                err = from_rpc_error(e, service=service)
+                if isinstance(err, Unavailable) and "not reachable" in err.message:
+                    raise self._not_running(service) from None
+                raise err from None
+
+    @staticmethod
+    def _stub(service: str, channel: grpc.Channel) -> Any:
+        return store_pb2_grpc.StoreStub(channel) if service == "store" else supervisor_pb2_grpc.SupervisorStub(channel)

@@ -1,0 +1,43 @@
+"""Residency verbs: ps (models loaded in memory) and stop (unload one now)."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from mlxserve.v1 import supervisor_pb2
+
+from .backend import Backend, exits_on_error, settings_from
+from .models import details_dict
+from .render import human_size, relative_time, table
+
+
+def processor(m: supervisor_pb2.LoadedModel) -> str:
+    """Where the model runs, as `ollama ps` says it."""
+    return "100% GPU" if m.size_vram > 0 else "100% CPU"
+
+
+@exits_on_error
+def ps(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
+    """List the models loaded in memory."""
+    resp = Backend(settings_from(ctx)).call("supervisor", "ListLoaded", supervisor_pb2.ListLoadedRequest())
+    if as_json:
+        typer.echo(json.dumps({"models": [
+            {"name": m.name, "model": m.model or m.name, "digest": m.digest, "size": m.size, "size_vram": m.size_vram,
+             "memory_bytes": m.memory_bytes, "expires_at": m.expires_at, "details": details_dict(m.details),
+             "pid": m.pid, "in_flight": m.in_flight, "context_length": m.context_length}
+            for m in resp.models
+        ]}, indent=2))
+        return
+    typer.echo(table(
+        ("NAME", "ID", "SIZE", "PROCESSOR", "UNTIL"),
+        [(m.name, m.digest[:12], human_size(m.memory_bytes or m.size), processor(m), relative_time(m.expires_at))
+         for m in resp.models],
+    ))
+
+
+@exits_on_error
+def stop(ctx: typer.Context, model: str = typer.Argument(..., help="the model to unload")) -> None:
+    """Unload a model from memory now."""
+    Backend(settings_from(ctx)).call("supervisor", "Stop", supervisor_pb2.StopRequest(model=model))
