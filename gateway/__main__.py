@@ -1,0 +1,7 @@
+"""`python -m mlxserve.gateway`"""
+
+import sys
+
+from .main import main
+
+sys.exit(main())

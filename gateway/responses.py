@@ -1,0 +1,70 @@
+"""Rendering shared by both dialects: error bodies, NDJSON lines, SSE events, timestamps.
+
+Errors are rendered once from the taxonomy in services/common/errors.py: the HTTP status and the
+OpenAI error type come from the exception class; only the body shape depends on the dialect.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+from aiohttp import web
+
+from mlxserve.services.common.errors import Busy, MlxServeError, NotFound
+
+NATIVE = "native"
+OPENAI = "openai"
+
+
+def dialect_of(path: str) -> str:
+    return OPENAI if path.startswith("/v1/") or path == "/v1" else NATIVE
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def native_error_body(message: str) -> dict[str, Any]:
+    return {"error": message}
+
+
+def openai_error_body(err: MlxServeError) -> dict[str, Any]:
+    code = None
+    if isinstance(err, NotFound) and err.message.startswith("model "):
+        code = "model_not_found"
+    return {"error": {"message": err.message, "type": err.openai_type, "param": getattr(err, "param", None), "code": code}}
+
+
+def error_response(err: MlxServeError, dialect: str) -> web.Response:
+    """The HTTP response for an error raised before any output was sent."""
+    body = openai_error_body(err) if dialect == OPENAI else native_error_body(err.message)
+    headers = {}
+    if isinstance(err, Busy) or (err.retry_after is not None and err.http_status in (429, 503)):
+        headers["Retry-After"] = str(max(1, math.ceil(err.retry_after or 1)))
+    return web.Response(status=err.http_status, text=dumps(body), content_type="application/json", headers=headers)
+
+
+def http_error_response(status: int, message: str, dialect: str, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON body for aiohttp's own HTTP errors (404 route, 405, 413) in the request's dialect."""
+    if dialect == OPENAI:
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        body: dict[str, Any] = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    else:
+        body = native_error_body(message)
+    return web.Response(status=status, text=dumps(body), content_type="application/json", headers=headers)
+
+
+def ndjson_line(obj: dict[str, Any]) -> bytes:
+    return (dumps(obj) + "\n").encode()
+
+
+def sse_event(obj: dict[str, Any] | str) -> bytes:
+    data = obj if isinstance(obj, str) else dumps(obj)
+    return f"data: {data}\n\n".encode()

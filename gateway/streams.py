@@ -1,0 +1,321 @@
+"""The data plane and the generation core shared by both API dialects.
+
+`TokenRouter` owns the gateway's one ZeroMQ PULL socket and hands each `TokenEvent` frame to the
+queue of the request it names. `GenerationCore.start` runs acquire → register → submit and returns
+a `Generation`, whose `events()` relays frames (watching the worker's health while it waits) and
+whose `close()` cancels an unfinished request and releases the lease, whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from mlxserve.services.common import logs, rpc
+from mlxserve.services.common.config import Settings
+from mlxserve.services.common.errors import Cancelled, Internal, MlxServeError, NotFound, Timeout, Unavailable
+from mlxserve.v1 import frames, supervisor_pb2, worker_pb2
+from mlxserve.v1.frames import Stats, TokenEvent
+
+from .backends import Backends
+
+# Frames one request may have waiting; more means its client stopped reading.
+MAX_PENDING_FRAMES = 8192
+# Silence after which the worker is pinged, and how long the ping may take: a dead worker is
+# noticed within about their sum.
+PING_AFTER_S = 1.0
+PING_TIMEOUT_S = 0.8
+
+log = logs.get_logger(component="streams")
+
+
+class _RequestStream:
+    """Frames for one in-flight request, bounded; overflow fails the request rather than the router."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[TokenEvent] = asyncio.Queue(maxsize=MAX_PENDING_FRAMES)
+        self.overflowed = False
+
+    def push(self, event: TokenEvent) -> None:
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+
+class TokenRouter:
+    """The gateway's ZeroMQ PULL socket, routing frames by request id to per-request queues."""
+
+    def __init__(self, run_dir: Path, *, name: str | None = None) -> None:
+        self.path = Path(run_dir) / (name or f"gateway-{os.getpid()}.ipc")
+        self.address = f"ipc://{self.path}"
+        self._streams: dict[str, _RequestStream] = {}
+        self._ctx: zmq.asyncio.Context | None = None
+        self._sock: zmq.asyncio.Socket | None = None
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Bind the socket (replacing a stale file a dead gateway left) and start routing."""
+        rpc.prepare_socket_path(self.path)
+        self._ctx = zmq.asyncio.Context()
+        self._sock = self._ctx.socket(zmq.PULL)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.RCVHWM, 100_000)
+        self._sock.bind(self.address)
+        rpc.secure_socket(self.path)
+        self._task = asyncio.get_running_loop().create_task(self._route(), name="token-router")
+
+    async def _route(self) -> None:
+        assert self._sock is not None
+        while True:
+            data = await self._sock.recv()
+            try:
+                event = frames.decode(data)
+            except msgspec.DecodeError as e:
+                log.warning("bad_frame", error=str(e), size=len(data))
+                continue
+            stream = self._streams.get(event.request_id)
+            if stream is not None:
+                stream.push(event)
+            # else: a frame for a request that already ended (e.g. after a cancel); drop it.
+
+    def register(self, request_id: str) -> _RequestStream:
+        """Start collecting frames for `request_id`; call before Submit so no frame is missed."""
+        stream = self._streams[request_id] = _RequestStream()
+        return stream
+
+    def unregister(self, request_id: str) -> None:
+        self._streams.pop(request_id, None)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._streams)
+
+    async def close(self) -> None:
+        """Stop routing, close the socket and remove its file."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+            self._task = None
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+@dataclass
+class GenerationRequest:
+    """One generation, dialect-free: chat `messages` or a `prompt`, plus sampling options."""
+
+    model: str
+    request_id: str
+    options: worker_pb2.SamplingOptions = field(default_factory=worker_pb2.SamplingOptions)
+    messages: list[tuple[str, str]] | None = None  # (role, content); None: a prompt request
+    prompt: str = ""
+    system: str = ""
+    raw: bool = False
+    keep_alive_s: float | None = None
+
+    @property
+    def is_chat(self) -> bool:
+        return self.messages is not None
+
+
+class Generation:
+    """A submitted request: iterate `events()`, then (always) `close()`."""
+
+    def __init__(self, core: GenerationCore, req: GenerationRequest, submit_id: str, lease: supervisor_pb2.AcquireResponse,
+                 stream: _RequestStream, started_ns: int) -> None:
+        self.core = core
+        self.req = req
+        self.submit_id = submit_id
+        self.lease = lease
+        self.stream = stream
+        self.started_ns = started_ns
+        self.prompt_tokens = 0
+        self.generated_tokens = 0
+        self.final: TokenEvent | None = None
+        self._closed = False
+
+    @property
+    def model(self) -> str:
+        """The canonical model name the supervisor resolved."""
+        return self.lease.model or self.req.model
+
+    @property
+    def load_duration_ns(self) -> int:
+        return int(self.lease.load_duration_s * 1e9)
+
+    @property
+    def done_reason(self) -> str:
+        return (self.final.done_reason if self.final else None) or "stop"
+
+    @property
+    def stats(self) -> Stats:
+        """Counters for the final chunk, with fallbacks when the worker sent none."""
+        s = (self.final.stats if self.final else None) or Stats()
+        return Stats(
+            prompt_eval_count=s.prompt_eval_count or s.prompt_tokens or self.prompt_tokens,
+            prompt_eval_duration=s.prompt_eval_duration,
+            eval_count=s.eval_count or self.generated_tokens,
+            eval_duration=s.eval_duration,
+            prompt_tokens=s.prompt_tokens or self.prompt_tokens,
+        )
+
+    def total_duration_ns(self) -> int:
+        return time.monotonic_ns() - self.started_ns
+
+    async def events(self) -> AsyncIterator[TokenEvent]:
+        """Frames with text, ending with the `done` one; raises MlxServeError if the request fails."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.core.settings.request_timeout
+        queue = self.stream.queue
+        while True:
+            try:
+                event = await asyncio.wait_for(queue.get(), timeout=PING_AFTER_S)
+            except asyncio.TimeoutError:
+                if loop.time() > deadline:
+                    raise Timeout(f"the request ran past {self.core.settings.request_timeout:g} s") from None
+                await self._check_worker()
+                continue
+            if self.stream.overflowed:
+                raise Unavailable("the client did not read the response fast enough")
+            self.generated_tokens += len(event.token_ids)
+            if event.done:
+                self.final = event
+                if event.done_reason == "error":
+                    raise Internal(event.error or f"the worker for model '{self.model}' failed")
+                if event.done_reason == "cancel":
+                    raise Cancelled(event.error or "the request was cancelled")
+                yield event
+                return
+            yield event
+
+    async def _check_worker(self) -> None:
+        address = self.lease.worker_address
+        if await self.core.backends.ping_worker(address, timeout=PING_TIMEOUT_S):
+            return
+        if not self.stream.queue.empty():  # it finished just as we asked
+            return
+        self.core.backends.forget_worker(address)
+        self.final = TokenEvent(request_id=self.submit_id, done=True, done_reason="error")
+        log.warning("worker_lost", model=self.model, worker=address)
+        raise Unavailable(f"the worker for model '{self.model}' exited unexpectedly")
+
+    async def close(self) -> None:
+        """Cancel the request if it did not finish, release the lease, stop routing its frames."""
+        if self._closed:
+            return
+        self._closed = True
+        # Shielded: this runs in `finally` blocks of handlers that are being cancelled.
+        await asyncio.shield(self._cleanup())
+
+    async def _cleanup(self) -> None:
+        core, rid = self.core, self.req.request_id
+        try:
+            if self.final is None:
+                try:
+                    await rpc.call("worker", core.backends.worker(self.lease.worker_address).Cancel,
+                                   worker_pb2.CancelRequest(request_id=self.submit_id), timeout=2.0, request_id=rid)
+                except MlxServeError as e:
+                    log.info("cancel_failed", error=str(e))
+            await core.release(self.lease.lease_id, self.req.keep_alive_s, rid)
+        finally:
+            core.router.unregister(self.submit_id)
+
+
+class GenerationCore:
+    """acquire → submit → relay → release, shared by the native and OpenAI handlers."""
+
+    def __init__(self, settings: Settings, backends: Backends, router: TokenRouter) -> None:
+        self.settings = settings
+        self.backends = backends
+        self.router = router
+        self._background: set[asyncio.Task] = set()
+
+    async def acquire(self, model: str, request_id: str, keep_alive_s: float | None) -> supervisor_pb2.AcquireResponse:
+        req = supervisor_pb2.AcquireRequest(model=model, request_id=request_id)
+        if keep_alive_s is not None:
+            req.keep_alive_s = keep_alive_s
+        call = asyncio.ensure_future(rpc.call("supervisor", self.backends.supervisor().Acquire, req,
+                                              timeout=self.settings.load_timeout + 30.0, request_id=request_id))
+        try:
+            # Shielded: if the client leaves while the model loads, the lease granted later is
+            # still released (below) instead of leaking.
+            return await asyncio.shield(call)
+        except NotFound:
+            raise NotFound(f"model '{model}' not found") from None
+        except asyncio.CancelledError:
+            call.add_done_callback(lambda done: self._release_orphan(done, keep_alive_s, request_id))
+            raise
+
+    def _release_orphan(self, call: asyncio.Future, keep_alive_s: float | None, request_id: str) -> None:
+        if call.cancelled() or call.exception() is not None:
+            return
+        task = asyncio.get_running_loop().create_task(self.release(call.result().lease_id, keep_alive_s, request_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def release(self, lease_id: str, keep_alive_s: float | None, request_id: str) -> None:
+        req = supervisor_pb2.ReleaseRequest(lease_id=lease_id)
+        if keep_alive_s is not None:
+            req.keep_alive_s = keep_alive_s
+        try:
+            await rpc.call("supervisor", self.backends.supervisor().Release, req, timeout=5.0, request_id=request_id)
+        except MlxServeError as e:
+            log.warning("release_failed", lease_id=lease_id, error=str(e))
+
+    async def load(self, model: str, request_id: str, keep_alive_s: float | None) -> supervisor_pb2.AcquireResponse:
+        """Make sure the model is loaded (Ollama's empty-prompt request), holding no lease after."""
+        lease = await self.acquire(model, request_id, keep_alive_s)
+        await asyncio.shield(self.release(lease.lease_id, keep_alive_s, request_id))
+        return lease
+
+    async def unload(self, model: str, request_id: str) -> None:
+        """Stop the model's worker now (an empty-prompt request with keep_alive 0)."""
+        await rpc.call("supervisor", self.backends.supervisor().Stop, supervisor_pb2.StopRequest(model=model),
+                       timeout=30.0, request_id=request_id)
+
+    async def start(self, req: GenerationRequest) -> Generation:
+        """Lease a worker and submit; errors before any output raise here (so they get an HTTP status)."""
+        started = time.monotonic_ns()
+        lease = await self.acquire(req.model, req.request_id, req.keep_alive_s)
+        submit_id = f"{req.request_id}.{secrets.token_hex(4)}"
+        stream = self.router.register(submit_id)
+        gen = Generation(self, req, submit_id, lease, stream, started)
+        submit = worker_pb2.SubmitRequest(
+            request_id=submit_id, reply_to=self.router.address, options=req.options, is_chat=req.is_chat,
+            prompt=req.prompt, system=req.system, raw=req.raw,
+            messages=[worker_pb2.ChatMessage(role=r, content=c) for r, c in (req.messages or [])],
+        )
+        try:
+            resp = await rpc.call("worker", self.backends.worker(lease.worker_address).Submit, submit,
+                                  timeout=30.0, request_id=req.request_id)
+        except BaseException as e:
+            if isinstance(e, MlxServeError):  # the worker refused or never got it: nothing to cancel
+                gen.final = TokenEvent(request_id=submit_id, done=True, done_reason="error")
+            await gen.close()  # when the client went away mid-Submit, this cancels on the worker
+            if isinstance(e, Unavailable):
+                self.backends.forget_worker(lease.worker_address)
+                raise Unavailable(f"the worker for model '{gen.model}' is not answering: {e.message}") from None
+            raise
+        gen.prompt_tokens = resp.prompt_tokens
+        return gen

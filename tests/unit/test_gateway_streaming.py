@@ -1,0 +1,451 @@
+"""The gateway's generation path against in-process gRPC services and a real ZeroMQ PUSH socket.
+
+The supervisor, store and worker here are small fakes serving real gRPC on Unix sockets; the fake
+worker PUSHes real TokenEvent frames to the address the gateway put in Submit. What is under test
+is the real gateway: its routing of frames, NDJSON/SSE rendering, error shapes, worker-death
+detection and cancel-on-disconnect, checked with the real `ollama` and `openai` clients too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import aiohttp
+import grpc
+import ollama
+import openai
+import pytest
+import zmq
+import zmq.asyncio
+from aiohttp.test_utils import TestClient, TestServer
+
+from mlxserve.gateway.app import create_app
+from mlxserve.gateway.streams import TokenRouter
+from mlxserve.services.common.config import load_settings
+from mlxserve.services.common.errors import Busy, NotFound
+from mlxserve.services.common.rpc import ping_response, rpc_method
+from mlxserve.v1 import common_pb2, frames, store_pb2, store_pb2_grpc, supervisor_pb2, supervisor_pb2_grpc, worker_pb2, worker_pb2_grpc
+from mlxserve.v1.frames import Stats, TokenEvent
+
+pytestmark = pytest.mark.timeout(30)
+
+DIGEST = "ab" * 32
+STATS = Stats(prompt_eval_count=5, prompt_eval_duration=2_000_000, eval_count=3, eval_duration=9_000_000, prompt_tokens=5)
+
+
+def done(reason: str = "stop", error: str | None = None) -> TokenEvent:
+    return TokenEvent(request_id="", done=True, done_reason=reason, error=error, stats=STATS)
+
+
+def text(t: str) -> TokenEvent:
+    return TokenEvent(request_id="", text=t, token_ids=[1])
+
+
+class FakeWorker(worker_pb2_grpc.WorkerServicer):
+    """Plays `plan` for each Submit: TokenEvents (request_id filled in), sleeps (float), or "die"."""
+
+    def __init__(self) -> None:
+        self.plan: list[Any] = [text("Hel"), text("lo"), done()]
+        self.submits: list[tuple[worker_pb2.SubmitRequest, dict[str, str]]] = []
+        self.cancels: list[str] = []
+        self.ctx = zmq.asyncio.Context()
+        self.server: grpc.aio.Server | None = None
+        self.tasks: set[asyncio.Task] = set()
+
+    @rpc_method
+    async def Ping(self, request, context):
+        return ping_response("worker")
+
+    @rpc_method
+    async def Submit(self, request, context):
+        self.submits.append((request, dict(context.invocation_metadata())))
+        task = asyncio.get_running_loop().create_task(self._play(request))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return worker_pb2.SubmitResponse(prompt_tokens=5)
+
+    @rpc_method
+    async def Cancel(self, request, context):
+        self.cancels.append(request.request_id)
+        return worker_pb2.CancelResponse(cancelled=True)
+
+    async def _play(self, request: worker_pb2.SubmitRequest) -> None:
+        sock = self.ctx.socket(zmq.PUSH)
+        sock.connect(request.reply_to)
+        try:
+            for step in self.plan:
+                if isinstance(step, (int, float)):
+                    await asyncio.sleep(step)
+                elif step == "die":
+                    await self.server.stop(0)
+                    return
+                else:
+                    event = TokenEvent(**{**{f: getattr(step, f) for f in step.__struct_fields__}, "request_id": request.request_id})
+                    await sock.send(frames.encode(event))
+        finally:
+            sock.close(linger=1000)
+
+
+class FakeSupervisor(supervisor_pb2_grpc.SupervisorServicer):
+    def __init__(self, worker_address: str) -> None:
+        self.worker_address = worker_address
+        self.acquires: list[supervisor_pb2.AcquireRequest] = []
+        self.releases: list[supervisor_pb2.ReleaseRequest] = []
+        self.stops: list[str] = []
+        self.busy = False
+        self.acquire_delay = 0.0
+
+    @rpc_method
+    async def Ping(self, request, context):
+        return ping_response("supervisor")
+
+    @rpc_method
+    async def Acquire(self, request, context):
+        if request.model not in ("tiny", "tiny:latest"):
+            raise NotFound(f"no such model {request.model}")
+        if self.busy:
+            raise Busy("the queue for tiny is full", retry_after=3)
+        await asyncio.sleep(self.acquire_delay)
+        self.acquires.append(request)
+        return supervisor_pb2.AcquireResponse(lease_id=f"lease-{len(self.acquires)}", worker_address=self.worker_address,
+                                              model="tiny:latest", digest=DIGEST, load_duration_s=0.25)
+
+    @rpc_method
+    async def Release(self, request, context):
+        self.releases.append(request)
+        return supervisor_pb2.ReleaseResponse()
+
+    @rpc_method
+    async def Stop(self, request, context):
+        self.stops.append(request.model)
+        return supervisor_pb2.StopResponse(stopped=True)
+
+    @rpc_method
+    async def ListLoaded(self, request, context):
+        return supervisor_pb2.ListLoadedResponse(models=[supervisor_pb2.LoadedModel(
+            name="tiny:latest", model="tiny:latest", digest=DIGEST, size=1234, size_vram=0,
+            expires_at="2030-01-01T00:00:00Z", details=common_pb2.ModelDetails(format="safetensors", family="llama"),
+            context_length=2048)])
+
+
+class FakeStore(store_pb2_grpc.StoreServicer):
+    @rpc_method
+    async def Ping(self, request, context):
+        return ping_response("store")
+
+    @rpc_method
+    async def List(self, request, context):
+        return store_pb2.ListResponse(models=[store_pb2.ModelSummary(
+            name="tiny:latest", model="tiny:latest", digest=DIGEST, size=1234, modified_at="2026-01-02T03:04:05Z",
+            details=common_pb2.ModelDetails(format="safetensors", family="llama", families=["llama"],
+                                            parameter_size="1M", quantization_level="F32"))])
+
+
+@dataclass
+class Harness:
+    client: TestClient
+    worker: FakeWorker
+    supervisor: FakeSupervisor
+    url: str
+    home: Path
+    servers: list[grpc.aio.Server] = field(default_factory=list)
+
+    async def post(self, path: str, body: dict, **kw: Any):
+        return await self.client.post(path, data=json.dumps(body), **kw)
+
+
+async def _serve(add, servicer, path: Path) -> grpc.aio.Server:
+    server = grpc.aio.server()
+    add(servicer, server)
+    server.add_insecure_port(f"unix://{path}")
+    await server.start()
+    return server
+
+
+@contextlib.asynccontextmanager
+async def harness() -> AsyncIterator[Harness]:
+    home = Path(tempfile.mkdtemp(prefix="gw", dir="/tmp"))  # short: Unix socket paths are limited to 107 bytes
+    settings = load_settings({"home": str(home)}, env={})
+    settings.ensure_dirs()
+    worker = FakeWorker()
+    worker_sock = settings.run_dir / "worker-1.sock"
+    supervisor = FakeSupervisor(f"unix://{worker_sock}")
+    servers = [
+        await _serve(worker_pb2_grpc.add_WorkerServicer_to_server, worker, worker_sock),
+        await _serve(supervisor_pb2_grpc.add_SupervisorServicer_to_server, supervisor, settings.supervisor_socket),
+        await _serve(store_pb2_grpc.add_StoreServicer_to_server, FakeStore(), settings.store_socket),
+    ]
+    worker.server = servers[0]
+    client = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
+    await client.start_server()
+    try:
+        yield Harness(client, worker, supervisor, str(client.make_url("")).rstrip("/"), home, servers)
+    finally:
+        await client.close()
+        for s in servers:
+            await s.stop(0)
+        for t in list(worker.tasks):
+            t.cancel()
+        await asyncio.gather(*worker.tasks, return_exceptions=True)
+        worker.ctx.destroy(linger=0)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def run(coro) -> Any:
+    return asyncio.run(coro)
+
+
+async def ndjson(resp) -> list[dict]:
+    return [json.loads(line) for line in (await resp.text()).splitlines() if line.strip()]
+
+
+async def sse(resp) -> list[Any]:
+    events = []
+    for block in (await resp.text()).split("\n\n"):
+        if block.startswith("data: "):
+            data = block[len("data: "):]
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+async def wait_for(predicate, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def test_generate_streams_ndjson_chunks_then_a_final_summary():
+    async def scenario():
+        async with harness() as h:
+            resp = await h.post("/api/generate", {"model": "tiny", "prompt": "Hi", "keep_alive": "10m", "options": {"seed": 1}})
+            assert resp.status == 200 and resp.headers["Content-Type"].startswith("application/x-ndjson")
+            lines = await ndjson(resp)
+            assert [l["response"] for l in lines[:-1]] == ["Hel", "lo"] and not any(l["done"] for l in lines[:-1])
+            final = lines[-1]
+            assert final["done"] is True and final["done_reason"] == "stop" and final["response"] == ""
+            assert final["model"] == "tiny" and final["created_at"].endswith("Z") and "context" not in final
+            assert (final["prompt_eval_count"], final["eval_count"], final["eval_duration"]) == (5, 3, 9_000_000)
+            assert final["load_duration"] == 250_000_000 and final["total_duration"] > 0
+            submit, _ = h.worker.submits[0]
+            assert submit.prompt == "Hi" and not submit.is_chat and submit.options.seed == 1
+            assert submit.reply_to.startswith("ipc://") and submit.reply_to.endswith(".ipc")
+            await wait_for(lambda: len(h.supervisor.releases) == 1)
+            assert h.supervisor.acquires[0].keep_alive_s == 600 and h.supervisor.releases[0].keep_alive_s == 600
+            assert h.supervisor.releases[0].lease_id == "lease-1" and h.worker.cancels == []
+    run(scenario())
+
+
+def test_generate_without_streaming_returns_one_object_with_the_whole_text():
+    async def scenario():
+        async with harness() as h:
+            h.worker.plan = [text("Hel"), text("lo"), done("length")]
+            resp = await h.post("/api/generate", {"model": "tiny", "prompt": "Hi", "stream": False})
+            body = await resp.json()
+            assert resp.status == 200 and body["response"] == "Hello" and body["done_reason"] == "length"
+            assert body["eval_count"] == 3
+    run(scenario())
+
+
+def test_request_id_travels_from_header_to_the_worker_and_back():
+    async def scenario():
+        async with harness() as h:
+            resp = await h.post("/api/generate", {"model": "tiny", "prompt": "Hi"}, headers={"X-Request-Id": "trace-42"})
+            await resp.read()
+            assert resp.headers["X-Request-Id"] == "trace-42"
+            submit, metadata = h.worker.submits[0]
+            assert submit.request_id.startswith("trace-42.") and metadata["x-request-id"] == "trace-42"
+            assert h.supervisor.acquires[0].request_id == "trace-42"
+            resp = await h.post("/api/generate", {"model": "tiny", "prompt": "Hi"}, headers={"X-Request-Id": "bad id; <script>"})
+            await resp.read()
+            assert resp.headers["X-Request-Id"] != "bad id; <script>" and len(resp.headers["X-Request-Id"]) == 16
+    run(scenario())
+
+
+def test_empty_prompt_loads_the_model_and_keep_alive_zero_unloads_it():
+    async def scenario():
+        async with harness() as h:
+            body = await (await h.post("/api/generate", {"model": "tiny"})).json()
+            assert body["done"] is True and body["done_reason"] == "load" and body["response"] == ""
+            assert len(h.supervisor.acquires) == 1 and len(h.supervisor.releases) == 1 and h.worker.submits == []
+            body = await (await h.post("/api/chat", {"model": "tiny", "messages": []})).json()
+            assert body["done_reason"] == "load" and body["message"] == {"role": "assistant", "content": ""}
+            body = await (await h.post("/api/generate", {"model": "tiny", "keep_alive": 0})).json()
+            assert body["done_reason"] == "unload" and h.supervisor.stops == ["tiny"]
+    run(scenario())
+
+
+def test_error_frame_mid_stream_ends_with_an_error_line_and_status_200():
+    async def scenario():
+        async with harness() as h:
+            h.worker.plan = [text("Hel"), done("error", "out of memory while decoding")]
+            resp = await h.post("/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}]})
+            lines = await ndjson(resp)
+            assert resp.status == 200
+            assert lines[0]["message"] == {"role": "assistant", "content": "Hel"}
+            assert lines[-1] == {"error": "out of memory while decoding"}
+    run(scenario())
+
+
+def test_worker_death_fails_the_request_with_a_clear_error_within_two_seconds():
+    async def scenario():
+        async with harness() as h:
+            h.worker.plan = [text("Hel"), "die"]
+            started = time.monotonic()
+            resp = await h.post("/api/generate", {"model": "tiny", "prompt": "Hi"})
+            lines = await ndjson(resp)
+            elapsed = time.monotonic() - started
+            assert lines[0]["response"] == "Hel"
+            assert lines[-1] == {"error": "the worker for model 'tiny:latest' exited unexpectedly"}
+            assert elapsed < 2.5
+            await wait_for(lambda: len(h.supervisor.releases) == 1)
+    run(scenario())
+
+
+def test_client_disconnect_cancels_the_request_on_the_worker_and_releases_the_lease():
+    async def scenario():
+        async with harness() as h:
+            h.worker.plan = [text("Hel")] + [0.05, text("lo")] * 100 + [done()]
+            resp = await h.post("/api/generate", {"model": "tiny", "prompt": "Hi"})
+            first = await resp.content.readline()
+            assert json.loads(first)["response"] == "Hel"
+            resp.close()  # the client goes away mid-stream
+            await wait_for(lambda: len(h.worker.cancels) == 1 and len(h.supervisor.releases) == 1)
+            assert h.worker.cancels[0] == h.worker.submits[0][0].request_id
+    run(scenario())
+
+
+def test_client_leaving_while_the_model_loads_still_releases_the_lease():
+    async def scenario():
+        async with harness() as h:
+            h.supervisor.acquire_delay = 0.5
+            with pytest.raises(asyncio.TimeoutError):
+                await h.post("/api/generate", {"model": "tiny", "prompt": "Hi"}, timeout=aiohttp.ClientTimeout(total=0.2))
+            await wait_for(lambda: len(h.supervisor.releases) == 1)
+            assert h.supervisor.releases[0].lease_id == "lease-1" and h.worker.submits == []
+    run(scenario())
+
+
+def test_unknown_model_is_404_in_each_dialects_shape():
+    async def scenario():
+        async with harness() as h:
+            resp = await h.post("/api/generate", {"model": "nope", "prompt": "Hi"})
+            assert resp.status == 404 and await resp.json() == {"error": "model 'nope' not found"}
+            resp = await h.post("/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "Hi"}]})
+            body = await resp.json()
+            assert resp.status == 404
+            assert body == {"error": {"message": "model 'nope' not found", "type": "not_found_error", "param": None,
+                                      "code": "model_not_found"}}
+    run(scenario())
+
+
+def test_full_queue_is_503_with_retry_after():
+    async def scenario():
+        async with harness() as h:
+            h.supervisor.busy = True
+            resp = await h.post("/api/generate", {"model": "tiny", "prompt": "Hi"})
+            assert resp.status == 503 and resp.headers["Retry-After"] == "3"
+            assert "full" in (await resp.json())["error"]
+    run(scenario())
+
+
+def test_openai_stream_is_role_chunk_deltas_finish_usage_then_done():
+    async def scenario():
+        async with harness() as h:
+            resp = await h.post("/v1/chat/completions", {
+                "model": "tiny", "stream": True, "stream_options": {"include_usage": True},
+                "messages": [{"role": "user", "content": "Hi"}]})
+            assert resp.headers["Content-Type"].startswith("text/event-stream")
+            events = await sse(resp)
+            assert events[-1] == "[DONE]"
+            chunks = events[:-1]
+            assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+            assert [c["choices"][0]["delta"]["content"] for c in chunks[1:3]] == ["Hel", "lo"]
+            assert chunks[3]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "stop", "logprobs": None}
+            assert chunks[4]["choices"] == [] and chunks[4]["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+            assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("chatcmpl-")
+            assert all(c["object"] == "chat.completion.chunk" and c["model"] == "tiny" for c in chunks)
+    run(scenario())
+
+
+def test_openai_error_mid_stream_is_an_error_event_then_done():
+    async def scenario():
+        async with harness() as h:
+            h.worker.plan = [text("Hel"), done("error", "the model produced NaN")]
+            resp = await h.post("/v1/chat/completions", {"model": "tiny", "stream": True,
+                                                         "messages": [{"role": "user", "content": "Hi"}]})
+            events = await sse(resp)
+            assert resp.status == 200 and events[-1] == "[DONE]"
+            assert events[-2]["error"]["message"] == "the model produced NaN" and events[-2]["error"]["type"] == "api_error"
+    run(scenario())
+
+
+def test_real_clients_read_the_responses():
+    """The official `ollama` and `openai` clients parse what the gateway sends (they run in a thread)."""
+    async def scenario():
+        async with harness() as h:
+            h.worker.plan = [text("Hel"), text("lo"), done("length")]
+
+            def with_ollama() -> None:
+                c = ollama.Client(host=h.url)
+                parts = list(c.chat(model="tiny", messages=[{"role": "user", "content": "Hi"}], stream=True))
+                assert "".join(p.message.content for p in parts) == "Hello" and parts[-1].done_reason == "length"
+                r = c.generate(model="tiny", prompt="Hi", options={"temperature": 0})
+                assert r.response == "Hello" and r.eval_count == 3 and r.load_duration == 250_000_000
+                assert [m.model for m in c.list().models] == ["tiny:latest"]
+                loaded = c.ps().models[0]
+                assert loaded.model == "tiny:latest" and loaded.context_length == 2048
+                with pytest.raises(ollama.ResponseError) as e:
+                    c.chat(model="nope", messages=[{"role": "user", "content": "Hi"}])
+                assert e.value.status_code == 404 and e.value.error == "model 'nope' not found"
+
+            def with_openai() -> None:
+                c = openai.OpenAI(base_url=f"{h.url}/v1", api_key="unused", max_retries=0)
+                r = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+                assert r.choices[0].message.content == "Hello" and r.choices[0].finish_reason == "length"
+                assert r.usage.total_tokens == 8
+                stream = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], stream=True)
+                assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices) == "Hello"
+                assert [m.id for m in c.models.list()] == ["tiny:latest"]
+                with pytest.raises(openai.NotFoundError):
+                    c.chat.completions.create(model="nope", messages=[{"role": "user", "content": "Hi"}])
+                with pytest.raises(openai.BadRequestError) as e:
+                    c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], n=2)
+                assert e.value.param == "n"
+
+            await asyncio.to_thread(with_ollama)
+            await asyncio.to_thread(with_openai)
+    run(scenario())
+
+
+def test_router_survives_garbage_and_drops_frames_for_finished_requests():
+    async def scenario():
+        run_dir = Path(tempfile.mkdtemp(prefix="gw", dir="/tmp"))
+        router = TokenRouter(run_dir, name="g.ipc")
+        await router.start()
+        ctx = zmq.asyncio.Context()
+        push = ctx.socket(zmq.PUSH)
+        push.connect(router.address)
+        try:
+            stream = router.register("r1")
+            await push.send(b"not msgpack at all")
+            await push.send(frames.encode(TokenEvent(request_id="gone", text="late")))
+            await push.send(frames.encode(TokenEvent(request_id="r1", text="ok", done=True, done_reason="stop")))
+            event = await asyncio.wait_for(stream.queue.get(), 2.0)
+            assert (event.text, event.done) == ("ok", True) and stream.queue.empty()
+            assert (run_dir / "g.ipc").exists()
+        finally:
+            push.close(linger=0)
+            ctx.destroy(linger=0)
+            await router.close()
+        assert not (run_dir / "g.ipc").exists()  # the socket file goes with the gateway
+        shutil.rmtree(run_dir, ignore_errors=True)
+    run(scenario())
