@@ -45,6 +45,26 @@ def _http_error(e: urllib.error.HTTPError) -> MlxServeError:
     return cls(str(message))
 
 
+def parse_options(pairs: list[str]) -> dict:
+    """`KEY=VALUE` pairs as an Ollama `options` object; values are JSON where they parse (numbers,
+    booleans, lists), else strings. `stop` may repeat and accumulates into a list."""
+    options: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidArgument(f"--option wants KEY=VALUE, got {pair!r}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        key = key.strip()
+        if key == "stop":
+            options.setdefault("stop", []).extend(value if isinstance(value, list) else [str(value)])
+        else:
+            options[key] = value
+    return options
+
+
 @exits_on_error
 def run(
     ctx: typer.Context,
@@ -53,6 +73,7 @@ def run(
     system: Optional[str] = typer.Option(None, "--system", help="system message"),
     keepalive: Optional[str] = typer.Option(None, "--keepalive", help="how long the model stays loaded after this (e.g. 5m, 0, -1)"),
     verbose: bool = typer.Option(False, "--verbose", help="print timings at the end"),
+    option: list[str] = typer.Option([], "--option", "-o", help="a model option as KEY=VALUE (e.g. -o temperature=0 -o num_predict=64); repeatable"),
     host: Optional[str] = typer.Option(None, "--host", envvar="MLXSERVE_HOST", help="server URL or host[:port]"),
 ) -> None:
     """Generate an answer to a prompt, streamed as it is produced."""
@@ -65,6 +86,8 @@ def run(
         body["system"] = system
     if keepalive is not None:
         body["keep_alive"] = keepalive
+    if option:
+        body["options"] = parse_options(option)
     req = urllib.request.Request(f"{url}/api/generate", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"}, method="POST")
     try:

