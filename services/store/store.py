@@ -270,6 +270,35 @@ class ModelStore:
             capabilities=list(config.capabilities), context_length=config.context_length, config=config,
         )
 
+    # ------------------------------------------------------------------ manifests as bytes (pull, push, pack)
+
+    def get_manifest(self, name: str) -> tuple[ModelName, bytes, Manifest]:
+        """The stored manifest of `name`: (its canonical name, its exact bytes, parsed)."""
+        found = self._find(parse_name(name))
+        return found.name, found.data, Manifest.from_bytes(found.data)
+
+    def put_manifest(self, name: str, data: bytes) -> ModelSummary:
+        """Make `name` point at the manifest `data`, whose blobs must already be in the store.
+
+        Used by pull and by unpacking an image layout: blobs arrive first (verified), and the
+        manifest is written last and atomically, so nothing partial ever becomes visible.
+        """
+        mname = parse_name(name)
+        if mname.digest:
+            raise InvalidArgument(f"cannot tag {name!r}: a digest-pinned name names an existing manifest")
+        manifest = Manifest.from_bytes(data)
+        manifest_path = mname.manifest_path(self.models_dir)
+        with self._locked():
+            missing = sorted(d for d in manifest.digests() if not self.blobs.exists(d))
+            if missing:
+                raise InvalidArgument(f"manifest for '{mname.display}' references blobs not in the store: {', '.join(missing)}")
+            old = self._read_manifest_quietly(manifest_path)
+            manifest_path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(manifest_path, data, self.tmp_dir)
+            if old is not None and old.digests() != manifest.digests():
+                self._collect(old.digests())
+        return self._summary(mname, manifest_path, data, manifest)
+
     # ------------------------------------------------------------------ remove
 
     def remove(self, name: str) -> list[str]:
