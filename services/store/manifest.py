@@ -27,6 +27,8 @@ ANN_SOURCE = "io.mlxserve.source.name"
 ANN_SOURCE_DIGEST = "io.mlxserve.source.digest"
 ANN_CONVERTER = "io.mlxserve.converter"
 ANN_CONVERTER_VERSION = "io.mlxserve.converter.version"
+ANN_PARENT = "io.mlxserve.parent"              # "<name>@sha256:<hex>" of the model it derives from
+ANN_QUANTIZATION = "io.mlxserve.quantization"  # e.g. "affine bits=4 group_size=64" when quantized on create
 
 _P = "application/vnd.mlxserve.model"
 # (filename pattern, media type), first match wins. config.json gets its own type so it is never
@@ -85,6 +87,8 @@ class ModelConfig:
     license: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
     model_info: dict[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, str]] = field(default_factory=list)  # conversation that precedes every chat
+    parent_model: str = ""  # the model this one was created from, if any
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()

@@ -58,19 +58,25 @@ class GenerationRequest:
 
 def encode_prompt(tokenizer: Any, request: GenerationRequest) -> list[int]:
     """Template (unless raw) and tokenize the request's prompt with the model's own tokenizer."""
-    if request.is_chat:
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-    elif request.raw:
+    if request.raw:
         # As is: special tokens (a BOS) only if the tokenizer's own post-processor adds them.
         return list(tokenizer.encode(request.prompt, add_special_tokens=True))
+    # The template writes any BOS/special tokens itself; don't let the tokenizer add them twice.
+    return list(tokenizer.encode(render_prompt(tokenizer, request), add_special_tokens=False))
+
+
+def render_prompt(tokenizer: Any, request: GenerationRequest) -> str:
+    """The text the model's chat template makes of a (non-raw) request, generation prompt included."""
+    if request.raw:
+        return request.prompt
+    if request.is_chat:
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
     else:
         messages = ([{"role": "system", "content": request.system}] if request.system else [])
         messages.append({"role": "user", "content": request.prompt})
     if not getattr(tokenizer, "has_chat_template", False):
         raise Unsupported("this model has no chat template; send a raw prompt instead")
     try:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     except Exception as e:  # noqa: BLE001 - jinja raises its own types; the user needs the message
         raise InvalidArgument(f"the model's chat template rejected these messages: {e}") from e
-    # The template writes any BOS/special tokens itself; don't let the tokenizer add them twice.
-    return list(tokenizer.encode(text, add_special_tokens=False))

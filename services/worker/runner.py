@@ -26,6 +26,7 @@ from mlxserve.services.common import logs
 from mlxserve.services.common.errors import Busy, InvalidArgument, NotFound, Unavailable
 from mlxserve.v1.frames import Stats, TokenEvent
 
+from .defaults import load_defaults
 from .prompts import GenerationRequest, encode_prompt
 from .sampling import make_sampler
 from .stops import StopStringFilter
@@ -101,6 +102,8 @@ class ModelRunner:
         self.num_parallel = num_parallel
         self.max_queue = max_queue
         self.prefill_step_size = prefill_step_size
+        # SYSTEM, PARAMETER, MESSAGE from the store; read first, so a damaged file fails fast.
+        self.defaults = load_defaults(self.model_path)
         started = time.perf_counter()
         # The store's view holds symlinks to blobs; mlx-lm mmaps the safetensors, never copies.
         self.model, self.tokenizer = mlx_lm.load(str(self.model_path))
@@ -127,10 +130,12 @@ class ModelRunner:
     def submit(self, request: GenerationRequest) -> SubmitResult:
         """Validate, template and tokenize `request`, and queue it for the engine thread.
 
+        The model's defaults fill in what the request leaves out (see `ModelDefaults.apply`).
         Raises InvalidArgument (bad request, prompt longer than the context), Unsupported (no
         chat template), Busy (the bounded queue is full), Unavailable (shutting down).
         """
         request.validate()
+        request = self.defaults.apply(request)
         tokens = encode_prompt(self.tokenizer, request)
         if not tokens:
             raise InvalidArgument("the prompt is empty after tokenization")

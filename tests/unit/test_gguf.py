@@ -97,7 +97,7 @@ def write_tiny_gguf(
     extra_tensor: tuple[str, int] | None = None,
     weights: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Write a tiny llama GGUF; returns the HF-layout weights it encodes. `quant`: F32, Q8_0, Q4_1, mixed."""
+    """Write a tiny llama GGUF; returns the HF-layout weights it encodes. `quant`: F32, F16, Q4_0, Q8_0, Q4_1, mixed."""
     Q = gguf.GGMLQuantizationType
     tok = _trained_tokenizer()
     vocab = tok.get_vocab()
@@ -117,7 +117,7 @@ def write_tiny_gguf(
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(len(tokens))
-    w.add_file_type({"F32": 0, "Q8_0": 7, "Q4_1": 3}.get(quant, 3))
+    w.add_file_type({"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q4_1": 3}.get(quant, 3))
     w.add_license("apache-2.0")
     w.add_size_label("tiny")
     w.add_tokenizer_model(tokenizer_model)
@@ -139,11 +139,13 @@ def write_tiny_gguf(
             value = _llama_cpp_permute(value, KV_HEADS)
         qtype = Q.F32
         if value.ndim == 2:
-            qtype = {"F32": Q.F32, "Q8_0": Q.Q8_0, "Q4_1": Q.Q4_1}.get(quant, Q.Q4_1)
+            qtype = {"F32": Q.F32, "F16": Q.F16, "Q4_0": Q.Q4_0, "Q8_0": Q.Q8_0, "Q4_1": Q.Q4_1}.get(quant, Q.Q4_1)
             if quant == "mixed" and "ffn_down" in name:
                 qtype = Q.Q8_0
         if qtype == Q.F32:
             w.add_tensor(name, value)
+        elif qtype == Q.F16:
+            w.add_tensor(name, value.astype(np.float16))
         else:
             w.add_tensor(name, gguf.quants.quantize(value, qtype), raw_dtype=qtype)
     if extra_tensor is not None:
@@ -271,3 +273,40 @@ def test_truncated_gguf_is_refused(tmp_path: Path) -> None:
     src.write_bytes(src.read_bytes()[:200])
     with pytest.raises(InvalidArgument, match="truncated"):
         ModelStore(tmp_path / "models").create_from_path("x", src)
+
+
+def test_f16_gguf_converts_to_float16_weights_close_to_the_original(tmp_path: Path) -> None:
+    import mlx.core as mx
+
+    src = tmp_path / "tiny.gguf"
+    expected = write_tiny_gguf(src, quant="F16")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = import_gguf(src, out)
+    got = mx.load(str(out / "model.safetensors"))
+    q = got["model.layers.0.self_attn.q_proj.weight"]
+    assert q.dtype == mx.float16 and "quantization" not in json.loads((out / "config.json").read_text())
+    assert np.abs(np.array(q.astype(mx.float32)) - expected["model.layers.0.self_attn.q_proj.weight"]).max() < 1e-3
+    assert result.config.quantization_level == "F16"
+
+
+def test_q4_0_gguf_stays_quantized_and_loads_in_mlx_lm(tmp_path: Path) -> None:
+    import mlx.core as mx
+
+    src = tmp_path / "tiny.gguf"
+    expected = write_tiny_gguf(src, quant="Q4_0")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = import_gguf(src, out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization"] == {"group_size": 32, "bits": 4}
+    got = mx.load(str(out / "model.safetensors"))
+    w = got["model.layers.0.mlp.up_proj.weight"]
+    assert w.dtype == mx.uint32
+    deq = mx.dequantize(w, got["model.layers.0.mlp.up_proj.scales"], got["model.layers.0.mlp.up_proj.biases"],
+                        group_size=32, bits=4)
+    assert np.abs(np.array(deq) - expected["model.layers.0.mlp.up_proj.weight"]).max() < 0.05
+    assert result.config.quantization_level == "Q4_0"
+    model, tokenizer = _load_view(out)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True)
+    assert model(mx.array([ids])).shape[1] == len(ids)

@@ -88,3 +88,50 @@ def test_arbitrary_text_either_parses_safely_or_is_refused(text: str) -> None:
         return
     assert ".." not in name.full and "\x00" not in name.full
     assert name.manifest_path(Path("/m")).is_relative_to(Path("/m/manifests"))
+
+
+_HOSTILE = st.one_of(
+    st.text(max_size=80),
+    st.lists(st.sampled_from(["a", "0", ".", "..", "/", "\\", ":", "@", "sha256:", "\x00", "\n", "~", "%2e", "f" * 64]),
+             max_size=12).map("".join),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_HOSTILE)
+def test_digest_check_accepts_only_sha256_hex_and_maps_inside_blobs(text: str) -> None:
+    from mlxserve.services.store.blobs import BlobStore, check_digest
+
+    try:
+        digest = check_digest(text)
+    except InvalidArgument:
+        return
+    path = BlobStore(Path("/m")).path(digest)
+    assert path.parent == Path("/m/blobs") and len(path.name) == len("sha256-") + 64
+
+
+@pytest.fixture(scope="module")
+def fuzz_store(tmp_path_factory: pytest.TempPathFactory):
+    from mlxserve.services.store.store import ModelStore
+
+    root = tmp_path_factory.mktemp("fuzz")
+    store = ModelStore(root / "home" / "models")
+    store.gc()  # creates the lock files up front: they are not what this test is about
+    return root, store
+
+
+@settings(max_examples=200, deadline=None)
+@given(src=_HOSTILE, dst=_HOSTILE)
+def test_store_entry_points_refuse_hostile_names_without_touching_the_disk(fuzz_store, src: str, dst: str) -> None:
+    from mlxserve.services.common.errors import NotFound
+
+    root, store = fuzz_store
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    for call in (lambda: store.show(src), lambda: store.remove(src), lambda: store.copy(src, dst),
+                 lambda: store.resolve(src), lambda: store.has_blob(src), lambda: store.get_manifest(src)):
+        try:
+            result = call()
+        except (InvalidArgument, NotFound):
+            continue
+        assert result is False  # only has_blob of a well-formed, absent digest gets this far
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before

@@ -27,6 +27,7 @@ from mlxserve.services.common.errors import InvalidArgument
 from ..manifest import ModelConfig
 from ..manifest import human_parameter_size
 from ..progress import ProgressCallback, ProgressEvent, no_progress
+from ..templates import capabilities
 from . import ImportResult
 
 CONVERTER = "mlxserve-gguf"
@@ -438,9 +439,6 @@ def import_gguf(src: Path, out_dir: Path, progress: ProgressCallback = no_progre
             continue  # vocabularies and templates are reported elsewhere, not as model_info
         model_info[key] = value.item() if isinstance(value, np.generic) else value
     model_info["general.parameter_count"] = converted.parameter_count
-    capabilities = ["completion"]
-    if "tools" in template:
-        capabilities.append("tools")
     cfg = ModelConfig(
         format="mlx",
         family=arch,
@@ -450,7 +448,7 @@ def import_gguf(src: Path, out_dir: Path, progress: ProgressCallback = no_progre
         parameter_size=_meta(header, "general.size_label", "") or human_parameter_size(converted.parameter_count),
         quantization_level=quant_level,
         context_length=context_length,
-        capabilities=capabilities,
+        capabilities=capabilities(template),
         template=template,
         system="",
         license=license_text,

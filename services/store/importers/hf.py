@@ -19,12 +19,11 @@ from mlxserve.services.common.errors import InvalidArgument
 from ..blobs import copy_with_digest
 from ..manifest import ModelConfig, human_parameter_size, media_type_for
 from ..progress import ProgressCallback, ProgressEvent, no_progress
+from ..templates import EMBEDDING_ARCHITECTURES, capabilities
 from . import ImportResult
 
 CONVERTER = "mlxserve-hf"
 REQUIRED = ("config.json", "tokenizer.json")
-# Model types that are encoders: they embed, they do not complete.
-EMBEDDING_MODEL_TYPES = {"bert", "xlm-roberta", "roberta", "nomic_bert", "modernbert", "distilbert"}
 _DTYPE_LEVEL = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
 _GENERATION_PARAMS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
                       "repetition_penalty": "repeat_penalty"}
@@ -152,12 +151,8 @@ def _model_config(src: Path, config: dict[str, Any], quantization: dict[str, Any
     context = int(get("max_position_embeddings", 0) or tok_config.get("model_max_length", 0) or 0)
     if context > 10**9:  # transformers' "no limit" sentinel
         context = 0
-    embedding = arch in EMBEDDING_MODEL_TYPES or (src / "modules.json").is_file()
-    capabilities = ["embedding"] if embedding else ["completion"]
-    if "tools" in template:
-        capabilities.append("tools")
-    if "<think>" in template:
-        capabilities.append("thinking")
+    embedding = arch in EMBEDDING_ARCHITECTURES or (src / "modules.json").is_file()
+    caps = capabilities(template, embedding=embedding, vision=isinstance(config.get("vision_config"), dict))
     gen = _read_json(src / "generation_config.json")
     parameters = {ours: gen[theirs] for theirs, ours in _GENERATION_PARAMS.items()
                   if isinstance(gen.get(theirs), (int, float)) and gen.get("do_sample", True)}
@@ -173,6 +168,6 @@ def _model_config(src: Path, config: dict[str, Any], quantization: dict[str, Any
     return ModelConfig(
         format="mlx", family=arch, families=[arch], architecture=arch, parameter_count=params,
         parameter_size=human_parameter_size(params), quantization_level=level, context_length=context,
-        capabilities=capabilities, template=template, system="", license=license_text,
+        capabilities=caps, template=template, system="", license=license_text,
         parameters=parameters, model_info=info,
     )
