@@ -64,7 +64,7 @@ class Backend:
             try:
                 return rpc.call_sync(service, getattr(stub, method), request, timeout=timeout)
             except Unavailable as e:
-                if "not reachable" in e.message:
+                if self._unreachable(service, e):
                     raise self._not_running(service) from None
                 raise
 
@@ -75,9 +75,14 @@ class Backend:
                 yield from getattr(self._stub(service, channel), method)(request)
             except grpc.RpcError as e:
                 err = from_rpc_error(e, service=service)
-                if isinstance(err, Unavailable) and "not reachable" in err.message:
+                if isinstance(err, Unavailable) and self._unreachable(service, err):
                     raise self._not_running(service) from None
                 raise err from None
+
+    @staticmethod
+    def _unreachable(service: str, err: Unavailable) -> bool:
+        """Whether the service itself is down (not, say, a registry the store could not reach)."""
+        return err.message.startswith(f"the {service} service is not reachable")
 
     @staticmethod
     def _stub(service: str, channel: grpc.Channel) -> Any:

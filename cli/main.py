@@ -8,7 +8,7 @@ import typer
 
 from mlxserve import __version__
 
-from . import generate, loaded, models, serve
+from . import generate, loaded, maintenance, models, serve, transfer
 
 app = typer.Typer(name="mlxctl", help="Run and manage mlxserve, a local LLM server on MLX.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -24,7 +24,14 @@ app.command("run")(generate.run)
 app.command("list")(models.list_models)
 app.command("ls", hidden=True)(models.list_models)
 app.command("create")(models.create)
+app.command("show")(models.show)
+app.command("cp")(models.copy)
 app.command("rm")(models.remove)
+app.command("pull")(transfer.pull)
+app.command("push")(transfer.push)
+app.command("pack")(transfer.pack)
+app.command("verify")(maintenance.verify)
+app.command("gc")(maintenance.gc)
 app.command("ps")(loaded.ps)
 app.command("stop")(loaded.stop)
 

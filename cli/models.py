@@ -1,10 +1,10 @@
-"""Store verbs: list (ls), create, rm."""
+"""Store verbs about models: list (ls), show, create, cp, rm."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List
+from typing import Any, List, Optional
 
 import typer
 
@@ -12,7 +12,11 @@ from mlxserve.services.common.errors import InvalidArgument
 from mlxserve.v1 import common_pb2, store_pb2
 
 from .backend import Backend, exits_on_error, settings_from
-from .render import ProgressPrinter, human_size, relative_time, table
+from .render import human_size, progress_view, relative_time, table
+
+RECIPE_SUFFIXES = {".yaml": "modelspec", ".yml": "modelspec"}  # anything else is read as a Modelfile
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is text; templates and licenses fit many times over
+SHOW_FIELDS = ("template", "parameters", "system", "license", "modelfile")
 
 
 def details_dict(d: common_pb2.ModelDetails) -> dict:
@@ -39,27 +43,170 @@ def list_models(ctx: typer.Context, as_json: bool = typer.Option(False, "--json"
     ))
 
 
+# -- create --------------------------------------------------------------------------------------------
+
+
+def run_progress(backend: Backend, method: str, request: Any) -> None:
+    """Stream a store operation's progress to stdout (bars on a terminal, lines elsewhere)."""
+    view = progress_view()
+    try:
+        for p in backend.stream("store", method, request):
+            view.update(p.status, p.total, p.completed)
+    finally:
+        view.close()
+
+
 def create_model(backend: Backend, name: str, source: Path) -> None:
-    """Import `source` as `name` through the store, printing its progress lines."""
+    """Import `source` (a GGUF file or a model folder) as `name` through the store, showing progress."""
     source = source.expanduser().resolve()
     if not source.exists():
         raise InvalidArgument(f"source '{source}' does not exist")
-    printer = ProgressPrinter()
-    try:
-        for p in backend.stream("store", "Create", store_pb2.CreateRequest(name=name, from_path=str(source))):
-            printer.update(p.status, p.total, p.completed)
-    finally:
-        printer.close()
+    run_progress(backend, "Create", store_pb2.CreateRequest(name=name, from_path=str(source)))
+
+
+def looks_like_path(text: str) -> bool:
+    """Whether `--from` names a file or folder rather than a model (`me/smollm2:q4` is a model)."""
+    return (Path(text).expanduser().exists() or text.startswith(("/", "./", "../", "~"))
+            or text.lower().endswith((".gguf", ".safetensors")))
+
+
+def create_request(name: str, recipe: Optional[Path], source: Optional[str], quantize: Optional[str],
+                   group_size: Optional[int]) -> store_pb2.CreateRequest:
+    """The CreateRequest for `mlxctl create`: the store parses the recipe; flags override it."""
+    if recipe is None and source is None:
+        raise InvalidArgument("create needs a recipe (-f Modelfile or ModelSpec.yaml) or a source (--from PATH|MODEL)")
+    req = store_pb2.CreateRequest(name=name)
+    if recipe is not None:
+        path = recipe.expanduser().resolve()
+        if not path.is_file():
+            raise InvalidArgument(f"recipe '{path}' does not exist or is not a file")
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head == b"GGUF":
+            raise InvalidArgument(f"'{path}' is a GGUF model, not a recipe; import it with --from {path}")
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise InvalidArgument(f"recipe '{path}' is larger than {MAX_RECIPE_BYTES // 1024} KiB; is it really a "
+                                  "Modelfile or a ModelSpec.yaml?")
+        try:
+            req.recipe = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InvalidArgument(f"cannot read recipe '{path}': {e}") from None
+        req.recipe_format = RECIPE_SUFFIXES.get(path.suffix.lower(), "modelfile")
+        req.base_dir = str(path.parent)
+    if source is not None:
+        if looks_like_path(source):
+            src = Path(source).expanduser().resolve()
+            if not src.exists():
+                raise InvalidArgument(f"source '{src}' does not exist")
+            req.from_path = str(src)
+        else:
+            req.from_model = source
+    if quantize:
+        req.quantize = quantize
+    if group_size is not None:
+        if group_size <= 0:
+            raise InvalidArgument(f"--group-size must be a positive number, got {group_size}")
+        req.group_size = group_size
+    return req
 
 
 @exits_on_error
 def create(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="name for the new model, e.g. smollm2 or me/smollm2:q4"),
-    source: Path = typer.Option(..., "--from", "-f", help="a GGUF file or a model folder on this machine"),
+    recipe: Optional[Path] = typer.Option(None, "--file", "-f", help="a Modelfile or a ModelSpec.yaml recipe"),
+    source: Optional[str] = typer.Option(None, "--from", help="a GGUF file, a model folder, or an existing model"),
+    quantize: Optional[str] = typer.Option(None, "--quantize", "-q", help="quantize the weights on the way in: q4 or q8"),
+    group_size: Optional[int] = typer.Option(None, "--group-size", help="quantization group size (default 64)"),
 ) -> None:
-    """Create a model from a local GGUF file or model folder."""
-    create_model(Backend(settings_from(ctx)), name, source)
+    """Create a model from a recipe, a GGUF file, a model folder or another model."""
+    backend = Backend(settings_from(ctx))
+    run_progress(backend, "Create", create_request(name, recipe, source, quantize, group_size))
+
+
+# -- show ------------------------------------------------------------------------------------------------
+
+
+def show_json(s: store_pb2.ShowResponse) -> dict[str, Any]:
+    """The model in the shape of Ollama's /api/show."""
+    out: dict[str, Any] = {key: getattr(s, key) for key in SHOW_FIELDS if getattr(s, key)}
+    out["details"] = details_dict(s.summary.details)
+    out["model_info"] = json.loads(s.model_info_json) if s.model_info_json else {}
+    if s.messages:
+        out["messages"] = [{"role": m.role, "content": m.content} for m in s.messages]
+    out["capabilities"] = list(s.capabilities)
+    out["modified_at"] = s.summary.modified_at
+    return out
+
+
+def _section(title: str, rows: list[tuple[str, str]]) -> list[str]:
+    if not rows:
+        return []
+    width = max(len(k) for k, _ in rows)
+    return [f"  {title}", *[f"    {k.ljust(width)}    {v}".rstrip() for k, v in rows], ""]
+
+
+def show_text(s: store_pb2.ShowResponse) -> str:
+    """What `ollama show` prints: model facts, capabilities, parameters, system prompt, license head."""
+    info = json.loads(s.model_info_json) if s.model_info_json else {}
+    d = s.summary.details
+    arch = str(info.get("general.architecture") or d.family)
+    facts = [("architecture", arch), ("parameters", d.parameter_size)]
+    for key, label in (("context_length", "context length"), ("embedding_length", "embedding length")):
+        if f"{arch}.{key}" in info:
+            facts.append((label, str(info[f"{arch}.{key}"])))
+    facts.append(("quantization", d.quantization_level))
+    lines = _section("Model", [(k, v) for k, v in facts if v])
+    lines += _section("Capabilities", [(c, "") for c in s.capabilities])
+    params = []
+    for line in s.parameters.splitlines():
+        key, _, value = line.strip().partition(" ")
+        params.append((key, value.strip()))
+    lines += _section("Parameters", params)
+    if s.system:
+        lines += _section("System", [(ln, "") for ln in s.system.splitlines()[:10]])
+    if s.license:
+        head = [ln for ln in s.license.splitlines() if ln.strip()][:2]
+        lines += _section("License", [(ln.strip(), "") for ln in head])
+    return "\n".join(lines).rstrip()
+
+
+@exits_on_error
+def show(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="the model to describe"),
+    template: bool = typer.Option(False, "--template", help="print only the chat template"),
+    parameters: bool = typer.Option(False, "--parameters", help="print only the default parameters"),
+    system: bool = typer.Option(False, "--system", help="print only the system prompt"),
+    license_: bool = typer.Option(False, "--license", help="print only the license"),
+    modelfile: bool = typer.Option(False, "--modelfile", help="print a Modelfile that recreates the model"),
+    as_json: bool = typer.Option(False, "--json", help="print everything as JSON (Ollama's /api/show shape)"),
+) -> None:
+    """Show a model's details, parameters, template, system prompt and license."""
+    picked = [f for f, on in zip(SHOW_FIELDS, (template, parameters, system, license_, modelfile)) if on]
+    if len(picked) + as_json > 1:
+        raise InvalidArgument("choose one of --template, --parameters, --system, --license, --modelfile and --json")
+    s = Backend(settings_from(ctx)).call("store", "Show", store_pb2.ShowRequest(name=name))
+    if as_json:
+        typer.echo(json.dumps(show_json(s), indent=2, ensure_ascii=False))
+    elif picked:
+        typer.echo(getattr(s, picked[0]))
+    else:
+        typer.echo(show_text(s))
+
+
+# -- cp, rm ------------------------------------------------------------------------------------------------
+
+
+@exits_on_error
+def copy(
+    ctx: typer.Context,
+    source: str = typer.Argument(..., help="an existing model"),
+    destination: str = typer.Argument(..., help="the new name for it"),
+) -> None:
+    """Give a model another name (no weights are copied)."""
+    Backend(settings_from(ctx)).call("store", "Copy", store_pb2.CopyRequest(source=source, destination=destination))
+    typer.echo(f"copied '{source}' to '{destination}'")
 
 
 @exits_on_error

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from typing import Iterable, Sequence, TextIO
+from typing import Iterable, Protocol, Sequence, TextIO
 
+from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn,
+                           TransferSpeedColumn)
+from rich.text import Text
 
 
 def human_size(n: int) -> str:
@@ -100,6 +104,61 @@ class ProgressPrinter:
             self._out.write("\n")
             self._out.flush()
             self._open_line = False
+
+
+class ProgressView(Protocol):
+    def update(self, status: str, total: int = 0, completed: int = 0) -> None: ...
+    def close(self) -> None: ...
+
+
+class _SizedOnly(ProgressColumn):
+    """Show `column` only for steps that move bytes; a plain status line gets nothing there."""
+
+    def __init__(self, column: ProgressColumn) -> None:
+        super().__init__()
+        self.column = column
+
+    def render(self, task: Task) -> Text:
+        if not task.fields.get("sized"):
+            return Text("")
+        return self.column.render(task)  # type: ignore[return-value]
+
+
+class BarProgress:
+    """Progress on a terminal: one line per status; steps with a byte total get a bar with the
+    bytes done and total, the speed and the time left (rich redraws them in place)."""
+
+    def __init__(self, console: Console) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            _SizedOnly(BarColumn(bar_width=30)),
+            _SizedOnly(DownloadColumn()),
+            _SizedOnly(TransferSpeedColumn()),
+            _SizedOnly(TimeRemainingColumn()),
+            console=console, refresh_per_second=8,
+        )
+        self._tasks: dict[str, object] = {}
+        self._progress.start()
+
+    def update(self, status: str, total: int = 0, completed: int = 0) -> None:
+        task = self._tasks.get(status)
+        if task is None:
+            sized = total > 0
+            task = self._tasks[status] = self._progress.add_task(status, total=total if sized else 1,
+                                                                  completed=completed if sized else 1, sized=sized)
+        if total > 0:
+            self._progress.update(task, total=total, completed=min(completed, total))  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+def progress_view(out: TextIO | None = None) -> ProgressView:
+    """Bars with sizes, speed and ETA on a terminal; plain lines (ProgressPrinter) elsewhere."""
+    out = out or sys.stdout
+    if out.isatty():
+        return BarProgress(Console(file=out, force_terminal=True))
+    return ProgressPrinter(out)
 
 
 def _duration(ns: int) -> str:

@@ -58,7 +58,8 @@ def test_version_prints_the_package_version() -> None:
 def test_help_lists_every_verb() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for verb in ("serve", "run", "list", "create", "rm", "ps", "stop", "version"):
+    for verb in ("serve", "run", "list", "create", "show", "cp", "rm", "pull", "push", "pack", "verify", "gc", "ps", "stop",
+                 "version"):
         assert verb in result.stdout
 
 

@@ -25,33 +25,69 @@ _sym_db = _symbol_database.Default()
 from mlxserve.v1 import common_pb2 as mlxserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mlxserve/v1/store.proto\x12\x0bmlxserve.v1\x1a\x18mlxserve/v1/common.proto\"0\n\rCreateRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tfrom_path\x18\x02 \x01(\t\"\r\n\x0bListRequest\"\x8a\x01\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x13\n\x0bmodified_at\x18\x05 \x01(\t\x12*\n\x07\x64\x65tails\x18\x06 \x01(\x0b\x32\x19.mlxserve.v1.ModelDetails\"9\n\x0cListResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.mlxserve.v1.ModelSummary\"\x1b\n\x0bShowRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xc7\x01\n\x0cShowResponse\x12*\n\x07summary\x18\x01 \x01(\x0b\x32\x19.mlxserve.v1.ModelSummary\x12\x10\n\x08template\x18\x02 \x01(\t\x12\x0e\n\x06system\x18\x03 \x01(\t\x12\x0f\n\x07license\x18\x04 \x01(\t\x12\x12\n\nparameters\x18\x05 \x01(\t\x12\x17\n\x0fmodel_info_json\x18\x06 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12\x15\n\rmanifest_json\x18\x08 \x01(\t\"\x1d\n\rRemoveRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\'\n\x0eRemoveResponse\x12\x15\n\rremoved_blobs\x18\x01 \x03(\t\"\x1e\n\x0eResolveRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"~\n\x0fResolveResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x11\n\tview_path\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t\x12\x16\n\x0e\x63ontext_length\x18\x06 \x01(\x03\x32\x86\x03\n\x05Store\x12;\n\x04Ping\x12\x18.mlxserve.v1.PingRequest\x1a\x19.mlxserve.v1.PingResponse\x12=\n\x06\x43reate\x12\x1a.mlxserve.v1.CreateRequest\x1a\x15.mlxserve.v1.Progress0\x01\x12;\n\x04List\x12\x18.mlxserve.v1.ListRequest\x1a\x19.mlxserve.v1.ListResponse\x12;\n\x04Show\x12\x18.mlxserve.v1.ShowRequest\x1a\x19.mlxserve.v1.ShowResponse\x12\x41\n\x06Remove\x12\x1a.mlxserve.v1.RemoveRequest\x1a\x1b.mlxserve.v1.RemoveResponse\x12\x44\n\x07Resolve\x12\x1b.mlxserve.v1.ResolveRequest\x1a\x1c.mlxserve.v1.ResolveResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mlxserve/v1/store.proto\x12\x0bmlxserve.v1\x1a\x18mlxserve/v1/common.proto\"-\n\x0cModelMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xb3\x03\n\rCreateRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tfrom_path\x18\x02 \x01(\t\x12\x12\n\nfrom_model\x18\x03 \x01(\t\x12\x34\n\x05\x66iles\x18\x04 \x03(\x0b\x32%.mlxserve.v1.CreateRequest.FilesEntry\x12\x15\n\x08template\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06system\x18\x06 \x01(\tH\x01\x88\x01\x01\x12\x17\n\x0fparameters_json\x18\x07 \x01(\t\x12\x14\n\x07license\x18\x08 \x01(\tH\x02\x88\x01\x01\x12+\n\x08messages\x18\t \x03(\x0b\x32\x19.mlxserve.v1.ModelMessage\x12\x10\n\x08quantize\x18\n \x01(\t\x12\x12\n\ngroup_size\x18\x0b \x01(\x05\x12\x0e\n\x06recipe\x18\x0c \x01(\t\x12\x15\n\rrecipe_format\x18\r \x01(\t\x12\x10\n\x08\x62\x61se_dir\x18\x0e \x01(\t\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_templateB\t\n\x07_systemB\n\n\x08_license\"\r\n\x0bListRequest\"\x8a\x01\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x13\n\x0bmodified_at\x18\x05 \x01(\t\x12*\n\x07\x64\x65tails\x18\x06 \x01(\x0b\x32\x19.mlxserve.v1.ModelDetails\"9\n\x0cListResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.mlxserve.v1.ModelSummary\"\x1b\n\x0bShowRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x87\x02\n\x0cShowResponse\x12*\n\x07summary\x18\x01 \x01(\x0b\x32\x19.mlxserve.v1.ModelSummary\x12\x10\n\x08template\x18\x02 \x01(\t\x12\x0e\n\x06system\x18\x03 \x01(\t\x12\x0f\n\x07license\x18\x04 \x01(\t\x12\x12\n\nparameters\x18\x05 \x01(\t\x12\x17\n\x0fmodel_info_json\x18\x06 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12\x15\n\rmanifest_json\x18\x08 \x01(\t\x12\x11\n\tmodelfile\x18\t \x01(\t\x12+\n\x08messages\x18\n \x03(\x0b\x32\x19.mlxserve.v1.ModelMessage\"-\n\x0bPullRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08insecure\x18\x02 \x01(\x08\"-\n\x0bPushRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08insecure\x18\x02 \x01(\x08\"-\n\x0bPackRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08out_path\x18\x02 \x01(\t\"2\n\x0b\x43opyRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\"8\n\x0c\x43opyResponse\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.mlxserve.v1.ModelSummary\"\x0f\n\rVerifyRequest\"-\n\x0b\x42lobProblem\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\"\x90\x01\n\x0cVerifyReport\x12\x0f\n\x07\x63hecked\x18\x01 \x01(\x03\x12)\n\x07\x63orrupt\x18\x02 \x03(\x0b\x32\x18.mlxserve.v1.BlobProblem\x12)\n\x07missing\x18\x03 \x03(\x0b\x32\x18.mlxserve.v1.BlobProblem\x12\x19\n\x11\x64\x61maged_manifests\x18\x04 \x03(\t\"n\n\x0bVerifyEvent\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.mlxserve.v1.ProgressH\x00\x12+\n\x06report\x18\x02 \x01(\x0b\x32\x19.mlxserve.v1.VerifyReportH\x00\x42\x07\n\x05\x65vent\"\x0b\n\tGcRequest\"R\n\nGcResponse\x12\x15\n\rremoved_blobs\x18\x01 \x03(\t\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x03\x12\x18\n\x10removed_partials\x18\x03 \x03(\t\" \n\x0eHasBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"!\n\x0fHasBlobResponse\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\")\n\tBlobChunk\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"2\n\x0fPutBlobResponse\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1d\n\rRemoveRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\'\n\x0eRemoveResponse\x12\x15\n\rremoved_blobs\x18\x01 \x03(\t\"\x1e\n\x0eResolveRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"~\n\x0fResolveResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x11\n\tview_path\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t\x12\x16\n\x0e\x63ontext_length\x18\x06 \x01(\x03\x32\xf6\x06\n\x05Store\x12;\n\x04Ping\x12\x18.mlxserve.v1.PingRequest\x1a\x19.mlxserve.v1.PingResponse\x12=\n\x06\x43reate\x12\x1a.mlxserve.v1.CreateRequest\x1a\x15.mlxserve.v1.Progress0\x01\x12;\n\x04List\x12\x18.mlxserve.v1.ListRequest\x1a\x19.mlxserve.v1.ListResponse\x12;\n\x04Show\x12\x18.mlxserve.v1.ShowRequest\x1a\x19.mlxserve.v1.ShowResponse\x12\x41\n\x06Remove\x12\x1a.mlxserve.v1.RemoveRequest\x1a\x1b.mlxserve.v1.RemoveResponse\x12\x44\n\x07Resolve\x12\x1b.mlxserve.v1.ResolveRequest\x1a\x1c.mlxserve.v1.ResolveResponse\x12\x39\n\x04Pull\x12\x18.mlxserve.v1.PullRequest\x1a\x15.mlxserve.v1.Progress0\x01\x12\x39\n\x04Push\x12\x18.mlxserve.v1.PushRequest\x1a\x15.mlxserve.v1.Progress0\x01\x12\x39\n\x04Pack\x12\x18.mlxserve.v1.PackRequest\x1a\x15.mlxserve.v1.Progress0\x01\x12;\n\x04\x43opy\x12\x18.mlxserve.v1.CopyRequest\x1a\x19.mlxserve.v1.CopyResponse\x12@\n\x06Verify\x12\x1a.mlxserve.v1.VerifyRequest\x1a\x18.mlxserve.v1.VerifyEvent0\x01\x12\x35\n\x02Gc\x12\x16.mlxserve.v1.GcRequest\x1a\x17.mlxserve.v1.GcResponse\x12\x44\n\x07HasBlob\x12\x1b.mlxserve.v1.HasBlobRequest\x1a\x1c.mlxserve.v1.HasBlobResponse\x12\x41\n\x07PutBlob\x12\x16.mlxserve.v1.BlobChunk\x1a\x1c.mlxserve.v1.PutBlobResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mlxserve.v1.store_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATEREQUEST']._serialized_start=66
-  _globals['_CREATEREQUEST']._serialized_end=114
-  _globals['_LISTREQUEST']._serialized_start=116
-  _globals['_LISTREQUEST']._serialized_end=129
-  _globals['_MODELSUMMARY']._serialized_start=132
-  _globals['_MODELSUMMARY']._serialized_end=270
-  _globals['_LISTRESPONSE']._serialized_start=272
-  _globals['_LISTRESPONSE']._serialized_end=329
-  _globals['_SHOWREQUEST']._serialized_start=331
-  _globals['_SHOWREQUEST']._serialized_end=358
-  _globals['_SHOWRESPONSE']._serialized_start=361
-  _globals['_SHOWRESPONSE']._serialized_end=560
-  _globals['_REMOVEREQUEST']._serialized_start=562
-  _globals['_REMOVEREQUEST']._serialized_end=591
-  _globals['_REMOVERESPONSE']._serialized_start=593
-  _globals['_REMOVERESPONSE']._serialized_end=632
-  _globals['_RESOLVEREQUEST']._serialized_start=634
-  _globals['_RESOLVEREQUEST']._serialized_end=664
-  _globals['_RESOLVERESPONSE']._serialized_start=666
-  _globals['_RESOLVERESPONSE']._serialized_end=792
-  _globals['_STORE']._serialized_start=795
-  _globals['_STORE']._serialized_end=1185
+  _globals['_CREATEREQUEST_FILESENTRY']._loaded_options = None
+  _globals['_CREATEREQUEST_FILESENTRY']._serialized_options = b'8\001'
+  _globals['_MODELMESSAGE']._serialized_start=66
+  _globals['_MODELMESSAGE']._serialized_end=111
+  _globals['_CREATEREQUEST']._serialized_start=114
+  _globals['_CREATEREQUEST']._serialized_end=549
+  _globals['_CREATEREQUEST_FILESENTRY']._serialized_start=469
+  _globals['_CREATEREQUEST_FILESENTRY']._serialized_end=513
+  _globals['_LISTREQUEST']._serialized_start=551
+  _globals['_LISTREQUEST']._serialized_end=564
+  _globals['_MODELSUMMARY']._serialized_start=567
+  _globals['_MODELSUMMARY']._serialized_end=705
+  _globals['_LISTRESPONSE']._serialized_start=707
+  _globals['_LISTRESPONSE']._serialized_end=764
+  _globals['_SHOWREQUEST']._serialized_start=766
+  _globals['_SHOWREQUEST']._serialized_end=793
+  _globals['_SHOWRESPONSE']._serialized_start=796
+  _globals['_SHOWRESPONSE']._serialized_end=1059
+  _globals['_PULLREQUEST']._serialized_start=1061
+  _globals['_PULLREQUEST']._serialized_end=1106
+  _globals['_PUSHREQUEST']._serialized_start=1108
+  _globals['_PUSHREQUEST']._serialized_end=1153
+  _globals['_PACKREQUEST']._serialized_start=1155
+  _globals['_PACKREQUEST']._serialized_end=1200
+  _globals['_COPYREQUEST']._serialized_start=1202
+  _globals['_COPYREQUEST']._serialized_end=1252
+  _globals['_COPYRESPONSE']._serialized_start=1254
+  _globals['_COPYRESPONSE']._serialized_end=1310
+  _globals['_VERIFYREQUEST']._serialized_start=1312
+  _globals['_VERIFYREQUEST']._serialized_end=1327
+  _globals['_BLOBPROBLEM']._serialized_start=1329
+  _globals['_BLOBPROBLEM']._serialized_end=1374
+  _globals['_VERIFYREPORT']._serialized_start=1377
+  _globals['_VERIFYREPORT']._serialized_end=1521
+  _globals['_VERIFYEVENT']._serialized_start=1523
+  _globals['_VERIFYEVENT']._serialized_end=1633
+  _globals['_GCREQUEST']._serialized_start=1635
+  _globals['_GCREQUEST']._serialized_end=1646
+  _globals['_GCRESPONSE']._serialized_start=1648
+  _globals['_GCRESPONSE']._serialized_end=1730
+  _globals['_HASBLOBREQUEST']._serialized_start=1732
+  _globals['_HASBLOBREQUEST']._serialized_end=1764
+  _globals['_HASBLOBRESPONSE']._serialized_start=1766
+  _globals['_HASBLOBRESPONSE']._serialized_end=1799
+  _globals['_BLOBCHUNK']._serialized_start=1801
+  _globals['_BLOBCHUNK']._serialized_end=1842
+  _globals['_PUTBLOBRESPONSE']._serialized_start=1844
+  _globals['_PUTBLOBRESPONSE']._serialized_end=1894
+  _globals['_REMOVEREQUEST']._serialized_start=1896
+  _globals['_REMOVEREQUEST']._serialized_end=1925
+  _globals['_REMOVERESPONSE']._serialized_start=1927
+  _globals['_REMOVERESPONSE']._serialized_end=1966
+  _globals['_RESOLVEREQUEST']._serialized_start=1968
+  _globals['_RESOLVEREQUEST']._serialized_end=1998
+  _globals['_RESOLVERESPONSE']._serialized_start=2000
+  _globals['_RESOLVERESPONSE']._serialized_end=2126
+  _globals['_STORE']._serialized_start=2129
+  _globals['_STORE']._serialized_end=3015
 # @@protoc_insertion_point(module_scope)

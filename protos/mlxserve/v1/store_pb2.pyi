@@ -7,13 +7,52 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ModelMessage(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
 class CreateRequest(_message.Message):
-    __slots__ = ("name", "from_path")
+    __slots__ = ("name", "from_path", "from_model", "files", "template", "system", "parameters_json", "license", "messages", "quantize", "group_size", "recipe", "recipe_format", "base_dir")
+    class FilesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     FROM_PATH_FIELD_NUMBER: _ClassVar[int]
+    FROM_MODEL_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_JSON_FIELD_NUMBER: _ClassVar[int]
+    LICENSE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    BASE_DIR_FIELD_NUMBER: _ClassVar[int]
     name: str
     from_path: str
-    def __init__(self, name: _Optional[str] = ..., from_path: _Optional[str] = ...) -> None: ...
+    from_model: str
+    files: _containers.ScalarMap[str, str]
+    template: str
+    system: str
+    parameters_json: str
+    license: str
+    messages: _containers.RepeatedCompositeFieldContainer[ModelMessage]
+    quantize: str
+    group_size: int
+    recipe: str
+    recipe_format: str
+    base_dir: str
+    def __init__(self, name: _Optional[str] = ..., from_path: _Optional[str] = ..., from_model: _Optional[str] = ..., files: _Optional[_Mapping[str, str]] = ..., template: _Optional[str] = ..., system: _Optional[str] = ..., parameters_json: _Optional[str] = ..., license: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ModelMessage, _Mapping]]] = ..., quantize: _Optional[str] = ..., group_size: _Optional[int] = ..., recipe: _Optional[str] = ..., recipe_format: _Optional[str] = ..., base_dir: _Optional[str] = ...) -> None: ...
 
 class ListRequest(_message.Message):
     __slots__ = ()
@@ -48,7 +87,7 @@ class ShowRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ShowResponse(_message.Message):
-    __slots__ = ("summary", "template", "system", "license", "parameters", "model_info_json", "capabilities", "manifest_json")
+    __slots__ = ("summary", "template", "system", "license", "parameters", "model_info_json", "capabilities", "manifest_json", "modelfile", "messages")
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +96,8 @@ class ShowResponse(_message.Message):
     MODEL_INFO_JSON_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    MODELFILE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     summary: ModelSummary
     template: str
     system: str
@@ -65,7 +106,121 @@ class ShowResponse(_message.Message):
     model_info_json: str
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     manifest_json: str
-    def __init__(self, summary: _Optional[_Union[ModelSummary, _Mapping]] = ..., template: _Optional[str] = ..., system: _Optional[str] = ..., license: _Optional[str] = ..., parameters: _Optional[str] = ..., model_info_json: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., manifest_json: _Optional[str] = ...) -> None: ...
+    modelfile: str
+    messages: _containers.RepeatedCompositeFieldContainer[ModelMessage]
+    def __init__(self, summary: _Optional[_Union[ModelSummary, _Mapping]] = ..., template: _Optional[str] = ..., system: _Optional[str] = ..., license: _Optional[str] = ..., parameters: _Optional[str] = ..., model_info_json: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., manifest_json: _Optional[str] = ..., modelfile: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ModelMessage, _Mapping]]] = ...) -> None: ...
+
+class PullRequest(_message.Message):
+    __slots__ = ("name", "insecure")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INSECURE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    insecure: bool
+    def __init__(self, name: _Optional[str] = ..., insecure: _Optional[bool] = ...) -> None: ...
+
+class PushRequest(_message.Message):
+    __slots__ = ("name", "insecure")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INSECURE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    insecure: bool
+    def __init__(self, name: _Optional[str] = ..., insecure: _Optional[bool] = ...) -> None: ...
+
+class PackRequest(_message.Message):
+    __slots__ = ("name", "out_path")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OUT_PATH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    out_path: str
+    def __init__(self, name: _Optional[str] = ..., out_path: _Optional[str] = ...) -> None: ...
+
+class CopyRequest(_message.Message):
+    __slots__ = ("source", "destination")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    destination: str
+    def __init__(self, source: _Optional[str] = ..., destination: _Optional[str] = ...) -> None: ...
+
+class CopyResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: ModelSummary
+    def __init__(self, model: _Optional[_Union[ModelSummary, _Mapping]] = ...) -> None: ...
+
+class VerifyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class BlobProblem(_message.Message):
+    __slots__ = ("digest", "models")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, digest: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class VerifyReport(_message.Message):
+    __slots__ = ("checked", "corrupt", "missing", "damaged_manifests")
+    CHECKED_FIELD_NUMBER: _ClassVar[int]
+    CORRUPT_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    DAMAGED_MANIFESTS_FIELD_NUMBER: _ClassVar[int]
+    checked: int
+    corrupt: _containers.RepeatedCompositeFieldContainer[BlobProblem]
+    missing: _containers.RepeatedCompositeFieldContainer[BlobProblem]
+    damaged_manifests: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, checked: _Optional[int] = ..., corrupt: _Optional[_Iterable[_Union[BlobProblem, _Mapping]]] = ..., missing: _Optional[_Iterable[_Union[BlobProblem, _Mapping]]] = ..., damaged_manifests: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class VerifyEvent(_message.Message):
+    __slots__ = ("progress", "report")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    progress: _common_pb2.Progress
+    report: VerifyReport
+    def __init__(self, progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., report: _Optional[_Union[VerifyReport, _Mapping]] = ...) -> None: ...
+
+class GcRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GcResponse(_message.Message):
+    __slots__ = ("removed_blobs", "freed_bytes", "removed_partials")
+    REMOVED_BLOBS_FIELD_NUMBER: _ClassVar[int]
+    FREED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_PARTIALS_FIELD_NUMBER: _ClassVar[int]
+    removed_blobs: _containers.RepeatedScalarFieldContainer[str]
+    freed_bytes: int
+    removed_partials: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, removed_blobs: _Optional[_Iterable[str]] = ..., freed_bytes: _Optional[int] = ..., removed_partials: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class HasBlobRequest(_message.Message):
+    __slots__ = ("digest",)
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    def __init__(self, digest: _Optional[str] = ...) -> None: ...
+
+class HasBlobResponse(_message.Message):
+    __slots__ = ("exists",)
+    EXISTS_FIELD_NUMBER: _ClassVar[int]
+    exists: bool
+    def __init__(self, exists: _Optional[bool] = ...) -> None: ...
+
+class BlobChunk(_message.Message):
+    __slots__ = ("digest", "data")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    data: bytes
+    def __init__(self, digest: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PutBlobResponse(_message.Message):
+    __slots__ = ("digest", "created")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    created: bool
+    def __init__(self, digest: _Optional[str] = ..., created: _Optional[bool] = ...) -> None: ...
 
 class RemoveRequest(_message.Message):
     __slots__ = ("name",)

@@ -29,7 +29,8 @@ if _version_not_supported:
 class StoreStub:
     """The model store: content-addressed blobs plus OCI manifests under $MLXSERVE_HOME/models.
     Errors are gRPC status codes: NOT_FOUND (unknown model), INVALID_ARGUMENT (bad name, bad or
-    unsupported source file), ALREADY_EXISTS, RESOURCE_EXHAUSTED (disk full).
+    unsupported source file, digest mismatch), FAILED_PRECONDITION (unsupported), UNAVAILABLE
+    (disk full, a registry that cannot be reached), CANCELLED.
     """
 
     def __init__(self, channel):
@@ -68,12 +69,53 @@ class StoreStub:
                 request_serializer=mlxserve_dot_v1_dot_store__pb2.ResolveRequest.SerializeToString,
                 response_deserializer=mlxserve_dot_v1_dot_store__pb2.ResolveResponse.FromString,
                 _registered_method=True)
+        self.Pull = channel.unary_stream(
+                '/mlxserve.v1.Store/Pull',
+                request_serializer=mlxserve_dot_v1_dot_store__pb2.PullRequest.SerializeToString,
+                response_deserializer=mlxserve_dot_v1_dot_common__pb2.Progress.FromString,
+                _registered_method=True)
+        self.Push = channel.unary_stream(
+                '/mlxserve.v1.Store/Push',
+                request_serializer=mlxserve_dot_v1_dot_store__pb2.PushRequest.SerializeToString,
+                response_deserializer=mlxserve_dot_v1_dot_common__pb2.Progress.FromString,
+                _registered_method=True)
+        self.Pack = channel.unary_stream(
+                '/mlxserve.v1.Store/Pack',
+                request_serializer=mlxserve_dot_v1_dot_store__pb2.PackRequest.SerializeToString,
+                response_deserializer=mlxserve_dot_v1_dot_common__pb2.Progress.FromString,
+                _registered_method=True)
+        self.Copy = channel.unary_unary(
+                '/mlxserve.v1.Store/Copy',
+                request_serializer=mlxserve_dot_v1_dot_store__pb2.CopyRequest.SerializeToString,
+                response_deserializer=mlxserve_dot_v1_dot_store__pb2.CopyResponse.FromString,
+                _registered_method=True)
+        self.Verify = channel.unary_stream(
+                '/mlxserve.v1.Store/Verify',
+                request_serializer=mlxserve_dot_v1_dot_store__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=mlxserve_dot_v1_dot_store__pb2.VerifyEvent.FromString,
+                _registered_method=True)
+        self.Gc = channel.unary_unary(
+                '/mlxserve.v1.Store/Gc',
+                request_serializer=mlxserve_dot_v1_dot_store__pb2.GcRequest.SerializeToString,
+                response_deserializer=mlxserve_dot_v1_dot_store__pb2.GcResponse.FromString,
+                _registered_method=True)
+        self.HasBlob = channel.unary_unary(
+                '/mlxserve.v1.Store/HasBlob',
+                request_serializer=mlxserve_dot_v1_dot_store__pb2.HasBlobRequest.SerializeToString,
+                response_deserializer=mlxserve_dot_v1_dot_store__pb2.HasBlobResponse.FromString,
+                _registered_method=True)
+        self.PutBlob = channel.stream_unary(
+                '/mlxserve.v1.Store/PutBlob',
+                request_serializer=mlxserve_dot_v1_dot_store__pb2.BlobChunk.SerializeToString,
+                response_deserializer=mlxserve_dot_v1_dot_store__pb2.PutBlobResponse.FromString,
+                _registered_method=True)
 
 
 class StoreServicer:
     """The model store: content-addressed blobs plus OCI manifests under $MLXSERVE_HOME/models.
     Errors are gRPC status codes: NOT_FOUND (unknown model), INVALID_ARGUMENT (bad name, bad or
-    unsupported source file), ALREADY_EXISTS, RESOURCE_EXHAUSTED (disk full).
+    unsupported source file, digest mismatch), FAILED_PRECONDITION (unsupported), UNAVAILABLE
+    (disk full, a registry that cannot be reached), CANCELLED.
     """
 
     def Ping(self, request, context):
@@ -83,7 +125,8 @@ class StoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Create(self, request, context):
-        """Import a model from a local file (a GGUF for now); streams progress, ends with "success".
+        """Create a model from a local file or folder, another model, uploaded blobs or a recipe;
+        streams progress, ends with "success". Cancelling the call cancels the create.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,6 +153,65 @@ class StoreServicer:
     def Resolve(self, request, context):
         """Resolve a name to its manifest and a read-only view directory of links to its blobs,
         which a worker loads from (weights mmapped from the store, never copied).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Pull(self, request, context):
+        """Pull a model from an OCI registry (the name's host part), or an OCI image-layout tarball by
+        absolute path or http(s) URL; streams Ollama's pull statuses, ends with "success".
+        Cancelling the call cancels the download (finished blobs stay for a later resume).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Push(self, request, context):
+        """Push a model to the registry its name's host part names: missing blobs, then the manifest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Pack(self, request, context):
+        """Write a model as an OCI image-layout tarball on this machine.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Copy(self, request, context):
+        """Make `destination` another name for the manifest `source` names (no blob is copied).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Verify(self, request, context):
+        """Re-hash every blob; streams progress, then one last event with the report: the corrupt or
+        missing blobs, the models they break, and manifests that do not parse.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Gc(self, request, context):
+        """Delete blobs no manifest references, and stale partial downloads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HasBlob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutBlob(self, request_iterator, context):
+        """Upload one blob (Ollama's POST /api/blobs/:digest): the first chunk carries the digest;
+        the bytes are hashed on the way in and nothing is stored unless they match it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,6 +250,46 @@ def add_StoreServicer_to_server(servicer, server):
                     request_deserializer=mlxserve_dot_v1_dot_store__pb2.ResolveRequest.FromString,
                     response_serializer=mlxserve_dot_v1_dot_store__pb2.ResolveResponse.SerializeToString,
             ),
+            'Pull': grpc.unary_stream_rpc_method_handler(
+                    servicer.Pull,
+                    request_deserializer=mlxserve_dot_v1_dot_store__pb2.PullRequest.FromString,
+                    response_serializer=mlxserve_dot_v1_dot_common__pb2.Progress.SerializeToString,
+            ),
+            'Push': grpc.unary_stream_rpc_method_handler(
+                    servicer.Push,
+                    request_deserializer=mlxserve_dot_v1_dot_store__pb2.PushRequest.FromString,
+                    response_serializer=mlxserve_dot_v1_dot_common__pb2.Progress.SerializeToString,
+            ),
+            'Pack': grpc.unary_stream_rpc_method_handler(
+                    servicer.Pack,
+                    request_deserializer=mlxserve_dot_v1_dot_store__pb2.PackRequest.FromString,
+                    response_serializer=mlxserve_dot_v1_dot_common__pb2.Progress.SerializeToString,
+            ),
+            'Copy': grpc.unary_unary_rpc_method_handler(
+                    servicer.Copy,
+                    request_deserializer=mlxserve_dot_v1_dot_store__pb2.CopyRequest.FromString,
+                    response_serializer=mlxserve_dot_v1_dot_store__pb2.CopyResponse.SerializeToString,
+            ),
+            'Verify': grpc.unary_stream_rpc_method_handler(
+                    servicer.Verify,
+                    request_deserializer=mlxserve_dot_v1_dot_store__pb2.VerifyRequest.FromString,
+                    response_serializer=mlxserve_dot_v1_dot_store__pb2.VerifyEvent.SerializeToString,
+            ),
+            'Gc': grpc.unary_unary_rpc_method_handler(
+                    servicer.Gc,
+                    request_deserializer=mlxserve_dot_v1_dot_store__pb2.GcRequest.FromString,
+                    response_serializer=mlxserve_dot_v1_dot_store__pb2.GcResponse.SerializeToString,
+            ),
+            'HasBlob': grpc.unary_unary_rpc_method_handler(
+                    servicer.HasBlob,
+                    request_deserializer=mlxserve_dot_v1_dot_store__pb2.HasBlobRequest.FromString,
+                    response_serializer=mlxserve_dot_v1_dot_store__pb2.HasBlobResponse.SerializeToString,
+            ),
+            'PutBlob': grpc.stream_unary_rpc_method_handler(
+                    servicer.PutBlob,
+                    request_deserializer=mlxserve_dot_v1_dot_store__pb2.BlobChunk.FromString,
+                    response_serializer=mlxserve_dot_v1_dot_store__pb2.PutBlobResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'mlxserve.v1.Store', rpc_method_handlers)
@@ -159,7 +301,8 @@ def add_StoreServicer_to_server(servicer, server):
 class Store:
     """The model store: content-addressed blobs plus OCI manifests under $MLXSERVE_HOME/models.
     Errors are gRPC status codes: NOT_FOUND (unknown model), INVALID_ARGUMENT (bad name, bad or
-    unsupported source file), ALREADY_EXISTS, RESOURCE_EXHAUSTED (disk full).
+    unsupported source file, digest mismatch), FAILED_PRECONDITION (unsupported), UNAVAILABLE
+    (disk full, a registry that cannot be reached), CANCELLED.
     """
 
     @staticmethod
@@ -314,6 +457,222 @@ class Store:
             '/mlxserve.v1.Store/Resolve',
             mlxserve_dot_v1_dot_store__pb2.ResolveRequest.SerializeToString,
             mlxserve_dot_v1_dot_store__pb2.ResolveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pull(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mlxserve.v1.Store/Pull',
+            mlxserve_dot_v1_dot_store__pb2.PullRequest.SerializeToString,
+            mlxserve_dot_v1_dot_common__pb2.Progress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Push(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mlxserve.v1.Store/Push',
+            mlxserve_dot_v1_dot_store__pb2.PushRequest.SerializeToString,
+            mlxserve_dot_v1_dot_common__pb2.Progress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pack(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mlxserve.v1.Store/Pack',
+            mlxserve_dot_v1_dot_store__pb2.PackRequest.SerializeToString,
+            mlxserve_dot_v1_dot_common__pb2.Progress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Copy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlxserve.v1.Store/Copy',
+            mlxserve_dot_v1_dot_store__pb2.CopyRequest.SerializeToString,
+            mlxserve_dot_v1_dot_store__pb2.CopyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Verify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mlxserve.v1.Store/Verify',
+            mlxserve_dot_v1_dot_store__pb2.VerifyRequest.SerializeToString,
+            mlxserve_dot_v1_dot_store__pb2.VerifyEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Gc(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlxserve.v1.Store/Gc',
+            mlxserve_dot_v1_dot_store__pb2.GcRequest.SerializeToString,
+            mlxserve_dot_v1_dot_store__pb2.GcResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HasBlob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlxserve.v1.Store/HasBlob',
+            mlxserve_dot_v1_dot_store__pb2.HasBlobRequest.SerializeToString,
+            mlxserve_dot_v1_dot_store__pb2.HasBlobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutBlob(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/mlxserve.v1.Store/PutBlob',
+            mlxserve_dot_v1_dot_store__pb2.BlobChunk.SerializeToString,
+            mlxserve_dot_v1_dot_store__pb2.PutBlobResponse.FromString,
             options,
             channel_credentials,
             insecure,

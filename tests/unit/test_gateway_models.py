@@ -1,0 +1,266 @@
+"""The native model-management routes (/api/blobs, create, show, copy, delete, pull, push) through
+aiohttp's test server, against a real store service (a real ModelStore on its unix socket)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from mlxserve.gateway import models_api
+from mlxserve.gateway.app import create_app
+from mlxserve.services.common.config import load_settings
+from mlxserve.services.store.server import build_server
+from mlxserve.services.store.store import ModelStore
+from tests.unit.test_gguf import write_tiny_gguf
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
+    write_tiny_gguf(path, quant="Q8_0")
+    return path.read_bytes()
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def with_store(check: Callable[[TestClient, ModelStore], Awaitable[None]]) -> None:
+    """Run `check(client, store)` against the gateway app and a real store service on one home."""
+    async def scenario() -> None:
+        home = Path(tempfile.mkdtemp(prefix="gwm", dir="/tmp"))
+        settings = load_settings({"home": str(home)}, env={})
+        settings.ensure_dirs()
+        store = ModelStore(settings.models_dir)
+        server = build_server(store, settings.store_socket)
+        server.start()
+        client = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
+        await client.start_server()
+        try:
+            await check(client, store)
+        finally:
+            await client.close()
+            server.stop(0)
+            shutil.rmtree(home, ignore_errors=True)
+    asyncio.run(scenario())
+
+
+async def ndjson(resp) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (await resp.text()).splitlines() if line.strip()]
+
+
+async def upload(c: TestClient, data: bytes) -> str:
+    digest = digest_of(data)
+    resp = await c.post(f"/api/blobs/{digest}", data=data)
+    assert resp.status in (200, 201), await resp.text()
+    return digest
+
+
+async def create_from_gguf(c: TestClient, name: str, data: bytes, **fields: Any) -> list[dict[str, Any]]:
+    digest = await upload(c, data)
+    resp = await c.post("/api/create", json={"model": name, "files": {"model.gguf": digest}, **fields})
+    assert resp.status == 200 and resp.headers["Content-Type"].startswith("application/x-ndjson")
+    return await ndjson(resp)
+
+
+def test_blob_upload_is_201_then_present_and_a_second_upload_is_200() -> None:
+    data = b"some weights" * 10_000
+    digest = digest_of(data)
+
+    async def check(c: TestClient, store: ModelStore) -> None:
+        assert (await c.head(f"/api/blobs/{digest}")).status == 404
+        assert (await c.post(f"/api/blobs/{digest}", data=data)).status == 201
+        assert (await c.head(f"/api/blobs/{digest}")).status == 200
+        assert (await c.post(f"/api/blobs/{digest}", data=data)).status == 200
+        assert store.blobs.path(digest).read_bytes() == data
+    with_store(check)
+
+
+def test_blob_upload_that_does_not_match_its_digest_is_400_and_nothing_is_kept() -> None:
+    data = b"the real bytes" * 1000
+    wrong = digest_of(b"other bytes")
+
+    async def check(c: TestClient, store: ModelStore) -> None:
+        resp = await c.post(f"/api/blobs/{wrong}", data=data)
+        assert resp.status == 400 and "digest" in (await resp.json())["error"]
+        assert (await c.head(f"/api/blobs/{wrong}")).status == 404
+        assert not store.has_blob(digest_of(data)) and list(store.tmp_dir.iterdir()) == []
+    with_store(check)
+
+
+@pytest.mark.parametrize("digest", ["sha256:abc", "md5:" + "a" * 32, "sha256:" + "A" * 64, "..%2F..%2Fetc%2Fpasswd",
+                                    "sha256:" + "a" * 64 + "%00"])
+def test_malformed_blob_digests_are_400(digest: str) -> None:
+    async def check(c: TestClient, store: ModelStore) -> None:
+        head = await c.head(f"/api/blobs/{digest}")
+        post = await c.post(f"/api/blobs/{digest}", data=b"x")
+        assert head.status == 400 and post.status == 400
+        assert "invalid digest" in (await post.json())["error"]
+    with_store(check)
+
+
+def test_an_upload_larger_than_the_free_disk_is_507_whether_or_not_its_length_is_declared(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(models_api, "upload_limit", lambda models_dir: 100_000)
+    data = b"z" * 300_000
+    digest = digest_of(data)
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for i in range(0, len(data), 50_000):
+            yield data[i:i + 50_000]
+
+    async def check(c: TestClient, store: ModelStore) -> None:
+        resp = await c.post(f"/api/blobs/{digest}", data=data)
+        assert resp.status == 507 and "not enough disk space" in (await resp.json())["error"]
+        resp = await c.post(f"/api/blobs/{digest}", data=chunked())
+        assert resp.status == 507
+        assert not store.has_blob(digest)
+    with_store(check)
+
+
+def test_create_streams_progress_and_show_answers_in_ollamas_shape(tiny_gguf: bytes) -> None:
+    async def check(c: TestClient, store: ModelStore) -> None:
+        lines = await create_from_gguf(c, "tiny", tiny_gguf, system="Answer in French.",
+                                       parameters={"temperature": 0.3, "stop": ["<|im_end|>"]},
+                                       messages=[{"role": "user", "content": "Bonjour"}], license="MIT")
+        assert lines[-1] == {"status": "success"} and all("status" in line for line in lines)
+        resp = await c.post("/api/show", json={"model": "tiny"})
+        assert resp.status == 200
+        shown = await resp.json()
+        assert {"details", "model_info", "parameters", "template", "system", "license", "capabilities",
+                "modelfile", "modified_at", "messages"} <= set(shown)
+        assert shown["system"] == "Answer in French." and shown["license"] == "MIT"
+        assert shown["details"]["family"] == "llama" and shown["details"]["quantization_level"] == "Q8_0"
+        assert shown["model_info"]["general.architecture"] == "llama"
+        assert "completion" in shown["capabilities"] and "temperature" in shown["parameters"]
+        assert shown["messages"] == [{"role": "user", "content": "Bonjour"}]
+        assert (await c.post("/api/show", json={"name": "tiny:latest", "verbose": True})).status == 200
+    with_store(check)
+
+
+def test_create_without_streaming_answers_one_final_object(tiny_gguf: bytes) -> None:
+    async def check(c: TestClient, store: ModelStore) -> None:
+        digest = await upload(c, tiny_gguf)
+        resp = await c.post("/api/create", json={"model": "quiet", "files": {"model.gguf": digest}, "stream": False})
+        assert resp.status == 200 and await resp.json() == {"status": "success"}
+        resp = await c.post("/api/create", json={"model": "derived", "from": "quiet", "system": "Be terse.", "stream": False})
+        assert resp.status == 200
+        assert (await (await c.post("/api/show", json={"model": "derived"})).json())["system"] == "Be terse."
+    with_store(check)
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"model": "x"}, "either 'from'"),
+    ({"model": "x", "from": "base", "adapters": {"lora.gguf": "sha256:" + "a" * 64}}, "'adapters' is not supported"),
+    ({"model": "x", "modelfile": "FROM base"}, "old create API"),
+    ({"model": "x", "files": {"../../evil": "sha256:" + "a" * 64}}, "invalid file name"),
+    ({"model": "x", "files": {"model.gguf": "sha256:nothex"}}, "invalid digest"),
+    ({"model": "x", "from": "base", "quantize": "q3_K_S"}, "q3_K_S"),
+    ({"model": "../../etc/passwd", "files": {"model.gguf": "sha256:" + "a" * 64}}, "model name"),
+    ({"model": "x", "from": "base", "flavour": "spicy"}, "unsupported field 'flavour'"),
+])
+def test_create_refuses_what_it_cannot_do_with_400(body: dict, message: str) -> None:
+    async def check(c: TestClient, store: ModelStore) -> None:
+        resp = await c.post("/api/create", json=body)
+        assert resp.status == 400, await resp.text()
+        assert message in (await resp.json())["error"]
+    with_store(check)
+
+
+def test_create_from_an_unknown_model_is_404_and_from_a_missing_blob_is_400() -> None:
+    async def check(c: TestClient, store: ModelStore) -> None:
+        resp = await c.post("/api/create", json={"model": "x", "from": "ghost"})
+        assert resp.status == 404 and "ghost" in (await resp.json())["error"]
+        resp = await c.post("/api/create", json={"model": "x", "files": {"model.gguf": "sha256:" + "b" * 64}})
+        assert resp.status in (400, 404) and "error" in await resp.json()
+    with_store(check)
+
+
+def test_copy_and_delete_answer_200_with_empty_bodies_and_404_for_unknown_models(tiny_gguf: bytes) -> None:
+    async def check(c: TestClient, store: ModelStore) -> None:
+        await create_from_gguf(c, "orig", tiny_gguf)
+        resp = await c.post("/api/copy", json={"source": "orig", "destination": "me/copy:v2"})
+        assert resp.status == 200 and await resp.read() == b""
+        names = [m["name"] for m in (await (await c.get("/api/tags")).json())["models"]]
+        assert sorted(names) == ["me/copy:v2", "orig:latest"]
+        resp = await c.post("/api/copy", json={"source": "ghost", "destination": "x"})
+        assert resp.status == 404
+        resp = await c.post("/api/copy", json={"source": "orig", "destination": "a/b/c/d"})
+        assert resp.status == 400
+
+        resp = await c.delete("/api/delete", json={"model": "orig"})
+        assert resp.status == 200 and await resp.read() == b""
+        assert (await c.delete("/api/delete", json={"name": "orig"})).status == 404
+        assert (await c.post("/api/show", json={"model": "me/copy:v2"})).status == 200
+        assert (await c.post("/api/show", json={"model": "orig"})).status == 404
+    with_store(check)
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "~/x", "http://evil.example/x.tar", "a\x00b", ""])
+def test_pull_and_push_refuse_paths_urls_and_hostile_names_with_400(name: str) -> None:
+    async def check(c: TestClient, store: ModelStore) -> None:
+        for route in ("/api/pull", "/api/push"):
+            resp = await c.post(route, json={"model": name})
+            assert resp.status == 400, (route, await resp.text())
+            assert "error" in await resp.json()
+    with_store(check)
+
+
+def test_pull_never_reads_a_tarball_named_over_http() -> None:
+    async def check(c: TestClient, store: ModelStore) -> None:
+        resp = await c.post("/api/pull", json={"model": "backup.tar"})
+        assert resp.status == 400 and "looks like a file" in (await resp.json())["error"]
+    with_store(check)
+
+
+def test_pull_failure_after_progress_started_ends_the_stream_with_an_error_line() -> None:
+    async def check(c: TestClient, store: ModelStore) -> None:
+        # Nothing listens on port 9: the manifest request fails after "pulling manifest" was sent.
+        resp = await c.post("/api/pull", json={"model": "127.0.0.1:9/library/nothing:latest", "insecure": True})
+        assert resp.status == 200
+        lines = await ndjson(resp)
+        assert lines[0] == {"status": "pulling manifest"}
+        assert set(lines[-1]) == {"error"} and lines[-1]["error"]
+        resp = await c.post("/api/pull", json={"model": "127.0.0.1:9/library/nothing:latest", "insecure": True,
+                                                "stream": False})
+        assert resp.status >= 400 and "error" in await resp.json()
+    with_store(check)
+
+
+def test_push_of_an_unknown_model_is_404() -> None:
+    async def check(c: TestClient, store: ModelStore) -> None:
+        resp = await c.post("/api/push", json={"model": "127.0.0.1:9/library/ghost:latest", "insecure": True})
+        assert resp.status == 404 and "ghost" in (await resp.json())["error"]
+    with_store(check)
+
+
+def test_a_client_that_hangs_up_mid_pull_cancels_the_download_in_the_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from mlxserve.services.store import server as store_server
+    from mlxserve.services.store.progress import ProgressEvent
+
+    cancelled = threading.Event()
+
+    def slow_pull(store, ref, *, insecure, progress, cancel):  # noqa: ANN001 - the transfer.pull signature
+        progress(ProgressEvent("pulling manifest"))
+        if cancel.wait(20):
+            cancelled.set()
+
+    monkeypatch.setattr(store_server.transfer, "pull", slow_pull)
+
+    async def check(c: TestClient, store: ModelStore) -> None:
+        resp = await c.post("/api/pull", json={"model": "127.0.0.1:5000/library/slow:latest"})
+        assert json.loads(await resp.content.readline()) == {"status": "pulling manifest"}
+        resp.close()  # hang up
+        assert await asyncio.get_running_loop().run_in_executor(None, cancelled.wait, 10)
+    with_store(check)
