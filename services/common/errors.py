@@ -104,29 +104,37 @@ _BY_GRPC_CODE: dict[grpc.StatusCode, type[MlxServeError]] = {
 
 # gRPC trailing-metadata key that carries Retry-After across a process boundary.
 RETRY_AFTER_KEY = "x-retry-after"
+# Set on every status a servicer sends on purpose; its absence means gRPC itself failed (the
+# peer is down), which is the only case where UNAVAILABLE should read as "service not reachable".
+ERROR_CLASS_KEY = "x-mlxserve-error"
 
 
 def from_rpc_error(err: grpc.RpcError, *, service: str = "") -> MlxServeError:
     """Turn a gRPC failure (from either the sync or the aio API) back into our error type."""
     code = err.code() if callable(getattr(err, "code", None)) else grpc.StatusCode.UNKNOWN
     details = err.details() if callable(getattr(err, "details", None)) else str(err)
-    if code == grpc.StatusCode.UNAVAILABLE and (not details or "connect" in details.lower() or "socket" in details.lower()):
+    meta: dict[str, str] = {}
+    try:
+        meta = {key: value for key, value in (err.trailing_metadata() or ())}
+    except Exception:  # noqa: BLE001 - metadata is optional garnish
+        pass
+    from_servicer = ERROR_CLASS_KEY in meta
+    if code == grpc.StatusCode.UNAVAILABLE and not from_servicer:
         # A transport failure, not a servicer's verdict: say which service is down.
         return Unavailable(f"the {service or 'backend'} service is not reachable ({details or 'connection failed'})")
     retry_after = None
-    try:
-        for key, value in err.trailing_metadata() or ():
-            if key == RETRY_AFTER_KEY:
-                retry_after = float(value)
-    except Exception:  # noqa: BLE001 - metadata is optional garnish
-        pass
+    if RETRY_AFTER_KEY in meta:
+        try:
+            retry_after = float(meta[RETRY_AFTER_KEY])
+        except ValueError:
+            pass
     cls = _BY_GRPC_CODE.get(code, Internal)
     return cls(details or code.name.lower(), retry_after=retry_after)
 
 
 def grpc_status(err: MlxServeError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
     """The (code, details, trailing metadata) a servicer should abort with for `err`."""
-    meta: tuple[tuple[str, str], ...] = ()
+    meta: tuple[tuple[str, str], ...] = ((ERROR_CLASS_KEY, type(err).__name__),)
     if err.retry_after is not None:
-        meta = ((RETRY_AFTER_KEY, str(err.retry_after)),)
+        meta += ((RETRY_AFTER_KEY, str(err.retry_after)),)
     return err.grpc_code, err.message, meta
