@@ -18,6 +18,31 @@ class Stats(msgspec.Struct, array_like=True, omit_defaults=True):
     eval_count: int = 0              # generated tokens
     eval_duration: int = 0           # from the first generated token to the last
     prompt_tokens: int = 0           # prompt length after templating (cached ones included)
+    cached_tokens: int = 0           # prompt tokens reused from the prefix cache (not evaluated)
+    truncated_messages: int = 0      # oldest messages dropped to fit the context
+
+
+class TopLogprob(msgspec.Struct, array_like=True):
+    token: str
+    logprob: float
+    bytes: list[int] = []
+
+
+class TokenLogprob(msgspec.Struct, array_like=True, omit_defaults=True):
+    """One generated token's logprob, with the top alternatives when asked (OpenAI and Ollama)."""
+
+    token: str
+    logprob: float
+    bytes: list[int] = []
+    top: list[TopLogprob] = []
+
+
+class ToolCall(msgspec.Struct, array_like=True, omit_defaults=True):
+    """A tool call parsed from the model's output; `arguments` is a JSON object as text."""
+
+    name: str
+    arguments: str = "{}"
+    id: str = ""
 
 
 class TokenEvent(msgspec.Struct, array_like=True, omit_defaults=True):
@@ -31,8 +56,11 @@ class TokenEvent(msgspec.Struct, array_like=True, omit_defaults=True):
     request_id: str
     text: str = ""
     token_ids: list[int] = []
+    thinking: str = ""               # reasoning text, split out of `text` for thinking models
+    tool_calls: list[ToolCall] = []  # complete tool calls parsed since the previous frame
+    logprobs: list[TokenLogprob] = []  # when asked: one per token of this frame
     done: bool = False
-    done_reason: str | None = None   # "stop", "length", "cancel", "error"
+    done_reason: str | None = None   # "stop", "length", "tool_calls", "cancel", "error"
     error: str | None = None
     stats: Stats | None = None
 

@@ -8,15 +8,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ChatMessage(_message.Message):
-    __slots__ = ("role", "content")
+    __slots__ = ("role", "content", "thinking", "tool_calls_json", "tool_name", "tool_call_id")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
+    THINKING_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_JSON_FIELD_NUMBER: _ClassVar[int]
+    TOOL_NAME_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
     role: str
     content: str
-    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+    thinking: str
+    tool_calls_json: str
+    tool_name: str
+    tool_call_id: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ..., thinking: _Optional[str] = ..., tool_calls_json: _Optional[str] = ..., tool_name: _Optional[str] = ..., tool_call_id: _Optional[str] = ...) -> None: ...
 
 class SamplingOptions(_message.Message):
-    __slots__ = ("temperature", "top_p", "top_k", "min_p", "seed", "num_predict", "stop", "num_ctx")
+    __slots__ = ("temperature", "top_p", "top_k", "min_p", "seed", "num_predict", "stop", "num_ctx", "repeat_penalty", "repeat_last_n", "presence_penalty", "frequency_penalty", "logit_bias")
+    class LogitBiasEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: float
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[float] = ...) -> None: ...
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +40,11 @@ class SamplingOptions(_message.Message):
     NUM_PREDICT_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     NUM_CTX_FIELD_NUMBER: _ClassVar[int]
+    REPEAT_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    REPEAT_LAST_N_FIELD_NUMBER: _ClassVar[int]
+    PRESENCE_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    FREQUENCY_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_BIAS_FIELD_NUMBER: _ClassVar[int]
     temperature: float
     top_p: float
     top_k: int
@@ -33,10 +53,15 @@ class SamplingOptions(_message.Message):
     num_predict: int
     stop: _containers.RepeatedScalarFieldContainer[str]
     num_ctx: int
-    def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., seed: _Optional[int] = ..., num_predict: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., num_ctx: _Optional[int] = ...) -> None: ...
+    repeat_penalty: float
+    repeat_last_n: int
+    presence_penalty: float
+    frequency_penalty: float
+    logit_bias: _containers.ScalarMap[int, float]
+    def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., seed: _Optional[int] = ..., num_predict: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., num_ctx: _Optional[int] = ..., repeat_penalty: _Optional[float] = ..., repeat_last_n: _Optional[int] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., logit_bias: _Optional[_Mapping[int, float]] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("request_id", "reply_to", "messages", "prompt", "system", "raw", "options", "is_chat")
+    __slots__ = ("request_id", "reply_to", "messages", "prompt", "system", "raw", "options", "is_chat", "format", "tools_json", "think", "logprobs", "top_logprobs", "truncate")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +70,12 @@ class SubmitRequest(_message.Message):
     RAW_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     IS_CHAT_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_JSON_FIELD_NUMBER: _ClassVar[int]
+    THINK_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     reply_to: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
@@ -53,15 +84,51 @@ class SubmitRequest(_message.Message):
     raw: bool
     options: SamplingOptions
     is_chat: bool
-    def __init__(self, request_id: _Optional[str] = ..., reply_to: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., prompt: _Optional[str] = ..., system: _Optional[str] = ..., raw: _Optional[bool] = ..., options: _Optional[_Union[SamplingOptions, _Mapping]] = ..., is_chat: _Optional[bool] = ...) -> None: ...
+    format: str
+    tools_json: str
+    think: bool
+    logprobs: bool
+    top_logprobs: int
+    truncate: bool
+    def __init__(self, request_id: _Optional[str] = ..., reply_to: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., prompt: _Optional[str] = ..., system: _Optional[str] = ..., raw: _Optional[bool] = ..., options: _Optional[_Union[SamplingOptions, _Mapping]] = ..., is_chat: _Optional[bool] = ..., format: _Optional[str] = ..., tools_json: _Optional[str] = ..., think: _Optional[bool] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., truncate: _Optional[bool] = ...) -> None: ...
 
 class SubmitResponse(_message.Message):
-    __slots__ = ("prompt_tokens", "queue_position")
+    __slots__ = ("prompt_tokens", "queue_position", "cached_tokens")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     queue_position: int
-    def __init__(self, prompt_tokens: _Optional[int] = ..., queue_position: _Optional[int] = ...) -> None: ...
+    cached_tokens: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., queue_position: _Optional[int] = ..., cached_tokens: _Optional[int] = ...) -> None: ...
+
+class EmbedRequest(_message.Message):
+    __slots__ = ("request_id", "inputs", "truncate", "dimensions")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    inputs: _containers.RepeatedScalarFieldContainer[str]
+    truncate: bool
+    dimensions: int
+    def __init__(self, request_id: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., truncate: _Optional[bool] = ..., dimensions: _Optional[int] = ...) -> None: ...
+
+class Embedding(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class EmbedResponse(_message.Message):
+    __slots__ = ("embeddings", "prompt_tokens", "total_duration_ns")
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_DURATION_NS_FIELD_NUMBER: _ClassVar[int]
+    embeddings: _containers.RepeatedCompositeFieldContainer[Embedding]
+    prompt_tokens: int
+    total_duration_ns: int
+    def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., prompt_tokens: _Optional[int] = ..., total_duration_ns: _Optional[int] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("request_id",)
@@ -80,7 +147,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("model_path", "memory_bytes", "active_memory", "running", "waiting", "context_length", "device", "pid", "load_duration_s")
+    __slots__ = ("model_path", "memory_bytes", "active_memory", "running", "waiting", "context_length", "device", "pid", "load_duration_s", "kind", "prefix_cache_bytes")
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_MEMORY_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +157,8 @@ class InfoResponse(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     LOAD_DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
     model_path: str
     memory_bytes: int
     active_memory: int
@@ -99,4 +168,6 @@ class InfoResponse(_message.Message):
     device: str
     pid: int
     load_duration_s: float
-    def __init__(self, model_path: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., active_memory: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., context_length: _Optional[int] = ..., device: _Optional[str] = ..., pid: _Optional[int] = ..., load_duration_s: _Optional[float] = ...) -> None: ...
+    kind: str
+    prefix_cache_bytes: int
+    def __init__(self, model_path: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., active_memory: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., context_length: _Optional[int] = ..., device: _Optional[str] = ..., pid: _Optional[int] = ..., load_duration_s: _Optional[float] = ..., kind: _Optional[str] = ..., prefix_cache_bytes: _Optional[int] = ...) -> None: ...

@@ -59,6 +59,11 @@ class WorkerStub:
                 request_serializer=mlxserve_dot_v1_dot_worker__pb2.InfoRequest.SerializeToString,
                 response_deserializer=mlxserve_dot_v1_dot_worker__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/mlxserve.v1.Worker/Embed',
+                request_serializer=mlxserve_dot_v1_dot_worker__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=mlxserve_dot_v1_dot_worker__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -92,6 +97,13 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embedding models only: encode inputs (batched with concurrent Embed calls), L2-normalized.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +126,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=mlxserve_dot_v1_dot_worker__pb2.InfoRequest.FromString,
                     response_serializer=mlxserve_dot_v1_dot_worker__pb2.InfoResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=mlxserve_dot_v1_dot_worker__pb2.EmbedRequest.FromString,
+                    response_serializer=mlxserve_dot_v1_dot_worker__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -228,6 +245,33 @@ class Worker:
             '/mlxserve.v1.Worker/Info',
             mlxserve_dot_v1_dot_worker__pb2.InfoRequest.SerializeToString,
             mlxserve_dot_v1_dot_worker__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlxserve.v1.Worker/Embed',
+            mlxserve_dot_v1_dot_worker__pb2.EmbedRequest.SerializeToString,
+            mlxserve_dot_v1_dot_worker__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,
