@@ -28,6 +28,8 @@ class Settings:
     keep_alive: float = 300.0        # seconds a model stays loaded after its last request
     num_parallel: int = 4            # requests decoded together per model (batch size)
     max_queue: int = 64              # requests waiting per model beyond num_parallel
+    prefix_cache_bytes: int = 1 << 30  # KV caches kept per worker for reuse by later prompts
+    prefix_cache_entries: int = 64     # ... and at most this many of them (0: no prefix cache)
     load_timeout: float = 300.0      # seconds a worker may take to load its model
     request_timeout: float = 600.0   # seconds one generation may take end to end
     log_level: str = "info"

@@ -29,6 +29,7 @@ log = logs.get_logger()
 _APPLIED: dict[str, type] = {
     "temperature": float, "top_p": float, "top_k": int, "min_p": float,
     "seed": int, "num_predict": int, "num_ctx": int,
+    "repeat_penalty": float, "repeat_last_n": int, "presence_penalty": float, "frequency_penalty": float,
 }
 
 

@@ -6,20 +6,27 @@ with the prompt length before the engine thread ever sees the request.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from mlxserve.services.common.errors import InvalidArgument, Unsupported
 
+from .outputs import template_kwargs, template_message
 from .sampling import SamplingOptions
 
 ROLES = ("system", "user", "assistant", "tool")
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit, which Ollama shares
 
 
 @dataclass(frozen=True)
 class ChatMessage:
     role: str
     content: str
+    thinking: str = ""          # assistant reasoning from an earlier turn
+    tool_calls_json: str = ""   # assistant turn: JSON list of the calls it made
+    tool_name: str = ""         # tool turn: the tool that answered
+    tool_call_id: str = ""      # tool turn: the call it answers
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,12 @@ class GenerationRequest:
     system: str = ""
     raw: bool = False
     options: SamplingOptions = field(default_factory=SamplingOptions)
+    format: str = ""             # "" none, "json", or a JSON schema as text (constrained decoding)
+    tools_json: str = ""         # JSON list of tool definitions for the template
+    think: bool | None = None    # None: the model's default
+    logprobs: bool = False       # return each generated token's logprob
+    top_logprobs: int = 0        # and this many alternatives (0..20)
+    truncate: bool | None = None  # None/True: drop the oldest messages to fit; False: refuse
 
     def validate(self) -> None:
         if not self.request_id:
@@ -53,6 +66,12 @@ class GenerationRequest:
                 raise InvalidArgument("messages are only accepted on a chat request (is_chat)")
             if self.raw and self.system:
                 raise InvalidArgument("raw prompts take no system message (raw skips the template)")
+            if self.raw and (self.tools_json or self.think):
+                raise InvalidArgument("raw prompts take no tools or think (raw skips the template)")
+        if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidArgument(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {self.top_logprobs}")
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidArgument("top_logprobs needs logprobs to be enabled")
         self.options.validate()
 
 
@@ -65,18 +84,59 @@ def encode_prompt(tokenizer: Any, request: GenerationRequest) -> list[int]:
     return list(tokenizer.encode(render_prompt(tokenizer, request), add_special_tokens=False))
 
 
+def fit_prompt(tokenizer: Any, request: GenerationRequest, context: int) -> tuple[list[int], int]:
+    """Tokenize `request` so that at least one token can be generated within `context` tokens.
+
+    As Ollama does, an over-long chat loses its oldest messages first, keeping every system
+    message and the last message, and is rendered again. Returns (tokens, messages dropped).
+    Raises InvalidArgument if it cannot fit, or if it does not fit and `truncate` is false.
+    """
+    tokens = encode_prompt(tokenizer, request)
+    if len(tokens) < context:
+        return tokens, 0
+    too_long = f"the prompt is {len(tokens)} tokens, which does not fit the context of {context} tokens"
+    if request.raw or not request.is_chat:
+        raise InvalidArgument(too_long)
+    if request.truncate is False:
+        raise InvalidArgument(f"{too_long} (truncate is false)")
+    messages = request.messages
+    droppable = [i for i, m in enumerate(messages[:-1]) if m.role != "system"]
+
+    def without_oldest(n: int) -> list[int]:
+        dropped = set(droppable[:n])
+        kept = tuple(m for i, m in enumerate(messages) if i not in dropped)
+        return encode_prompt(tokenizer, dataclasses.replace(request, messages=kept))
+
+    # The fewest drops that fit: prompts only shrink as messages go, so bisect over the count.
+    low, high, best = 1, len(droppable), None
+    while low <= high:
+        mid = (low + high) // 2
+        candidate = without_oldest(mid)
+        if len(candidate) < context:
+            best, high = (candidate, mid), mid - 1
+        else:
+            low = mid + 1
+    if best is None:
+        raise InvalidArgument(f"{too_long}, even with only the system messages and the last message kept")
+    return best
+
+
 def render_prompt(tokenizer: Any, request: GenerationRequest) -> str:
     """The text the model's chat template makes of a (non-raw) request, generation prompt included."""
     if request.raw:
         return request.prompt
     if request.is_chat:
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        messages = [
+            template_message(m.role, m.content, thinking=m.thinking, tool_calls_json=m.tool_calls_json, tool_name=m.tool_name, tool_call_id=m.tool_call_id)
+            for m in request.messages
+        ]
     else:
         messages = ([{"role": "system", "content": request.system}] if request.system else [])
         messages.append({"role": "user", "content": request.prompt})
     if not getattr(tokenizer, "has_chat_template", False):
         raise Unsupported("this model has no chat template; send a raw prompt instead")
+    kwargs = template_kwargs(request, tokenizer)  # tools and think; Unsupported if the template lacks them
     try:
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **kwargs)
     except Exception as e:  # noqa: BLE001 - jinja raises its own types; the user needs the message
         raise InvalidArgument(f"the model's chat template rejected these messages: {e}") from e

@@ -27,8 +27,11 @@ from mlxserve.services.common.errors import Busy, InvalidArgument, NotFound, Una
 from mlxserve.v1.frames import Stats, TokenEvent
 
 from .defaults import load_defaults
-from .prompts import GenerationRequest, encode_prompt
-from .sampling import make_sampler
+from .logprobs import TokenTexts, token_logprob
+from .prefix_cache import PrefixCache
+from .outputs import OutputParser, parse_tools
+from .prompts import GenerationRequest, fit_prompt
+from .sampling import LogitsProcessor, make_logits_processors, make_sampler
 from .stops import StopStringFilter
 
 log = logs.get_logger()
@@ -50,6 +53,8 @@ class _Pending:
     tokens: list[int]
     max_tokens: int
     submitted_ns: int
+    truncated: int = 0               # oldest messages dropped to fit the context
+    constraint: Any = None           # structured output (constraints.Constraint), if asked for
 
 
 @dataclass
@@ -65,6 +70,8 @@ class _Active:
     last_token_ns: int | None = None
     generated: int = 0
     token_ids: list[int] = field(default_factory=list)
+    cached: int = 0               # prompt tokens taken from the prefix cache, not evaluated
+    output: OutputParser | None = None  # splits thinking and tool calls out of the text (not raw)
 
     @property
     def request_id(self) -> str:
@@ -87,10 +94,17 @@ def _context_length(model_path: Path, tokenizer: Any) -> int:
     return DEFAULT_CONTEXT_LENGTH
 
 
+def _vocab_size(model: Any, tokenizer: Any) -> int:
+    """Rows of the model's output: what a logit_bias token id must be below."""
+    size = getattr(getattr(model, "args", None), "vocab_size", None)
+    return size if isinstance(size, int) and size > 0 else len(tokenizer.vocab)
+
+
 class ModelRunner:
     """Loads `model_path` with mlx-lm and serves generations through continuous batching."""
 
-    def __init__(self, model_path: str | Path, *, num_parallel: int = 4, max_queue: int = 64, prefill_step_size: int = 512) -> None:
+    def __init__(self, model_path: str | Path, *, num_parallel: int = 4, max_queue: int = 64, prefill_step_size: int = 512,
+                 prefix_cache_bytes: int = 1 << 30, prefix_cache_entries: int = 64) -> None:
         import mlx_lm  # here, so that importing this module stays cheap for the transport layer
 
         if num_parallel < 1 or max_queue < 0:
@@ -110,9 +124,13 @@ class ModelRunner:
         self.load_duration_s = time.perf_counter() - started
         self.context_length = _context_length(self.model_path, self.tokenizer)
         self.eos_token_ids = sorted(self.tokenizer.eos_token_ids)
+        self.vocab_size = _vocab_size(self.model, self.tokenizer)
+        self._token_texts = TokenTexts(self.tokenizer)  # engine thread: logprobs' token texts
         self.device = "gpu" if mx.default_device().type == mx.DeviceType.gpu else "cpu"
         self._stream = mx.new_stream(mx.default_device())
         self._generator = self._new_generator()
+        # KV of finished sequences, reused for the longest shared prefix of later prompts.
+        self.prefix_cache = PrefixCache(max_bytes=prefix_cache_bytes, max_entries=prefix_cache_entries)
 
         self._lock = threading.Lock()          # guards the fields below it, shared with callers
         self._inbox: list[tuple[str, Any]] = []
@@ -136,16 +154,16 @@ class ModelRunner:
         """
         request.validate()
         request = self.defaults.apply(request)
-        tokens = encode_prompt(self.tokenizer, request)
+        request.options.check_vocabulary(self.vocab_size)
+        context = request.options.num_ctx or self.context_length
+        tokens, truncated = fit_prompt(self.tokenizer, request, context)
         if not tokens:
             raise InvalidArgument("the prompt is empty after tokenization")
-        context = request.options.num_ctx or self.context_length
-        if len(tokens) >= context:
-            raise InvalidArgument(f"the prompt is {len(tokens)} tokens, which does not fit the context of {context} tokens")
         room = context - len(tokens)
         num_predict = request.options.num_predict
         max_tokens = room if num_predict is None or num_predict < 0 else min(num_predict, room)
-        pending = _Pending(request, tokens, max_tokens, time.perf_counter_ns())
+        constraint = self._build_constraint(request.format) if request.format else None
+        pending = _Pending(request, tokens, max_tokens, time.perf_counter_ns(), truncated, constraint)
         with self._lock:
             if self._closed_reason is not None:
                 raise Unavailable(f"the worker is not accepting requests ({self._closed_reason})")
@@ -216,8 +234,15 @@ class ModelRunner:
                 active = self._active.get(r.uid)
                 if active is None:
                     continue
+                if r.finish_reason is not None and r.prompt_cache:
+                    self.prefix_cache.insert(r.all_tokens, r.prompt_cache)
                 try:
-                    events.append(self._on_token(active, r.token, r.finish_reason))
+                    event = self._on_token(active, r.token, r.finish_reason)
+                    self._split_output(active, event)
+                    if active.pending.request.logprobs and event.token_ids:
+                        top = active.pending.request.top_logprobs
+                        event.logprobs = [token_logprob(r.token, r.logprobs, top, self._token_texts)]
+                    events.append(event)
                 except Exception as e:  # noqa: BLE001 - fail this request, keep serving the rest
                     log.exception("token_processing_failed", request_id=active.request_id)
                     self._generator.remove([active.uid])
@@ -277,11 +302,16 @@ class ModelRunner:
     def _admit(self, events: list[TokenEvent]) -> None:
         while self._waiting and len(self._active) < self.num_parallel:
             pending = self._waiting.popleft()
+            hit = self.prefix_cache.lookup(pending.tokens)
             try:
                 (uid,) = self._generator.insert(
-                    [pending.tokens],
+                    [hit.rest if hit else pending.tokens],
+                    caches=[hit.cache] if hit else None,
+                    # The tokens the given cache holds: the context of the logits processors.
+                    all_tokens=[pending.tokens[: hit.cached]] if hit else None,
                     max_tokens=[pending.max_tokens],
                     samplers=[make_sampler(pending.request.options)],
+                    logits_processors=[self._logits_processors(pending)],
                 )
             except Exception as e:  # noqa: BLE001 - a request mlx-lm refuses fails alone
                 log.exception("admit_failed", request_id=pending.request.request_id)
@@ -293,7 +323,42 @@ class ModelRunner:
                 detokenizer=self.tokenizer.detokenizer,  # a fresh copy per request
                 stops=StopStringFilter(pending.request.options.stop),
                 admitted_ns=time.perf_counter_ns(),
+                cached=hit.cached if hit else 0,
+                output=None if pending.request.raw else OutputParser(
+                    self.tokenizer, parse_tools(pending.request.tools_json), pending.request.think, prompt_tokens=pending.tokens,
+                ),
             )
+
+    def _split_output(self, active: _Active, event: TokenEvent) -> None:
+        """Move thinking and tool calls out of `event.text`; a turn that ends in calls ends "tool_calls"."""
+        if active.output is None:
+            return
+        parsed = active.output.feed(event.text)
+        if event.done:
+            tail = active.output.finish()
+            parsed.content += tail.content
+            parsed.thinking += tail.thinking
+            parsed.tool_calls += tail.tool_calls
+            if event.done_reason == "stop" and active.output.made_tool_call:
+                event.done_reason = "tool_calls"
+        event.text, event.thinking, event.tool_calls = parsed.content, parsed.thinking, parsed.tool_calls
+
+    def _build_constraint(self, format: str) -> Any:
+        """Compile `format` ("json" or a JSON schema) into a per-request constraint (llguidance).
+
+        On the caller's thread, so that a bad schema is refused by Submit itself.
+        """
+        from .constraints import build_constraint  # here: llguidance loads only when first asked for
+
+        return build_constraint(format, self.tokenizer)
+
+    def _logits_processors(self, pending: _Pending) -> list[LogitsProcessor]:
+        """This request's own processors: penalties and biases, then its output constraint."""
+        processors = make_logits_processors(pending.request.options, self.context_length)
+        if pending.constraint is not None:
+            # Last, so that no bias can lift a token the constraint has ruled out.
+            processors.append(pending.constraint)
+        return processors
 
     def _on_token(self, active: _Active, token: int, finish_reason: str | None) -> TokenEvent:
         now = time.perf_counter_ns()
@@ -314,7 +379,7 @@ class ModelRunner:
         text, hit_stop = active.stops.feed(detok.last_segment)
         if hit_stop:
             if finish_reason is None:
-                self._generator.remove([active.uid])
+                self._store_removed(self._generator.remove([active.uid], return_prompt_caches=True))
             return self._finish(active, "stop", text=text, token_ids=token_ids)
         if finish_reason is not None:
             return self._finish(active, finish_reason, text=text + active.stops.flush(), token_ids=token_ids)
@@ -325,13 +390,20 @@ class ModelRunner:
         prefilled = active.prefilled_ns or time.perf_counter_ns()
         last = active.last_token_ns or prefilled
         stats = Stats(
-            prompt_eval_count=len(active.pending.tokens) if active.prefilled_ns else 0,
+            prompt_eval_count=len(active.pending.tokens) - active.cached if active.prefilled_ns else 0,
+            cached_tokens=active.cached if active.prefilled_ns else 0,
             prompt_eval_duration=max(0, prefilled - active.admitted_ns),
             eval_count=active.generated,
             eval_duration=max(0, last - prefilled),
             prompt_tokens=len(active.pending.tokens),
+            truncated_messages=active.pending.truncated,
         )
         return self._final(active.pending, reason, text=text, token_ids=token_ids or [], stats=stats)
+
+    def _store_removed(self, removed: dict[int, tuple[list[Any], list[int]]]) -> None:
+        """Keep the caches `BatchGenerator.remove(..., return_prompt_caches=True)` handed back."""
+        for cache, all_tokens in removed.values():
+            self.prefix_cache.insert(all_tokens, cache)
 
     def _fail(self, active: _Active, message: str) -> TokenEvent:
         self._active.pop(active.uid, None)
@@ -347,5 +419,5 @@ class ModelRunner:
             done=True,
             done_reason=reason,
             error=error,
-            stats=stats or Stats(prompt_tokens=len(pending.tokens)),
+            stats=stats or Stats(prompt_tokens=len(pending.tokens), truncated_messages=pending.truncated),
         )

@@ -1,4 +1,5 @@
-"""Per-request sampling: validated options and the sampler callable BatchGenerator calls per row.
+"""Per-request sampling: validated options, the sampler callable BatchGenerator calls per row, and
+the request's logits processors (repeat/presence/frequency penalties, logit bias).
 
 Every request in a batch gets its own sampler closure holding its own PRNG key, so a seeded
 request produces the same tokens whether it is decoded alone or next to others: nothing reads or
@@ -7,6 +8,7 @@ advances MLX's global random state.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -17,12 +19,17 @@ from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
 from mlxserve.services.common.errors import InvalidArgument
 
 Sampler = Callable[[mx.array], mx.array]
+# mlx-lm's per-row hook: (tokens so far: the prompt, then each generated token, 1-D; logits (1, vocab)).
+LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
 
 # Ollama's defaults for options a request leaves unset.
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_K = 40
 DEFAULT_TOP_P = 0.9
 DEFAULT_MIN_P = 0.0
+# repeat_penalty's window when a request sets the penalty but not the window (Ollama's default).
+# The penalty itself is off unless asked for, so plain greedy decoding stays the model's argmax.
+DEFAULT_REPEAT_LAST_N = 64
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,11 @@ class SamplingOptions:
     num_predict: int | None = None   # max new tokens; < 0 or None: until the context is full
     stop: tuple[str, ...] = field(default_factory=tuple)
     num_ctx: int | None = None
+    repeat_penalty: float | None = None     # Ollama/llama.cpp: divides positive logits, multiplies negative
+    repeat_last_n: int | None = None        # its window over prompt + output; 0 off, -1 the whole context
+    presence_penalty: float | None = None   # OpenAI: minus this once for each token already generated
+    frequency_penalty: float | None = None  # OpenAI: minus this per earlier occurrence in the output
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit
 
     def validate(self) -> None:
         """Raise InvalidArgument naming the first option out of range."""
@@ -55,6 +67,25 @@ class SamplingOptions:
         for s in self.stop:
             if not s:
                 raise InvalidArgument("stop strings must not be empty")
+        if self.repeat_penalty is not None and not (0.0 < self.repeat_penalty <= 100.0):
+            raise InvalidArgument(f"repeat_penalty must be in (0, 100] (1 disables it), got {self.repeat_penalty}")
+        if self.repeat_last_n is not None and self.repeat_last_n < -1:
+            raise InvalidArgument(f"repeat_last_n must be >= -1 (0 disables, -1 means num_ctx), got {self.repeat_last_n}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if value is not None and not (-100.0 <= value <= 100.0):
+                raise InvalidArgument(f"{name} must be between -100 and 100, got {value}")
+        for token, bias in (self.logit_bias or {}).items():
+            if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+                raise InvalidArgument(f"logit_bias keys must be token ids (integers >= 0), got {token!r}")
+            if not math.isfinite(bias):
+                raise InvalidArgument(f"logit_bias for token {token} must be a finite number, got {bias}")
+
+    def check_vocabulary(self, vocab_size: int) -> None:
+        """Raise InvalidArgument if logit_bias names a token the model does not have."""
+        unknown = sorted(t for t in (self.logit_bias or {}) if t >= vocab_size)
+        if unknown:
+            raise InvalidArgument(f"logit_bias names token ids outside the vocabulary of {vocab_size}: {unknown[:5]}")
 
     @property
     def effective_temperature(self) -> float:
@@ -90,3 +121,59 @@ def make_sampler(options: SamplingOptions) -> Sampler:
         return mx.random.categorical(logprobs * (1.0 / temperature), key=step_key)
 
     return sample
+
+
+def make_logits_processors(options: SamplingOptions, context_length: int) -> list[LogitsProcessor]:
+    """The request's penalties and biases as mlx-lm logits processors, in the order applied.
+
+    Each processor sees the tokens so far (prompt, then output) and the row's logits. mlx-lm
+    calls them once per decode step, starting with the first generated token, so the n-th call
+    is the one where the last n tokens are this request's output: that count tells the output
+    apart from the prompt (reused prefix-cache tokens included) without knowing how it was fed.
+    """
+    processors: list[LogitsProcessor] = []
+    if options.logit_bias:
+        ids = mx.array(list(options.logit_bias.keys()), dtype=mx.int32)
+        biases = mx.array(list(options.logit_bias.values()), dtype=mx.float32)
+
+        def logit_bias(tokens: mx.array, logits: mx.array) -> mx.array:
+            return logits.at[:, ids].add(biases.astype(logits.dtype))
+
+        processors.append(logit_bias)
+
+    penalty = options.repeat_penalty
+    window = DEFAULT_REPEAT_LAST_N if options.repeat_last_n is None else options.repeat_last_n
+    if window == -1:
+        window = options.num_ctx or context_length
+    if penalty is not None and penalty != 1.0 and window > 0:
+
+        def repeat_penalty(tokens: mx.array, logits: mx.array) -> mx.array:
+            recent = tokens[-window:]
+            if recent.size == 0:
+                return logits
+            selected = logits[:, recent]
+            # Duplicate ids write the same value, so a token is penalized once however often it recurs.
+            logits[:, recent] = mx.where(selected < 0, selected * penalty, selected / penalty)
+            return logits
+
+        processors.append(repeat_penalty)
+
+    presence = options.presence_penalty or 0.0
+    frequency = options.frequency_penalty or 0.0
+    if presence or frequency:
+        generated = 0  # calls so far == tokens this request has generated before this step
+
+        def output_penalties(tokens: mx.array, logits: mx.array) -> mx.array:
+            nonlocal generated
+            n, generated = generated, generated + 1
+            if n == 0:
+                return logits
+            output = tokens[-n:]
+            if frequency:
+                logits = logits.at[:, output].subtract(mx.array(frequency, dtype=logits.dtype))  # accumulates per occurrence
+            if presence:
+                logits[:, output] = logits[:, output] - presence  # once per distinct token
+            return logits
+
+        processors.append(output_penalties)
+    return processors

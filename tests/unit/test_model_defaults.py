@@ -64,7 +64,8 @@ def prompt_of(runner: ModelRunner, request: GenerationRequest) -> str:
     text = render_prompt(runner.tokenizer, effective)
     tokens = encode_prompt(runner.tokenizer, effective)
     assert runner.submit(request).prompt_tokens == len(tokens)
-    run(runner)  # finish it, so the runner is idle for the next test
+    runner.cancel(request.request_id)  # unseeded sampling could run long; only the prompt matters
+    run(runner)
     return text
 
 
@@ -189,7 +190,8 @@ def test_modelfile_defaults_reach_the_worker(store: ModelStore, tmp_path: Path) 
                       "PARAMETER repeat_penalty 1.1\nMESSAGE user Bonjour\nMESSAGE assistant Salut\n")
     store.create("french", parse_modelfile(recipe.read_text(), tmp_path))
     runner = ModelRunner(store.resolve("french").view_path, num_parallel=1, max_queue=1)
-    assert runner.defaults.ignored == ("repeat_penalty",)  # recorded, not applied, not refused
+    assert runner.defaults.ignored == ()
+    assert runner.defaults.options.repeat_penalty == 1.1  # a sampling default like the others
     text = prompt_of(runner, chat(("user", "Comment ça va ?")))
     assert text.startswith("<|im_start|>system\nAnswer in French.<|im_end|>\n<|im_start|>user\nBonjour<|im_end|>")
     assert result(runner, chat(("user", "Comment ça va ?")))[1:] == (2, "length")
