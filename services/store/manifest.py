@@ -50,6 +50,11 @@ LAYER_MEDIA_TYPES: list[tuple[str, str]] = [
     ("chat_template.json", f"{_P}.template.v1+json"),
     ("LICENSE*", f"{_P}.license"),
     ("params.json", f"{_P}.params.v1+json"),
+    # sentence-transformers (embedding models): the module list, max_seq_length, and the pooling
+    # module's config, which the importer flattens from 1_Pooling/config.json.
+    ("modules.json", f"{_P}.st-modules.v1+json"),
+    ("sentence_bert_config.json", f"{_P}.st-config.v1+json"),
+    ("pooling_config.json", f"{_P}.st-pooling.v1+json"),
 ]
 
 

@@ -91,17 +91,22 @@ def main(argv: list[str] | None = None) -> int:
     _watch_stdin(stop)
 
     # Imported late: these pull in MLX, which should not delay argument errors.
+    from .embeddings import EmbeddingRunner, is_embedding_model
     from .engine import Engine
     from .replies import FrameSender
     from .runner import ModelRunner
     from .server import WorkerServicer
 
+    def make_runner() -> ModelRunner | EmbeddingRunner:
+        # An embedding model (BERT / sentence-transformers) answers Embed; anything else generates.
+        if is_embedding_model(args.model_path):
+            return EmbeddingRunner(args.model_path, model_name=args.model_name, max_queue=max_queue)
+        return ModelRunner(args.model_path, num_parallel=num_parallel, max_queue=max_queue,
+                           prefix_cache_bytes=settings.prefix_cache_bytes, prefix_cache_entries=settings.prefix_cache_entries)
+
     servicer: WorkerServicer | None = None
     sender = FrameSender(on_undeliverable=lambda rid: servicer.runner.cancel(rid) if servicer else None)
-    engine = Engine(
-        lambda: ModelRunner(args.model_path, num_parallel=num_parallel, max_queue=max_queue),
-        lambda event: servicer.route(event) if servicer else None,
-    )
+    engine = Engine(make_runner, lambda event: servicer.route(event) if servicer else None)
     try:
         runner = engine.start()
     except BaseException as e:  # noqa: BLE001 - any load failure ends the process with its cause
@@ -115,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         os._exit(EXIT_LOAD_FAILED)
     loaded.set()
-    servicer = WorkerServicer(runner, sender)
-    log.info("model_loaded", model=args.model_name, model_path=str(args.model_path), load_duration_s=round(runner.load_duration_s, 3),
+    servicer = WorkerServicer(runner, sender, model_name=args.model_name)
+    log.info("model_loaded", model=args.model_name, kind=getattr(runner, "kind", "generate"), model_path=str(args.model_path), load_duration_s=round(runner.load_duration_s, 3),
              device=runner.device, context_length=runner.context_length, num_parallel=num_parallel, max_queue=max_queue)
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="grpc"), options=CHANNEL_OPTIONS)

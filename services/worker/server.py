@@ -13,11 +13,12 @@ import threading
 from typing import Any
 
 from mlxserve.services.common import logs
-from mlxserve.services.common.errors import InvalidArgument
+from mlxserve.services.common.errors import InvalidArgument, Unsupported
 from mlxserve.services.common.rpc import ping_response, rpc_method
 from mlxserve.v1 import worker_pb2, worker_pb2_grpc
 from mlxserve.v1.frames import TokenEvent
 
+from .embeddings import EmbeddingRunner
 from .prompts import ChatMessage, GenerationRequest
 from .replies import FrameSender
 from .runner import ModelRunner
@@ -41,6 +42,11 @@ def options_from_proto(o: worker_pb2.SamplingOptions) -> SamplingOptions:
         num_predict=opt("num_predict"),
         stop=tuple(o.stop),
         num_ctx=opt("num_ctx"),
+        repeat_penalty=opt("repeat_penalty"),
+        repeat_last_n=opt("repeat_last_n"),
+        presence_penalty=opt("presence_penalty"),
+        frequency_penalty=opt("frequency_penalty"),
+        logit_bias=dict(o.logit_bias) or None,
     )
 
 
@@ -49,11 +55,19 @@ def request_from_proto(req: worker_pb2.SubmitRequest) -> GenerationRequest:
     return GenerationRequest(
         request_id=req.request_id,
         is_chat=req.is_chat,
-        messages=tuple(ChatMessage(m.role, m.content) for m in req.messages),
+        messages=tuple(
+            ChatMessage(m.role, m.content, m.thinking, m.tool_calls_json, m.tool_name, m.tool_call_id) for m in req.messages
+        ),
         prompt=req.prompt,
         system=req.system,
         raw=req.raw,
         options=options_from_proto(req.options),
+        format=req.format,
+        tools_json=req.tools_json,
+        think=req.think if req.HasField("think") else None,
+        logprobs=req.logprobs,
+        top_logprobs=req.top_logprobs,
+        truncate=req.truncate if req.HasField("truncate") else None,
     )
 
 
@@ -70,8 +84,10 @@ def resident_memory_bytes() -> int:
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
-    def __init__(self, runner: ModelRunner, sender: FrameSender) -> None:
+    def __init__(self, runner: ModelRunner | EmbeddingRunner, sender: FrameSender, *, model_name: str = "") -> None:
         self.runner = runner
+        self.model_name = model_name or runner.model_path.name
+        self.kind = "embed" if isinstance(runner, EmbeddingRunner) else "generate"
         self.sender = sender
         self._lock = threading.Lock()
         self._reply_to: dict[str, str] = {}
@@ -108,6 +124,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         return worker_pb2.SubmitResponse(prompt_tokens=result.prompt_tokens, queue_position=result.queue_position)
 
     @rpc_method
+    def Embed(self, request: worker_pb2.EmbedRequest, context: Any) -> worker_pb2.EmbedResponse:
+        if not isinstance(self.runner, EmbeddingRunner):
+            raise Unsupported(f"model '{self.model_name}' does not support embeddings")
+        result = self.runner.embed(list(request.inputs), truncate=request.truncate if request.HasField("truncate") else None,
+                                   dimensions=request.dimensions)
+        log.info("embedded", request_id=request.request_id, inputs=len(request.inputs), prompt_tokens=result.prompt_tokens)
+        return worker_pb2.EmbedResponse(embeddings=[worker_pb2.Embedding(values=v) for v in result.embeddings],
+                                        prompt_tokens=result.prompt_tokens, total_duration_ns=result.total_duration_ns)
+
+    @rpc_method
     def Cancel(self, request: worker_pb2.CancelRequest, context: Any) -> worker_pb2.CancelResponse:
         return worker_pb2.CancelResponse(cancelled=self.runner.cancel(request.request_id))
 
@@ -124,4 +150,6 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             device=self.runner.device,
             pid=os.getpid(),
             load_duration_s=self.runner.load_duration_s,
+            prefix_cache_bytes=self.runner.prefix_cache.nbytes if isinstance(self.runner, ModelRunner) else 0,
+            kind=self.kind,
         )

@@ -3,6 +3,10 @@
 Files are copied in as they are (hashed on the way); config.json and the safetensors headers
 give the facts `show` reports. Files the store does not keep (README.md, images, subfolders)
 are reported in the progress stream as skipped, never dropped silently.
+
+A sentence-transformers folder (modules.json beside a BERT config) is an embedding model: its
+pooling module's config (e.g. 1_Pooling/config.json) is flattened into the view as
+`pooling_config.json`, next to modules.json and sentence_bert_config.json (max_seq_length).
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ from . import ImportResult
 CONVERTER = "mlxserve-hf"
 REQUIRED = ("config.json", "tokenizer.json")
 _DTYPE_LEVEL = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
+POOLING_TITLE = "pooling_config.json"
+# The sentence-transformers modules our encoder implements, and the pooling modes it supports.
+_ST_MODULES = ("Transformer", "Pooling", "Normalize")
+_POOLING_MODES = ("pooling_mode_mean_tokens", "pooling_mode_cls_token")
 _GENERATION_PARAMS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
                       "repetition_penalty": "repeat_penalty"}
 
@@ -54,6 +62,8 @@ def count_parameters(headers: list[dict[str, Any]], quantization: dict[str, Any]
         for name, info in header.items():
             if name == "__metadata__" or name.endswith((".scales", ".biases")):
                 continue
+            if info.get("dtype") == "I64":  # index buffers (BERT's position_ids), not parameters
+                continue
             n = 1
             for d in info["shape"]:
                 n *= d
@@ -81,8 +91,12 @@ def import_hf_folder(src: Path, out_dir: Path, progress: ProgressCallback = no_p
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         raise InvalidArgument(f"{src.name}/config.json does not name a model_type")
 
+    extra = _sentence_transformers_files(src)
+    imported_dirs = {p.parent for p in extra.values()}
     keep: list[Path] = []
     for p in sorted(src.iterdir()):
+        if p.name in extra or p in imported_dirs:
+            continue
         if p.is_file() and media_type_for(p.name) is not None:
             keep.append(p)
         else:
@@ -94,25 +108,63 @@ def import_hf_folder(src: Path, out_dir: Path, progress: ProgressCallback = no_p
         if absent:
             raise InvalidArgument(f"{src.name}: weight shards listed in the index are missing: {', '.join(absent)}")
 
-    total = sum(p.stat().st_size for p in keep)
+    sources = [(p.name, p) for p in keep] + sorted(extra.items())
+    total = sum(p.stat().st_size for _, p in sources)
     done = 0
     files: dict[str, tuple[Path, str | None]] = {}
     listing = hashlib.sha256()
-    for p in keep:
+    for title, p in sources:
         def copied(n: int) -> None:
             nonlocal done
             done += n
-            progress(ProgressEvent(f"copying {p.name}", total=total, completed=done))
+            progress(ProgressEvent(f"copying {p.relative_to(src)}", total=total, completed=done))
 
-        digest, _ = copy_with_digest(p, out_dir / p.name, copied)
-        files[p.name] = (out_dir / p.name, digest)
-        listing.update(f"{p.name} {digest}\n".encode())
+        digest, _ = copy_with_digest(p, out_dir / title, copied)
+        files[title] = (out_dir / title, digest)
+        listing.update(f"{title} {digest}\n".encode())
 
     quantization = config.get("quantization") if isinstance(config.get("quantization"), dict) else None
     params = count_parameters([_safetensors_header(p) for p in weights], quantization)
     cfg = _model_config(src, config, quantization, params)
     return ImportResult(config=cfg, source_digest="sha256:" + listing.hexdigest(),
                         converter=f"{CONVERTER}/{__version__}", files=files)
+
+
+def _sentence_transformers_files(src: Path) -> dict[str, Path]:
+    """Files of a sentence-transformers folder kept under a flat title: {view title: source file}.
+
+    Refuses modules our encoder does not implement (a Dense projection, say) and pooling modes
+    other than mean and CLS, so such a model fails at create rather than embedding wrongly.
+    """
+    modules_path = src / "modules.json"
+    if not modules_path.is_file():
+        return {}
+    try:
+        modules = json.loads(modules_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidArgument(f"{src.name}/modules.json is not valid JSON: {e}") from None
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise InvalidArgument(f"{src.name}/modules.json is not a list of modules")
+    extra: dict[str, Path] = {}
+    for module in modules:
+        kind = str(module.get("type", "")).rpartition(".")[2]
+        if kind not in _ST_MODULES:
+            raise InvalidArgument(f"{src.name}: sentence-transformers module {module.get('type')!r} is not supported "
+                                  f"(supported: {', '.join(_ST_MODULES)})")
+        if kind != "Pooling":
+            continue
+        pooling_path = src / str(module.get("path", "")) / "config.json"
+        if not pooling_path.is_file() and (src / POOLING_TITLE).is_file():  # an already-flattened folder (a view)
+            pooling_path = src / POOLING_TITLE
+        pooling = _read_json(pooling_path)
+        if not pooling:
+            raise InvalidArgument(f"{src.name}: the pooling module's config {module.get('path', '')}/config.json is missing")
+        modes = sorted(k for k, v in pooling.items() if k.startswith("pooling_mode_") and v is True)
+        if len(modes) != 1 or modes[0] not in _POOLING_MODES:
+            raise InvalidArgument(f"{src.name}: pooling {', '.join(modes) or 'none'} is not supported "
+                                  f"(supported: one of {', '.join(_POOLING_MODES)})")
+        extra[POOLING_TITLE] = pooling_path
+    return extra
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -151,6 +203,9 @@ def _model_config(src: Path, config: dict[str, Any], quantization: dict[str, Any
     context = int(get("max_position_embeddings", 0) or tok_config.get("model_max_length", 0) or 0)
     if context > 10**9:  # transformers' "no limit" sentinel
         context = 0
+    max_seq_length = _read_json(src / "sentence_bert_config.json").get("max_seq_length")
+    if isinstance(max_seq_length, int) and max_seq_length > 0:  # what the embedding model was trained to see
+        context = min(context, max_seq_length) if context else max_seq_length
     embedding = arch in EMBEDDING_ARCHITECTURES or (src / "modules.json").is_file()
     caps = capabilities(template, embedding=embedding, vision=isinstance(config.get("vision_config"), dict))
     gen = _read_json(src / "generation_config.json")

