@@ -17,7 +17,7 @@ from mlxserve.services.common import logs
 from mlxserve.services.common.config import Settings
 from mlxserve.services.common.errors import Internal, MlxServeError
 
-from . import models_api, native, openai_api, state
+from . import embeddings_api, models_api, native, openai_api, state
 from .backends import Backends
 from .responses import dialect_of, dumps, error_response, http_error_response
 from .streams import GenerationCore, TokenRouter
@@ -98,4 +98,5 @@ def create_app(settings: Settings, *, backends: Backends | None = None, router: 
     native.add_routes(app)
     models_api.add_routes(app)
     openai_api.add_routes(app)
+    embeddings_api.add_routes(app)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any, Callable
 
 from aiohttp import web
@@ -10,18 +11,19 @@ from aiohttp import web
 from mlxserve.services.common import logs, rpc
 from mlxserve.services.common.errors import MlxServeError
 from mlxserve.v1 import common_pb2, store_pb2, supervisor_pb2, worker_pb2
+from mlxserve.v1.frames import TokenEvent, TokenLogprob, ToolCall
 
 from . import state
 from .responses import dumps, ndjson_line, now_rfc3339
-from .streams import Generation, GenerationRequest
-from .validation import Body, BadField, parse_keep_alive, read_json_object
+from .streams import Collected, Generation, GenerationRequest
+from .validation import (Body, BadField, UnsupportedField, parse_arguments, parse_keep_alive, parse_ollama_format, parse_tools,
+                         parse_top_logprobs, read_json_object)
 
 log = logs.get_logger(component="native")
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 # Top-level fields Ollama knows that this server cannot honour yet: refused unless neutral.
-GENERATE_UNSUPPORTED = ("format", "images", "think", "suffix", "logprobs", "top_logprobs", "context", "tools", "template")
-CHAT_UNSUPPORTED = ("format", "tools", "think", "logprobs", "top_logprobs")
+GENERATE_UNSUPPORTED = ("images", "suffix", "context", "template")
 
 
 def parse_options(options: dict[str, Any] | None) -> worker_pb2.SamplingOptions:
@@ -38,6 +40,10 @@ def parse_options(options: dict[str, Any] | None) -> worker_pb2.SamplingOptions:
         "seed": body.int("seed"),
         "num_predict": body.int("num_predict"),
         "num_ctx": body.int("num_ctx", minimum=1),
+        "repeat_penalty": body.number("repeat_penalty", minimum=0.0),
+        "repeat_last_n": body.int("repeat_last_n", minimum=-1),
+        "presence_penalty": body.number("presence_penalty", minimum=-2.0, maximum=2.0),
+        "frequency_penalty": body.number("frequency_penalty", minimum=-2.0, maximum=2.0),
     }
     for key, value in values.items():
         if value is not None:
@@ -60,6 +66,25 @@ def parse_common(body: Body) -> tuple[str, bool, worker_pb2.SamplingOptions, flo
     return model, bool(stream), options, keep_alive
 
 
+def parse_outputs(body: Body, req: GenerationRequest) -> None:
+    """Fields both routes share that shape the output: format, think, logprobs, truncate."""
+    req.format = parse_ollama_format(body)
+    req.think = parse_think(body)
+    req.logprobs = bool(body.bool("logprobs", default=False))
+    req.top_logprobs = parse_top_logprobs(body, req.logprobs)
+    req.truncate = body.bool("truncate")
+
+
+def parse_think(body: Body) -> bool | None:
+    """Ollama's `think`: true/false (the effort levels some models take are not supported)."""
+    value = body.raw("think")
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value in ("high", "medium", "low"):
+        raise UnsupportedField("think", f"'think': {value!r} (a reasoning effort level) is not supported; use true or false")
+    raise BadField("think", "'think' must be true or false")
+
+
 def parse_generate(data: dict[str, Any], request_id: str) -> tuple[GenerationRequest, bool]:
     """A /api/generate body → (request, stream); raises BadField/UnsupportedField (400)."""
     body = Body(data)
@@ -69,14 +94,32 @@ def parse_generate(data: dict[str, Any], request_id: str) -> tuple[GenerationReq
         prompt=body.str("prompt", default="") or "", system=body.str("system", default="") or "",
         raw=bool(body.bool("raw", default=False)),
     )
+    parse_outputs(body, req)
+    if body.list("tools"):
+        raise UnsupportedField("tools", "'tools' is for /api/chat; /api/generate does not take tools")
     body.refuse(GENERATE_UNSUPPORTED)
     body.finish()
     return req, stream
 
 
-def parse_messages(items: list[Any] | None) -> list[tuple[str, str]]:
-    """Ollama chat messages → (role, content) pairs; images, tool calls and thinking are refused."""
-    out: list[tuple[str, str]] = []
+def parse_tool_calls(items: list[Any] | None, where: str) -> str:
+    """An assistant message's Ollama tool calls ([{function: {name, arguments}}]) → tool_calls_json."""
+    calls: list[dict[str, Any]] = []
+    for j, item in enumerate(items or []):
+        name = f"{where}[{j}]"
+        fn = item.get("function") if isinstance(item, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise BadField(f"{name}.function.name", f"'{name}.function.name' must be a non-empty string")
+        call: dict[str, Any] = {"name": fn["name"], "arguments": parse_arguments(fn.get("arguments") or {}, f"{name}.function.arguments")}
+        if isinstance(item.get("id"), str) and item["id"]:
+            call["id"] = item["id"]
+        calls.append(call)
+    return json.dumps(calls, ensure_ascii=False) if calls else ""
+
+
+def parse_messages(items: list[Any] | None) -> list[worker_pb2.ChatMessage]:
+    """Ollama chat messages → ChatMessage (tool calls, tool results and thinking included); images are refused."""
+    out: list[worker_pb2.ChatMessage] = []
     for i, item in enumerate(items or []):
         if not isinstance(item, dict):
             raise BadField(f"messages[{i}]", f"'messages[{i}]' must be an object")
@@ -84,10 +127,13 @@ def parse_messages(items: list[Any] | None) -> list[tuple[str, str]]:
         role = msg.str("role", required=True) or ""
         if role not in CHAT_ROLES:
             raise BadField(msg.name("role"), f"'{msg.name('role')}' must be one of {', '.join(CHAT_ROLES)}; got {role!r}")
-        content = msg.str("content", default="") or ""
-        msg.refuse(("images", "tool_calls", "thinking", "tool_name"))
+        out.append(worker_pb2.ChatMessage(
+            role=role, content=msg.str("content", default="") or "", thinking=msg.str("thinking", default="") or "",
+            tool_calls_json=parse_tool_calls(msg.list("tool_calls"), msg.name("tool_calls")),
+            tool_name=msg.str("tool_name", default="") or "", tool_call_id=msg.str("tool_call_id", default="") or "",
+        ))
+        msg.refuse(("images",))
         msg.finish()
-        out.append((role, content))
     return out
 
 
@@ -97,16 +143,20 @@ def parse_chat(data: dict[str, Any], request_id: str) -> tuple[GenerationRequest
     model, stream, options, keep_alive = parse_common(body)
     messages = parse_messages(body.list("messages"))
     req = GenerationRequest(model=model, request_id=request_id, options=options, keep_alive_s=keep_alive, messages=messages)
-    body.refuse(CHAT_UNSUPPORTED)
+    parse_outputs(body, req)
+    req.tools_json = parse_tools(body)
     body.finish()
     return req, stream
 
 
 def final_fields(gen: Generation) -> dict[str, Any]:
-    """The counters of Ollama's last chunk (durations in nanoseconds)."""
+    """The counters of Ollama's last chunk (durations in nanoseconds).
+
+    Ollama has no "tool_calls" done reason: a turn that called tools simply stopped.
+    """
     s = gen.stats
     return {
-        "done_reason": gen.done_reason,
+        "done_reason": "stop" if gen.done_reason == "tool_calls" else gen.done_reason,
         "total_duration": gen.total_duration_ns(),
         "load_duration": gen.load_duration_ns,
         "prompt_eval_count": s.prompt_eval_count,
@@ -116,15 +166,61 @@ def final_fields(gen: Generation) -> dict[str, Any]:
     }
 
 
-def generate_piece(text: str) -> dict[str, Any]:
-    return {"response": text}
+def tool_calls_json(calls: list[ToolCall]) -> list[dict[str, Any]]:
+    """Ollama's shape: arguments as an object."""
+    out = []
+    for call in calls:
+        try:
+            arguments = json.loads(call.arguments or "{}")
+        except ValueError:  # the worker parsed it; keep what it said rather than drop the call
+            arguments = call.arguments
+        out.append({"function": {"name": call.name, "arguments": arguments}})
+    return out
 
 
-def chat_piece(text: str) -> dict[str, Any]:
-    return {"message": {"role": "assistant", "content": text}}
+def logprobs_json(items: list[TokenLogprob], top: bool) -> list[dict[str, Any]]:
+    """Ollama's logprobs: [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]."""
+    out = []
+    for lp in items:
+        entry: dict[str, Any] = {"token": lp.token, "logprob": lp.logprob, "bytes": lp.bytes}
+        if top:
+            entry["top_logprobs"] = [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes} for t in lp.top]
+        out.append(entry)
+    return out
 
 
-async def respond(request: web.Request, req: GenerationRequest, stream: bool, piece: Callable[[str], dict[str, Any]]) -> web.StreamResponse:
+def generate_piece(req: GenerationRequest, text: str, thinking: str, calls: list[ToolCall], logprobs: list[TokenLogprob]) -> dict[str, Any]:
+    piece: dict[str, Any] = {"response": text}
+    if thinking:
+        piece["thinking"] = thinking
+    if req.logprobs and logprobs:
+        piece["logprobs"] = logprobs_json(logprobs, req.top_logprobs > 0)
+    return piece
+
+
+def chat_piece(req: GenerationRequest, text: str, thinking: str, calls: list[ToolCall], logprobs: list[TokenLogprob]) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if thinking:
+        message["thinking"] = thinking
+    if calls:
+        message["tool_calls"] = tool_calls_json(calls)
+    piece: dict[str, Any] = {"message": message}
+    if req.logprobs and logprobs:
+        piece["logprobs"] = logprobs_json(logprobs, req.top_logprobs > 0)
+    return piece
+
+
+Piece = Callable[[GenerationRequest, str, str, list[ToolCall], list[TokenLogprob]], dict[str, Any]]
+
+
+def event_piece(piece: Piece, req: GenerationRequest, event: TokenEvent) -> dict[str, Any] | None:
+    """One frame as a chunk's payload, or None when it carries nothing to show."""
+    if not (event.text or event.thinking or event.tool_calls or (req.logprobs and event.logprobs)):
+        return None
+    return piece(req, event.text, event.thinking, list(event.tool_calls), list(event.logprobs))
+
+
+async def respond(request: web.Request, req: GenerationRequest, stream: bool, piece: Piece) -> web.StreamResponse:
     """Run one generation and render it as Ollama does: NDJSON chunks, or one JSON object."""
     core = state.core(request)
     if not (req.messages if req.is_chat else req.prompt):
@@ -135,24 +231,26 @@ async def respond(request: web.Request, req: GenerationRequest, stream: bool, pi
         else:
             await core.load(req.model, req.request_id, req.keep_alive_s)
             reason = "load"
-        return web.json_response({"model": req.model, "created_at": now_rfc3339(), **piece(""), "done": True,
+        return web.json_response({"model": req.model, "created_at": now_rfc3339(), **piece(req, "", "", [], []), "done": True,
                                   "done_reason": reason}, dumps=dumps)
 
     gen = await core.start(req)
     try:
         if not stream:
-            text = [event.text async for event in gen.events()]
-            return web.json_response({"model": req.model, "created_at": now_rfc3339(), **piece("".join(text)),
+            out: Collected = await gen.collect()
+            return web.json_response({"model": req.model, "created_at": now_rfc3339(),
+                                      **piece(req, out.content, out.reasoning, out.tool_calls, out.logprobs),
                                       "done": True, **final_fields(gen)}, dumps=dumps)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         try:
             try:
                 async for event in gen.events():
-                    if event.text:
-                        await resp.write(ndjson_line({"model": req.model, "created_at": now_rfc3339(),
-                                                      **piece(event.text), "done": False}))
-                final = {"model": req.model, "created_at": now_rfc3339(), **piece(""), "done": True, **final_fields(gen)}
+                    payload = event_piece(piece, req, event)
+                    if payload is not None:
+                        await resp.write(ndjson_line({"model": req.model, "created_at": now_rfc3339(), **payload, "done": False}))
+                final = {"model": req.model, "created_at": now_rfc3339(), **piece(req, "", "", [], []), "done": True,
+                         **final_fields(gen)}
                 await resp.write(ndjson_line(final))
             except MlxServeError as e:
                 log.warning("generation_failed", error=e.message)

@@ -24,7 +24,7 @@ from mlxserve.services.common import logs, rpc
 from mlxserve.services.common.config import Settings
 from mlxserve.services.common.errors import Cancelled, Internal, MlxServeError, NotFound, Timeout, Unavailable
 from mlxserve.v1 import frames, supervisor_pb2, worker_pb2
-from mlxserve.v1.frames import Stats, TokenEvent
+from mlxserve.v1.frames import Stats, TokenEvent, TokenLogprob, ToolCall
 
 from .backends import Backends
 
@@ -123,20 +123,48 @@ class TokenRouter:
 
 @dataclass
 class GenerationRequest:
-    """One generation, dialect-free: chat `messages` or a `prompt`, plus sampling options."""
+    """One generation, dialect-free: chat `messages` or a `prompt`, plus sampling options.
+
+    The output controls mirror SubmitRequest: `format` is "" / "json" / a JSON schema as text,
+    `tools_json` a JSON list of tool definitions, `think`/`truncate` None for the model's default.
+    """
 
     model: str
     request_id: str
     options: worker_pb2.SamplingOptions = field(default_factory=worker_pb2.SamplingOptions)
-    messages: list[tuple[str, str]] | None = None  # (role, content); None: a prompt request
+    messages: list[worker_pb2.ChatMessage] | None = None  # None: a prompt request
     prompt: str = ""
     system: str = ""
     raw: bool = False
     keep_alive_s: float | None = None
+    format: str = ""
+    tools_json: str = ""
+    think: bool | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    truncate: bool | None = None
 
     @property
     def is_chat(self) -> bool:
         return self.messages is not None
+
+
+@dataclass
+class Collected:
+    """A whole generation's output, gathered from its frames."""
+
+    text: list[str] = field(default_factory=list)
+    thinking: list[str] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    @property
+    def content(self) -> str:
+        return "".join(self.text)
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self.thinking)
 
 
 class Generation:
@@ -172,12 +200,16 @@ class Generation:
     def stats(self) -> Stats:
         """Counters for the final chunk, with fallbacks when the worker sent none."""
         s = (self.final.stats if self.final else None) or Stats()
+        # prompt_eval_count counts evaluated tokens only: 0 is real when the whole prompt was cached.
+        evaluated = s.prompt_eval_count if (s.prompt_eval_count or s.cached_tokens) else (s.prompt_tokens or self.prompt_tokens)
         return Stats(
-            prompt_eval_count=s.prompt_eval_count or s.prompt_tokens or self.prompt_tokens,
+            prompt_eval_count=evaluated,
             prompt_eval_duration=s.prompt_eval_duration,
             eval_count=s.eval_count or self.generated_tokens,
             eval_duration=s.eval_duration,
             prompt_tokens=s.prompt_tokens or self.prompt_tokens,
+            cached_tokens=s.cached_tokens,
+            truncated_messages=s.truncated_messages,
         )
 
     def total_duration_ns(self) -> int:
@@ -208,6 +240,16 @@ class Generation:
                 yield event
                 return
             yield event
+
+    async def collect(self) -> Collected:
+        """All the output at once (non-streaming responses)."""
+        out = Collected()
+        async for event in self.events():
+            out.text.append(event.text)
+            out.thinking.append(event.thinking)
+            out.tool_calls.extend(event.tool_calls)
+            out.logprobs.extend(event.logprobs)
+        return out
 
     async def _check_worker(self) -> None:
         address = self.lease.worker_address
@@ -303,9 +345,13 @@ class GenerationCore:
         gen = Generation(self, req, submit_id, lease, stream, started)
         submit = worker_pb2.SubmitRequest(
             request_id=submit_id, reply_to=self.router.address, options=req.options, is_chat=req.is_chat,
-            prompt=req.prompt, system=req.system, raw=req.raw,
-            messages=[worker_pb2.ChatMessage(role=r, content=c) for r, c in (req.messages or [])],
+            prompt=req.prompt, system=req.system, raw=req.raw, messages=req.messages or [],
+            format=req.format, tools_json=req.tools_json, logprobs=req.logprobs, top_logprobs=req.top_logprobs,
         )
+        if req.think is not None:
+            submit.think = req.think
+        if req.truncate is not None:
+            submit.truncate = req.truncate
         try:
             resp = await rpc.call("worker", self.backends.worker(lease.worker_address).Submit, submit,
                                   timeout=30.0, request_id=req.request_id)
@@ -319,3 +365,20 @@ class GenerationCore:
             raise
         gen.prompt_tokens = resp.prompt_tokens
         return gen
+
+    async def embed(self, model: str, request_id: str, keep_alive_s: float | None, inputs: list[str], *,
+                    truncate: bool | None = None, dimensions: int = 0) -> tuple[worker_pb2.EmbedResponse, supervisor_pb2.AcquireResponse]:
+        """Lease the model's worker, embed `inputs`, release; returns the worker's answer and the lease."""
+        lease = await self.acquire(model, request_id, keep_alive_s)
+        req = worker_pb2.EmbedRequest(request_id=f"{request_id}.{secrets.token_hex(4)}", inputs=inputs, dimensions=dimensions)
+        if truncate is not None:
+            req.truncate = truncate
+        try:
+            resp = await rpc.call("worker", self.backends.worker(lease.worker_address).Embed, req,
+                                  timeout=self.settings.request_timeout, request_id=request_id)
+        except Unavailable as e:
+            self.backends.forget_worker(lease.worker_address)
+            raise Unavailable(f"the worker for model '{lease.model or model}' is not answering: {e.message}") from None
+        finally:
+            await asyncio.shield(self.release(lease.lease_id, keep_alive_s, request_id))
+        return resp, lease

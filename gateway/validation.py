@@ -194,3 +194,78 @@ def parse_keep_alive(value: Any, field: str = "keep_alive") -> float | None:
     if not body:
         raise BadField(field, f"'{field}': invalid duration {value!r}")
     return -1.0 if sign < 0 and total > 0 else total
+
+
+MAX_TOP_LOGPROBS = 20
+
+
+def schema_text(schema: dict[str, Any]) -> str:
+    """A JSON schema as the text SubmitRequest.format carries (compact, key order kept)."""
+    return json.dumps(schema, ensure_ascii=False, separators=(",", ":"))
+
+
+def parse_ollama_format(body: Body, key: str = "format") -> str:
+    """Ollama's `format`: "json", a JSON-schema object, or nothing → SubmitRequest.format."""
+    value = body.raw(key)
+    if value is None or value == "":
+        return ""
+    if value == "json":
+        return "json"
+    if isinstance(value, dict):
+        return schema_text(value) if value else "json"
+    raise BadField(body.name(key), f"'{body.name(key)}' must be \"json\" or a JSON schema object")
+
+
+def parse_tools(body: Body, key: str = "tools") -> str:
+    """Tool definitions ({"type": "function", "function": {"name", ...}}) → JSON text for the template."""
+    tools = body.list(key)
+    if not tools:
+        return ""
+    for i, tool in enumerate(tools):
+        where = f"{body.name(key)}[{i}]"
+        if not isinstance(tool, dict):
+            raise BadField(where, f"'{where}' must be an object")
+        kind = tool.get("type", "function")
+        if kind != "function":
+            raise UnsupportedField(f"{where}.type", f"tools of type {kind!r} are not supported ('{where}.type'); use \"function\"")
+        fn = tool.get("function")
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise BadField(f"{where}.function.name", f"'{where}.function.name' must be a non-empty string")
+    return json.dumps(tools, ensure_ascii=False, separators=(",", ":"))
+
+
+def parse_top_logprobs(body: Body, logprobs: bool, key: str = "top_logprobs") -> int:
+    """`top_logprobs` (0..20), which needs `logprobs` on."""
+    value = body.int(key, minimum=0) or 0
+    if value > MAX_TOP_LOGPROBS:
+        raise BadField(body.name(key), f"'{body.name(key)}' must be at most {MAX_TOP_LOGPROBS}")
+    if value and not logprobs:
+        raise BadField(body.name(key), f"'{body.name(key)}' needs 'logprobs' set to true")
+    return value
+
+
+def parse_arguments(value: Any, where: str) -> dict[str, Any]:
+    """Tool-call arguments: an object, or (OpenAI) a JSON string holding one."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError:
+            raise BadField(where, f"'{where}' must be a JSON object (as text)") from None
+    if not isinstance(value, dict):
+        raise BadField(where, f"'{where}' must be a JSON object")
+    return value
+
+
+def parse_embed_input(value: Any, where: str, *, required: bool = True) -> list[str]:
+    """Embedding input: a string or an array of strings (token arrays are refused)."""
+    if value is None:
+        if required:
+            raise BadField(where, f"'{where}' is required")
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    if isinstance(value, list) and value and all(isinstance(v, (int, list)) and not isinstance(v, bool) for v in value):
+        raise UnsupportedField(where, f"'{where}' as token ids is not supported; send text")
+    raise BadField(where, f"'{where}' must be a string or an array of strings")

@@ -107,10 +107,11 @@ def test_malformed_or_incomplete_bodies_are_400(path):
 def test_openai_bad_request_has_openai_error_shape_with_param():
     async def check(c):
         resp = await c.post("/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
-                                                          "tools": [{"type": "function", "function": {"name": "f"}}]})
+                                                          "tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}]})
         assert resp.status == 400
-        assert await resp.json() == {"error": {"message": "'tools' is not supported yet", "type": "invalid_request_error",
-                                               "param": "tools", "code": None}}
+        assert await resp.json() == {"error": {
+            "message": "'tool_choice' must be \"auto\" or \"none\"; forcing a tool call is not supported",
+            "type": "invalid_request_error", "param": "tool_choice", "code": None}}
     with_client(check)
 
 

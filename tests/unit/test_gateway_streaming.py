@@ -30,7 +30,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from mlxserve.gateway.app import create_app
 from mlxserve.gateway.streams import TokenRouter
 from mlxserve.services.common.config import load_settings
-from mlxserve.services.common.errors import Busy, NotFound
+from mlxserve.services.common.errors import Busy, NotFound, Unsupported
 from mlxserve.services.common.rpc import ping_response, rpc_method
 from mlxserve.v1 import common_pb2, frames, store_pb2, store_pb2_grpc, supervisor_pb2, supervisor_pb2_grpc, worker_pb2, worker_pb2_grpc
 from mlxserve.v1.frames import Stats, TokenEvent
@@ -56,6 +56,8 @@ class FakeWorker(worker_pb2_grpc.WorkerServicer):
         self.plan: list[Any] = [text("Hel"), text("lo"), done()]
         self.submits: list[tuple[worker_pb2.SubmitRequest, dict[str, str]]] = []
         self.cancels: list[str] = []
+        self.refusal: str | None = None  # set: Submit and Embed fail as a model lacking the capability
+        self.embeds: list[worker_pb2.EmbedRequest] = []
         self.ctx = zmq.asyncio.Context()
         self.server: grpc.aio.Server | None = None
         self.tasks: set[asyncio.Task] = set()
@@ -67,10 +69,22 @@ class FakeWorker(worker_pb2_grpc.WorkerServicer):
     @rpc_method
     async def Submit(self, request, context):
         self.submits.append((request, dict(context.invocation_metadata())))
+        if self.refusal:
+            raise Unsupported(self.refusal)
         task = asyncio.get_running_loop().create_task(self._play(request))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return worker_pb2.SubmitResponse(prompt_tokens=5)
+
+    @rpc_method
+    async def Embed(self, request, context):
+        """One vector per input: [index, length of the text, 0], cut to `dimensions`."""
+        if self.refusal:
+            raise Unsupported(self.refusal)
+        self.embeds.append(request)
+        vectors = [[float(i), float(len(text)), 0.0][:request.dimensions or None] for i, text in enumerate(request.inputs)]
+        return worker_pb2.EmbedResponse(embeddings=[worker_pb2.Embedding(values=v) for v in vectors],
+                                        prompt_tokens=sum(len(t.split()) for t in request.inputs), total_duration_ns=1000)
 
     @rpc_method
     async def Cancel(self, request, context):
@@ -370,7 +384,8 @@ def test_openai_stream_is_role_chunk_deltas_finish_usage_then_done():
             assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
             assert [c["choices"][0]["delta"]["content"] for c in chunks[1:3]] == ["Hel", "lo"]
             assert chunks[3]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "stop", "logprobs": None}
-            assert chunks[4]["choices"] == [] and chunks[4]["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+            assert chunks[4]["choices"] == [] and chunks[4]["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8,
+                                                                "prompt_tokens_details": {"cached_tokens": 0}}
             assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("chatcmpl-")
             assert all(c["object"] == "chat.completion.chunk" and c["model"] == "tiny" for c in chunks)
     run(scenario())

@@ -1,0 +1,399 @@
+"""Generation features over HTTP: structured output, tools, thinking, logprobs, penalties, completions, embeddings.
+
+Translation is checked on the parsers (what reaches the worker in SubmitRequest); rendering through
+the real gateway against the fake worker of test_gateway_streaming, with the official clients too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import struct
+
+import ollama
+import openai
+import pytest
+
+from mlxserve.gateway.native import parse_chat, parse_generate, parse_options
+from mlxserve.gateway.openai_api import parse_chat_completion, parse_completion
+from mlxserve.gateway.validation import BadField, UnsupportedField
+from mlxserve.v1.frames import Stats, TokenEvent, TokenLogprob, ToolCall, TopLogprob
+
+from .test_gateway_streaming import harness, ndjson, run, sse, text
+
+pytestmark = pytest.mark.timeout(30)
+
+USER = [{"role": "user", "content": "hi"}]
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+
+
+def lp(token: str, logprob: float, *alternatives: tuple[str, float]) -> TokenLogprob:
+    return TokenLogprob(token=token, logprob=logprob, bytes=list(token.encode()),
+                        top=[TopLogprob(token=t, logprob=l, bytes=list(t.encode())) for t, l in alternatives])
+
+
+def finished(reason: str = "stop", **stats) -> TokenEvent:
+    return TokenEvent(request_id="", done=True, done_reason=reason, stats=Stats(**{
+        "prompt_eval_count": 5, "eval_count": 3, "prompt_tokens": 5, **stats}))
+
+
+# --- translation -------------------------------------------------------------------------------
+
+def test_native_penalty_options_reach_the_worker():
+    o = parse_options({"repeat_penalty": 1.1, "repeat_last_n": 64, "presence_penalty": 0.5, "frequency_penalty": -0.5})
+    assert (o.repeat_penalty, o.repeat_last_n, o.presence_penalty, o.frequency_penalty) == (
+        pytest.approx(1.1), 64, 0.5, -0.5)
+    assert not parse_options({}).HasField("repeat_penalty")
+    with pytest.raises(BadField) as e:
+        parse_options({"repeat_last_n": -2})
+    assert e.value.param == "options.repeat_last_n"
+
+
+@pytest.mark.parametrize("value, expected", [("json", "json"), ("", ""), (SCHEMA, json.dumps(SCHEMA, separators=(",", ":")))])
+def test_ollama_format_becomes_json_or_the_schema_text(value, expected):
+    req, _ = parse_generate({"model": "tiny", "prompt": "hi", "format": value}, "rid")
+    assert req.format == expected
+    if isinstance(value, dict):
+        assert json.loads(req.format) == SCHEMA
+
+
+@pytest.mark.parametrize("value", ["yaml", 3, ["json"]])
+def test_ollama_format_other_than_json_or_a_schema_is_a_400(value):
+    with pytest.raises(BadField) as e:
+        parse_chat({"model": "tiny", "messages": USER, "format": value}, "rid")
+    assert e.value.param == "format"
+
+
+def test_ollama_chat_carries_tools_think_logprobs_truncate_and_tool_turns():
+    req, _ = parse_chat({"model": "tiny", "tools": [WEATHER], "think": True, "logprobs": True, "top_logprobs": 3,
+                         "truncate": False, "messages": [
+                             {"role": "user", "content": "Weather in Paris?"},
+                             {"role": "assistant", "content": "", "thinking": "I should call the tool.",
+                              "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+                             {"role": "tool", "content": "18C", "tool_name": "get_weather"}]}, "rid")
+    assert json.loads(req.tools_json) == [WEATHER]
+    assert (req.think, req.logprobs, req.top_logprobs, req.truncate) == (True, True, 3, False)
+    assistant, tool = req.messages[1], req.messages[2]
+    assert assistant.thinking == "I should call the tool."
+    assert json.loads(assistant.tool_calls_json) == [{"name": "get_weather", "arguments": {"city": "Paris"}}]
+    assert (tool.role, tool.content, tool.tool_name) == ("tool", "18C", "get_weather")
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"top_logprobs": 2}, "top_logprobs"),                      # needs logprobs on
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"think": "yes"}, "think"),
+    ({"truncate": "no"}, "truncate"),
+    ({"tools": [{"type": "function", "function": {}}]}, "tools[0].function.name"),
+    ({"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "[1]"}}]}]},
+     "messages[0].tool_calls[0].function.arguments"),
+])
+def test_ollama_bad_feature_values_are_a_400_naming_the_field(extra, param):
+    with pytest.raises(BadField) as e:
+        parse_chat({"model": "tiny", "messages": USER, **extra}, "rid")
+    assert e.value.param == param
+
+
+def test_openai_sampling_penalties_seed_and_logit_bias_reach_the_worker():
+    req, _, _ = parse_chat_completion({"model": "tiny", "messages": USER, "seed": 42, "presence_penalty": 0.5,
+                                       "frequency_penalty": 1.5, "logit_bias": {"50256": -100, "7": 2.5}}, "rid")
+    o = req.options
+    assert (o.seed, o.presence_penalty, o.frequency_penalty) == (42, 0.5, 1.5)
+    assert dict(o.logit_bias) == {50256: -100.0, 7: 2.5}
+
+
+@pytest.mark.parametrize("bias", [{"x": 1}, {"5": 101}, {"5": "1"}, {"-3": 1}])
+def test_openai_logit_bias_needs_token_ids_and_values_within_100(bias):
+    with pytest.raises(BadField) as e:
+        parse_chat_completion({"model": "tiny", "messages": USER, "logit_bias": bias}, "rid")
+    assert e.value.param == "logit_bias"
+
+
+@pytest.mark.parametrize("response_format, expected", [
+    ({"type": "text"}, ""),
+    ({"type": "json_object"}, "json"),
+    ({"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA, "strict": True}}, json.dumps(SCHEMA, separators=(",", ":"))),
+])
+def test_openai_response_format_becomes_the_worker_format(response_format, expected):
+    req, _, _ = parse_chat_completion({"model": "tiny", "messages": USER, "response_format": response_format}, "rid")
+    assert req.format == expected
+
+
+def test_openai_response_format_of_an_unknown_type_is_a_400():
+    with pytest.raises(BadField) as e:
+        parse_chat_completion({"model": "tiny", "messages": USER, "response_format": {"type": "xml"}}, "rid")
+    assert e.value.param == "response_format.type"
+
+
+def test_openai_tool_turns_become_chat_messages_with_names_found_by_call_id():
+    req, _, _ = parse_chat_completion({"model": "tiny", "tools": [WEATHER], "messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "reasoning_content": "Call it.", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C"}]}, "rid")
+    assert json.loads(req.tools_json) == [WEATHER]
+    assistant, tool = req.messages[1], req.messages[2]
+    assert (assistant.content, assistant.thinking) == ("", "Call it.")
+    assert json.loads(assistant.tool_calls_json) == [{"name": "get_weather", "arguments": {"city": "Paris"}, "id": "call_1"}]
+    assert (tool.role, tool.tool_call_id, tool.tool_name, tool.content) == ("tool", "call_1", "get_weather", "18C")
+
+
+def test_openai_tool_choice_none_keeps_the_tools_from_the_model():
+    req, _, _ = parse_chat_completion({"model": "tiny", "messages": USER, "tools": [WEATHER], "tool_choice": "none"}, "rid")
+    assert req.tools_json == ""
+
+
+@pytest.mark.parametrize("effort, think", [("none", False), ("low", True), ("high", True)])
+def test_openai_reasoning_effort_switches_thinking(effort, think):
+    req, _, _ = parse_chat_completion({"model": "tiny", "messages": USER, "reasoning_effort": effort}, "rid")
+    assert req.think is think
+
+
+def test_openai_logprobs_and_top_logprobs():
+    req, _, _ = parse_chat_completion({"model": "tiny", "messages": USER, "logprobs": True, "top_logprobs": 5}, "rid")
+    assert (req.logprobs, req.top_logprobs) == (True, 5)
+    with pytest.raises(BadField) as e:
+        parse_chat_completion({"model": "tiny", "messages": USER, "top_logprobs": 5}, "rid")
+    assert e.value.param == "top_logprobs"
+
+
+def test_openai_tool_message_without_a_call_id_is_a_400():
+    with pytest.raises(BadField) as e:
+        parse_chat_completion({"model": "tiny", "messages": [{"role": "tool", "content": "18C"}]}, "rid")
+    assert e.value.param == "messages[0].tool_call_id"
+
+
+def test_completion_takes_one_prompt_and_sampling():
+    req, stream, _ = parse_completion({"model": "tiny", "prompt": ["Once upon"], "max_tokens": 8, "temperature": 0,
+                                       "stop": ["\n"], "seed": 1, "logprobs": 2, "echo": False}, "rid")
+    assert (req.prompt, req.is_chat, stream, req.logprobs, req.top_logprobs) == ("Once upon", False, False, True, 2)
+    assert (req.options.num_predict, req.options.temperature, list(req.options.stop), req.options.seed) == (8, 0, ["\n"], 1)
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"suffix": "The end."}, "suffix"), ({"echo": True}, "echo"), ({"prompt": ["a", "b"]}, "prompt"),
+    ({"prompt": [1, 2, 3]}, "prompt"), ({"n": 2}, "n"), ({"best_of": 3}, "best_of"),
+])
+def test_completion_refuses_what_it_cannot_do(extra, param):
+    with pytest.raises(UnsupportedField) as e:
+        parse_completion({"model": "tiny", "prompt": "hi", **extra}, "rid")
+    assert e.value.param == param
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+CALL = ToolCall(name="get_weather", arguments='{"city": "Paris"}', id="call_abc")
+
+
+def tool_plan() -> list[TokenEvent]:
+    return [TokenEvent(request_id="", thinking="Need the weather.", token_ids=[1]),
+            TokenEvent(request_id="", tool_calls=[CALL], token_ids=[2]),
+            finished("tool_calls")]
+
+
+def test_ollama_chat_returns_thinking_and_tool_calls_with_object_arguments():
+    async def scenario():
+        async with harness() as h:
+            h.worker.plan = tool_plan()
+            body = {"model": "tiny", "messages": USER, "tools": [WEATHER], "think": True, "stream": False}
+            out = await (await h.post("/api/chat", body)).json()
+            assert out["message"] == {"role": "assistant", "content": "", "thinking": "Need the weather.",
+                                      "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}
+            assert out["done_reason"] == "stop"  # Ollama has no tool_calls reason
+            submit = h.worker.submits[0][0]
+            assert json.loads(submit.tools_json) == [WEATHER] and submit.HasField("think") and submit.think
+            lines = await ndjson(await h.post("/api/chat", {**body, "stream": True}))
+            assert lines[0]["message"]["thinking"] == "Need the weather."
+            assert lines[1]["message"]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
+            assert lines[-1]["done"] is True and "tool_calls" not in lines[-1]["message"]
+    run(scenario())
+
+
+def test_ollama_logprobs_come_with_each_chunk_in_ollamas_shape():
+    async def scenario():
+        async with harness() as h:
+            h.worker.plan = [TokenEvent(request_id="", text="Hi", token_ids=[1], logprobs=[lp("Hi", -0.1, ("Hi", -0.1), ("Yo", -2.5))]),
+                             finished()]
+            lines = await ndjson(await h.post("/api/generate", {"model": "tiny", "prompt": "x", "logprobs": True, "top_logprobs": 2}))
+            assert lines[0]["logprobs"] == [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": [
+                {"token": "Hi", "logprob": -0.1, "bytes": [72, 105]}, {"token": "Yo", "logprob": -2.5, "bytes": [89, 111]}]}]
+            submit = h.worker.submits[0][0]
+            assert (submit.logprobs, submit.top_logprobs) == (True, 2)
+            body = await (await h.post("/api/generate", {"model": "tiny", "prompt": "x", "logprobs": True, "stream": False})).json()
+            assert body["response"] == "Hi" and body["logprobs"] == [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105]}]
+    run(scenario())
+
+
+def test_ollama_prompt_eval_count_counts_only_evaluated_tokens():
+    async def scenario():
+        async with harness() as h:
+            h.worker.plan = [text("ok"), finished(prompt_eval_count=0, prompt_tokens=40, cached_tokens=40)]
+            body = await (await h.post("/api/generate", {"model": "tiny", "prompt": "x", "stream": False})).json()
+            assert body["prompt_eval_count"] == 0
+            h.worker.plan = [text("ok"), finished(prompt_eval_count=8, prompt_tokens=40, cached_tokens=32)]
+            body = await (await h.post("/v1/chat/completions", {"model": "tiny", "messages": USER})).json()
+            assert body["usage"]["prompt_tokens"] == 40 and body["usage"]["prompt_tokens_details"] == {"cached_tokens": 32}
+    run(scenario())
+
+
+def test_openai_chat_returns_tool_calls_with_string_arguments_and_reasoning():
+    async def scenario():
+        async with harness() as h:
+            h.worker.plan = tool_plan()
+            out = await (await h.post("/v1/chat/completions", {"model": "tiny", "messages": USER, "tools": [WEATHER],
+                                                                "reasoning_effort": "low"})).json()
+            choice = out["choices"][0]
+            assert choice["finish_reason"] == "tool_calls"
+            assert choice["message"] == {"role": "assistant", "content": None, "reasoning_content": "Need the weather.",
+                                         "tool_calls": [{"id": "call_abc", "type": "function", "function": {
+                                             "name": "get_weather", "arguments": '{"city": "Paris"}'}}]}
+            events = await sse(await h.post("/v1/chat/completions", {"model": "tiny", "messages": USER, "tools": [WEATHER],
+                                                                     "stream": True}))
+            deltas = [e["choices"][0]["delta"] for e in events[:-1]]
+            assert deltas[1] == {"reasoning_content": "Need the weather."}
+            assert deltas[2]["tool_calls"] == [{"index": 0, "id": "call_abc", "type": "function",
+                                                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]
+            assert events[-2]["choices"][0]["finish_reason"] == "tool_calls"
+
+            def with_openai() -> None:
+                c = openai.OpenAI(base_url=f"{h.url}/v1", api_key="unused", max_retries=0)
+                r = c.chat.completions.create(model="tiny", messages=USER, tools=[WEATHER])
+                call = r.choices[0].message.tool_calls[0]
+                assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
+                calls = [tc for ch in c.chat.completions.create(model="tiny", messages=USER, tools=[WEATHER], stream=True)
+                         for tc in (ch.choices[0].delta.tool_calls or []) if ch.choices]
+                assert [(tc.index, tc.function.name) for tc in calls] == [(0, "get_weather")]
+
+            def with_ollama() -> None:
+                r = ollama.Client(host=h.url).chat(model="tiny", messages=USER, tools=[WEATHER], think=True)
+                assert r.message.thinking == "Need the weather."
+                assert r.message.tool_calls[0].function.arguments == {"city": "Paris"}
+
+            await asyncio.to_thread(with_openai)
+            await asyncio.to_thread(with_ollama)
+    run(scenario())
+
+
+def test_openai_chat_logprobs_are_in_choice_logprobs_content():
+    async def scenario():
+        async with harness() as h:
+            h.worker.plan = [TokenEvent(request_id="", text="Hi", token_ids=[1], logprobs=[lp("Hi", -0.5, ("Hi", -0.5))]),
+                             finished()]
+            out = await (await h.post("/v1/chat/completions", {"model": "tiny", "messages": USER, "logprobs": True,
+                                                                "top_logprobs": 1})).json()
+            assert out["choices"][0]["logprobs"] == {"refusal": None, "content": [
+                {"token": "Hi", "logprob": -0.5, "bytes": [72, 105], "top_logprobs": [{"token": "Hi", "logprob": -0.5, "bytes": [72, 105]}]}]}
+
+            def with_openai() -> None:
+                c = openai.OpenAI(base_url=f"{h.url}/v1", api_key="unused", max_retries=0)
+                stream = c.chat.completions.create(model="tiny", messages=USER, logprobs=True, top_logprobs=1, stream=True)
+                tokens = [t.token for ch in stream if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.content]
+                assert tokens == ["Hi"]
+
+            await asyncio.to_thread(with_openai)
+    run(scenario())
+
+
+def test_completions_render_text_choices_and_the_legacy_logprobs_object():
+    async def scenario():
+        async with harness() as h:
+            h.worker.plan = [TokenEvent(request_id="", text="Hel", token_ids=[1], logprobs=[lp("Hel", -0.2, ("Hel", -0.2))]),
+                             TokenEvent(request_id="", text="lo", token_ids=[2], logprobs=[lp("lo", -0.3, ("lo", -0.3))]),
+                             finished("length")]
+            out = await (await h.post("/v1/completions", {"model": "tiny", "prompt": "Say", "logprobs": 1})).json()
+            assert out["object"] == "text_completion" and out["id"].startswith("cmpl-")
+            choice = out["choices"][0]
+            assert (choice["text"], choice["finish_reason"]) == ("Hello", "length")
+            assert choice["logprobs"] == {"tokens": ["Hel", "lo"], "token_logprobs": [-0.2, -0.3],
+                                          "top_logprobs": [{"Hel": -0.2}, {"lo": -0.3}], "text_offset": [0, 3]}
+            assert h.worker.submits[0][0].prompt == "Say" and not h.worker.submits[0][0].is_chat
+
+            def with_openai() -> None:
+                c = openai.OpenAI(base_url=f"{h.url}/v1", api_key="unused", max_retries=0)
+                r = c.completions.create(model="tiny", prompt="Say", max_tokens=2)
+                assert r.choices[0].text == "Hello" and r.usage.total_tokens == 8
+                parts = [ch.choices[0].text for ch in c.completions.create(model="tiny", prompt="Say", stream=True) if ch.choices]
+                assert "".join(parts) == "Hello"
+
+            await asyncio.to_thread(with_openai)
+    run(scenario())
+
+
+def test_worker_refusing_a_capability_is_a_400_with_its_message():
+    async def scenario():
+        async with harness() as h:
+            h.worker.refusal = "model 'tiny' does not support tools"
+            resp = await h.post("/api/chat", {"model": "tiny", "messages": USER, "tools": [WEATHER]})
+            assert resp.status == 400 and await resp.json() == {"error": "model 'tiny' does not support tools"}
+            resp = await h.post("/v1/chat/completions", {"model": "tiny", "messages": USER, "tools": [WEATHER]})
+            err = (await resp.json())["error"]
+            assert resp.status == 400 and err["message"] == "model 'tiny' does not support tools"
+            assert err["type"] == "invalid_request_error"
+            await asyncio.sleep(0.05)
+            assert len(h.supervisor.releases) == 2  # the lease goes back even when the worker refuses
+    run(scenario())
+
+
+# --- embeddings --------------------------------------------------------------------------------
+
+def test_api_embed_takes_a_string_or_a_list_and_returns_ollamas_shape():
+    async def scenario():
+        async with harness() as h:
+            body = await (await h.post("/api/embed", {"model": "tiny", "input": ["a b", "cde"], "truncate": False,
+                                                      "dimensions": 2, "keep_alive": "1m"})).json()
+            assert body["model"] == "tiny" and body["embeddings"] == [[0.0, 3.0], [1.0, 3.0]]
+            assert body["prompt_eval_count"] == 3 and body["load_duration"] == 250_000_000 and body["total_duration"] > 0
+            sent = h.worker.embeds[0]
+            assert list(sent.inputs) == ["a b", "cde"] and sent.dimensions == 2 and sent.HasField("truncate") and not sent.truncate
+            assert h.supervisor.acquires[0].keep_alive_s == 60 and len(h.supervisor.releases) == 1
+            body = await (await h.post("/api/embed", {"model": "tiny", "input": "hello"})).json()
+            assert body["embeddings"] == [[0.0, 5.0, 0.0]]
+            legacy = await (await h.post("/api/embeddings", {"model": "tiny", "prompt": "hello"})).json()
+            assert legacy == {"embedding": [0.0, 5.0, 0.0]}
+            resp = await h.post("/api/embed", {"model": "tiny", "input": [1, 2]})
+            assert resp.status == 400 and "input" in (await resp.json())["error"]
+
+            def with_ollama() -> None:
+                r = ollama.Client(host=h.url).embed(model="tiny", input=["x", "yy"])
+                assert [list(e) for e in r.embeddings] == [[0.0, 1.0, 0.0], [1.0, 2.0, 0.0]]
+
+            await asyncio.to_thread(with_ollama)
+    run(scenario())
+
+
+def test_openai_embeddings_in_float_and_base64():
+    async def scenario():
+        async with harness() as h:
+            body = await (await h.post("/v1/embeddings", {"model": "tiny", "input": ["hello world", "x"]})).json()
+            assert body["object"] == "list" and body["model"] == "tiny"
+            assert body["data"] == [{"object": "embedding", "index": 0, "embedding": [0.0, 11.0, 0.0]},
+                                    {"object": "embedding", "index": 1, "embedding": [1.0, 1.0, 0.0]}]
+            assert body["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
+            body = await (await h.post("/v1/embeddings", {"model": "tiny", "input": "hello", "encoding_format": "base64"})).json()
+            raw = base64.b64decode(body["data"][0]["embedding"])
+            assert struct.unpack("<3f", raw) == (0.0, 5.0, 0.0)
+            for bad, param in [({"input": [[1, 2]]}, "input"), ({"input": "x", "encoding_format": "int8"}, "encoding_format"),
+                               ({"input": []}, "input")]:
+                resp = await h.post("/v1/embeddings", {"model": "tiny", **bad})
+                assert resp.status == 400 and (await resp.json())["error"]["param"] == param
+
+            def with_openai() -> None:
+                c = openai.OpenAI(base_url=f"{h.url}/v1", api_key="unused", max_retries=0)
+                r = c.embeddings.create(model="tiny", input=["ab", "c"], dimensions=2)  # the SDK asks for base64
+                assert [d.embedding for d in r.data] == [[0.0, 2.0], [1.0, 1.0]]
+
+            await asyncio.to_thread(with_openai)
+    run(scenario())
+
+
+def test_embedding_on_a_generative_model_is_a_400_with_the_workers_message():
+    async def scenario():
+        async with harness() as h:
+            h.worker.refusal = "model 'tiny' does not support embeddings"
+            resp = await h.post("/api/embed", {"model": "tiny", "input": "x"})
+            assert resp.status == 400 and await resp.json() == {"error": "model 'tiny' does not support embeddings"}
+            assert len(h.supervisor.releases) == 1
+    run(scenario())
