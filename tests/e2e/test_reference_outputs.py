@@ -97,3 +97,26 @@ def test_two_concurrent_streams_both_complete_correctly(oai: openai.OpenAI, smol
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         texts = list(pool.map(run, cases))
     assert texts == [_expected(c) for c in cases]
+
+
+def test_reference_holds_while_a_differently_sampled_stream_decodes_beside_it(oai: openai.OpenAI, smollm2_reference: dict) -> None:
+    # Sampling settings live per request inside one batch: a hot, penalized, biased neighbour
+    # must not leak into the greedy stream.
+    case = _chat_cases(smollm2_reference)[1]
+
+    def greedy() -> str:
+        resp = oai.chat.completions.create(model=SMOL, messages=case["messages"], temperature=0, max_tokens=len(case["greedy_token_ids"]))
+        return resp.choices[0].message.content
+
+    def noisy() -> str:
+        resp = oai.chat.completions.create(
+            model=SMOL, messages=[{"role": "user", "content": "Tell me a story."}], temperature=1.3, seed=7,
+            presence_penalty=1.5, frequency_penalty=1.0, logit_bias={"504": 5}, max_tokens=24,
+        )
+        return resp.choices[0].message.content
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        noise = pool.submit(noisy)
+        text = pool.submit(greedy).result()
+        noise.result()
+    assert text == _expected(case)
