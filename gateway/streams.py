@@ -23,7 +23,7 @@ import zmq.asyncio
 from mlxserve.services.common import logs, rpc
 from mlxserve.services.common.config import Settings
 from mlxserve.services.common.errors import Cancelled, Internal, MlxServeError, NotFound, Timeout, Unavailable
-from mlxserve.v1 import frames, supervisor_pb2, worker_pb2
+from mlxserve.v1 import frames, store_pb2, supervisor_pb2, worker_pb2
 from mlxserve.v1.frames import Stats, TokenEvent, TokenLogprob, ToolCall
 
 from .backends import Backends
@@ -35,7 +35,14 @@ MAX_PENDING_FRAMES = 8192
 PING_AFTER_S = 1.0
 PING_TIMEOUT_S = 0.8
 
+# Submits per request: a second one, with a fresh lease, when the first worker could not be reached.
+SUBMIT_ATTEMPTS = 2
+
 log = logs.get_logger(component="streams")
+
+
+class _WorkerUnreachable(Unavailable):
+    """Submit could not reach the leased worker: it never saw the request, so trying again is safe."""
 
 
 class _RequestStream:
@@ -332,13 +339,38 @@ class GenerationCore:
         return lease
 
     async def unload(self, model: str, request_id: str) -> None:
-        """Stop the model's worker now (an empty-prompt request with keep_alive 0)."""
-        await rpc.call("supervisor", self.backends.supervisor().Stop, supervisor_pb2.StopRequest(model=model),
-                       timeout=30.0, request_id=request_id)
+        """Stop the model's worker now (an empty-prompt request with keep_alive 0).
+
+        As in Ollama, unloading a model that is not loaded succeeds; only an unknown model is NotFound.
+        """
+        try:
+            await rpc.call("supervisor", self.backends.supervisor().Stop, supervisor_pb2.StopRequest(model=model),
+                           timeout=30.0, request_id=request_id)
+        except NotFound:
+            try:
+                await rpc.call("store", self.backends.store().Show, store_pb2.ShowRequest(name=model),
+                               timeout=10.0, request_id=request_id)
+            except NotFound:
+                raise NotFound(f"model '{model}' not found") from None
 
     async def start(self, req: GenerationRequest) -> Generation:
-        """Lease a worker and submit; errors before any output raise here (so they get an HTTP status)."""
+        """Lease a worker and submit; errors before any output raise here (so they get an HTTP status).
+
+        A worker that cannot be reached at Submit never saw the request, so it is tried once more
+        with a fresh lease: a worker that was just killed may still be handed out by the supervisor
+        until it notices the exit, and the next one it hands out is a fresh process.
+        """
         started = time.monotonic_ns()
+        for attempt in range(SUBMIT_ATTEMPTS):
+            try:
+                return await self._start_once(req, started)
+            except Unavailable as e:
+                if attempt + 1 == SUBMIT_ATTEMPTS or not isinstance(e, _WorkerUnreachable):
+                    raise
+                log.warning("worker_unreachable_retry", model=req.model, error=e.message)
+        raise AssertionError("unreachable")
+
+    async def _start_once(self, req: GenerationRequest, started: int) -> Generation:
         lease = await self.acquire(req.model, req.request_id, req.keep_alive_s)
         submit_id = f"{req.request_id}.{secrets.token_hex(4)}"
         stream = self.router.register(submit_id)
@@ -361,7 +393,7 @@ class GenerationCore:
             await gen.close()  # when the client went away mid-Submit, this cancels on the worker
             if isinstance(e, Unavailable):
                 self.backends.forget_worker(lease.worker_address)
-                raise Unavailable(f"the worker for model '{gen.model}' is not answering: {e.message}") from None
+                raise _WorkerUnreachable(f"the worker for model '{gen.model}' is not answering: {e.message}") from None
             raise
         gen.prompt_tokens = resp.prompt_tokens
         return gen

@@ -114,6 +114,8 @@ class FakeSupervisor(supervisor_pb2_grpc.SupervisorServicer):
         self.acquires: list[supervisor_pb2.AcquireRequest] = []
         self.releases: list[supervisor_pb2.ReleaseRequest] = []
         self.stops: list[str] = []
+        self.loaded = True
+        self.dead_addresses: list[str] = []  # handed out (once each) before worker_address
         self.busy = False
         self.acquire_delay = 0.0
 
@@ -129,7 +131,8 @@ class FakeSupervisor(supervisor_pb2_grpc.SupervisorServicer):
             raise Busy("the queue for tiny is full", retry_after=3)
         await asyncio.sleep(self.acquire_delay)
         self.acquires.append(request)
-        return supervisor_pb2.AcquireResponse(lease_id=f"lease-{len(self.acquires)}", worker_address=self.worker_address,
+        address = self.dead_addresses.pop(0) if self.dead_addresses else self.worker_address
+        return supervisor_pb2.AcquireResponse(lease_id=f"lease-{len(self.acquires)}", worker_address=address,
                                               model="tiny:latest", digest=DIGEST, load_duration_s=0.25)
 
     @rpc_method
@@ -139,6 +142,8 @@ class FakeSupervisor(supervisor_pb2_grpc.SupervisorServicer):
 
     @rpc_method
     async def Stop(self, request, context):
+        if not self.loaded:
+            raise NotFound(f"model '{request.model}' is not loaded")
         self.stops.append(request.model)
         return supervisor_pb2.StopResponse(stopped=True)
 
@@ -154,6 +159,12 @@ class FakeStore(store_pb2_grpc.StoreServicer):
     @rpc_method
     async def Ping(self, request, context):
         return ping_response("store")
+
+    @rpc_method
+    async def Show(self, request, context):
+        if request.name not in ("tiny", "tiny:latest"):
+            raise NotFound(f"no such model {request.name}")
+        return store_pb2.ShowResponse()
 
     @rpc_method
     async def List(self, request, context):
@@ -297,6 +308,17 @@ def test_empty_prompt_loads_the_model_and_keep_alive_zero_unloads_it():
     run(scenario())
 
 
+def test_unloading_a_model_that_is_not_loaded_succeeds_and_an_unknown_one_is_404():
+    async def scenario():
+        async with harness() as h:
+            h.supervisor.loaded = False
+            resp = await h.post("/api/generate", {"model": "tiny", "keep_alive": 0})
+            assert resp.status == 200 and (await resp.json())["done_reason"] == "unload"
+            resp = await h.post("/api/chat", {"model": "nope", "messages": [], "keep_alive": 0})
+            assert resp.status == 404 and (await resp.json()) == {"error": "model 'nope' not found"}
+    run(scenario())
+
+
 def test_error_frame_mid_stream_ends_with_an_error_line_and_status_200():
     async def scenario():
         async with harness() as h:
@@ -321,6 +343,22 @@ def test_worker_death_fails_the_request_with_a_clear_error_within_two_seconds():
             assert lines[-1] == {"error": "the worker for model 'tiny:latest' exited unexpectedly"}
             assert elapsed < 2.5
             await wait_for(lambda: len(h.supervisor.releases) == 1)
+    run(scenario())
+
+
+def test_a_leased_worker_that_just_died_is_retried_once_with_a_fresh_lease():
+    async def scenario():
+        async with harness() as h:
+            # The supervisor may hand out a just-killed worker before it notices the exit.
+            h.supervisor.dead_addresses = [f"unix://{h.home}/gone.sock"]
+            h.worker.plan = [text("Hel"), done()]
+            resp = await h.post("/api/generate", {"model": "tiny", "prompt": "Hi", "stream": False})
+            assert resp.status == 200 and (await resp.json())["response"] == "Hel"
+            assert [r.lease_id for r in h.supervisor.releases] == ["lease-1", "lease-2"]
+            h.supervisor.dead_addresses = [f"unix://{h.home}/gone.sock"] * 2
+            resp = await h.post("/api/generate", {"model": "tiny", "prompt": "Hi"})
+            assert resp.status == 503 and "is not answering" in (await resp.json())["error"]
+            assert len(h.supervisor.acquires) == 4
     run(scenario())
 
 
