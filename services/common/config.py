@@ -30,7 +30,12 @@ class Settings:
     max_queue: int = 64              # requests waiting per model beyond num_parallel
     prefix_cache_bytes: int = 1 << 30  # KV caches kept per worker for reuse by later prompts
     prefix_cache_entries: int = 64     # ... and at most this many of them (0: no prefix cache)
-    load_timeout: float = 300.0      # seconds a worker may take to load its model
+    load_timeout: float = 300.0      # seconds a worker may take to load its model (and a load may wait for room)
+    max_loaded_models: int = 3       # models resident at once (0: no limit); Ollama's per-GPU default
+    memory_budget: int = 0           # bytes all workers may use together; 0: 75% of physical memory
+    wedge_timeout: float = 60.0      # seconds a worker with work outstanding may make no progress (0: never)
+    restart_backoff: float = 1.0     # seconds before retrying a model whose load failed; doubles per failure
+    restart_backoff_max: float = 60.0  # ... up to this
     request_timeout: float = 600.0   # seconds one generation may take end to end
     log_level: str = "info"
     max_body_bytes: int = 32 * 1024 * 1024

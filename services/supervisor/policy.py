@@ -9,6 +9,15 @@ Keep-alive rules (Ollama's):
   a Release that carries a value overrides it again, so the last request's keep-alive wins;
 - the timer runs only while the model has no lease: it starts when the last lease ends;
 - 0 means "unload as soon as idle"; a negative value means "never expire".
+
+Residency limits (`plan_load`): at most `Limits.max_models` resident (loading ones count) and at
+most `Limits.memory_budget` bytes together (each model's measured memory, or its manifest size
+until measured). A load that would exceed them evicts idle models first — shortest keep-alive,
+then least recently used — and otherwise must wait. A model too big for the budget on its own
+still loads when nothing else is resident (like Ollama), rather than never loading at all.
+
+Load failures (`LoadBackoff`): a model whose worker failed to load is not retried before a delay
+that doubles per consecutive failure, so a broken model is not restarted in a tight loop.
 """
 
 from __future__ import annotations
@@ -27,11 +36,21 @@ Key = Hashable
 ENDED_LEASES_KEPT = 4096
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Residency limits; 0 means "no limit" for either."""
+
+    max_models: int = 0
+    memory_budget: int = 0
+
+
 @dataclass
 class _Resident:
     keep_alive: float
     leases: set[str] = field(default_factory=set)
-    idle_since: float | None = None  # set while no lease is held
+    idle_since: float | None = None  # set while no lease is held (and not loading)
+    memory: int = 0
+    loading: bool = False  # reserved by a load in progress: counts against limits, never evicted
 
 
 class Residency:
@@ -46,6 +65,26 @@ class Residency:
 
     # -- transitions ------------------------------------------------------------------------
 
+    def reserve(self, key: Key, memory: int) -> None:
+        """Hold room for a load of `key` (expected to use `memory` bytes) until it is resident."""
+        if key in self._models:
+            raise ValueError(f"model {key!r} is already resident")
+        self._models[key] = _Resident(keep_alive=self.default_keep_alive, memory=memory, loading=True)
+
+    def loaded(self, key: Key, keep_alive: float | None = None) -> None:
+        """A reserved load finished; with no lease yet, the model is idle and its timer runs."""
+        res = self._models[key]
+        res.loading = False
+        if keep_alive is not None:
+            res.keep_alive = keep_alive
+        if not res.leases:
+            res.idle_since = self._clock()
+
+    def set_memory(self, key: Key, memory: int) -> None:
+        """Record what the model's worker reports using (replaces the manifest-size estimate)."""
+        if key in self._models and memory > 0:
+            self._models[key].memory = memory
+
     def acquire(self, key: Key, lease_id: str, keep_alive: float | None = None) -> None:
         """Lease `key` for one request; the model becomes resident if it was not."""
         if lease_id in self._lease_owner:
@@ -57,6 +96,7 @@ class Residency:
         res.keep_alive = ka
         res.leases.add(lease_id)
         res.idle_since = None
+        res.loading = False
         self._lease_owner[lease_id] = key
 
     def release(self, lease_id: str, keep_alive: float | None = None) -> Key | None:
@@ -90,6 +130,47 @@ class Residency:
         while len(self._ended) > ENDED_LEASES_KEPT:
             self._ended.popitem(last=False)
         return dropped
+
+    # -- limits -----------------------------------------------------------------------------
+
+    def plan_load(self, memory: int, limits: Limits) -> list[Key] | None:
+        """What a new load of `memory` bytes needs: the idle models to evict first (maybe none),
+        in eviction order, or None when it cannot fit without touching a busy model (wait)."""
+        count = len(self._models)
+        used = sum(r.memory for r in self._models.values())
+
+        def fits() -> bool:
+            if count == 0:
+                return True  # alone, a model loads even if larger than the budget
+            if limits.max_models and count + 1 > limits.max_models:
+                return False
+            return not limits.memory_budget or used + memory <= limits.memory_budget
+
+        evict: list[Key] = []
+        for key in self.eviction_order():
+            if fits():
+                break
+            evict.append(key)
+            count -= 1
+            used -= self._models[key].memory
+        return evict if fits() else None
+
+    def eviction_order(self) -> list[Key]:
+        """Idle models, first to evict first: shortest keep-alive (forever last), then least
+        recently used."""
+        idle = [(k, r) for k, r in self._models.items() if r.idle_since is not None and not r.loading]
+        idle.sort(key=lambda kr: (math.inf if kr[1].keep_alive < 0 else kr[1].keep_alive, kr[1].idle_since))
+        return [k for k, _ in idle]
+
+    def memory(self, key: Key) -> int:
+        return self._models[key].memory
+
+    def used_memory(self) -> int:
+        return sum(r.memory for r in self._models.values())
+
+    def is_loading(self, key: Key) -> bool:
+        res = self._models.get(key)
+        return res is not None and res.loading
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -140,3 +221,41 @@ class Residency:
         """The earliest finite deadline of an idle model, for a reaper to sleep until."""
         finite = [d for k in self._models if (d := self.deadline(k)) is not None and d != math.inf]
         return min(finite) if finite else None
+
+
+@dataclass
+class _Failures:
+    count: int
+    last_at: float
+    cause: str
+
+
+class LoadBackoff:
+    """Consecutive load failures per model and when the next attempt is allowed."""
+
+    def __init__(self, clock: Callable[[], float], base: float = 1.0, maximum: float = 60.0) -> None:
+        self._clock = clock
+        self.base = base
+        self.maximum = maximum
+        self._failures: dict[Key, _Failures] = {}
+
+    def failed(self, key: Key, cause: str) -> float:
+        """Record a failed load; returns the delay before the next attempt is allowed."""
+        prev = self._failures.get(key)
+        count = prev.count + 1 if prev else 1
+        self._failures[key] = _Failures(count=count, last_at=self._clock(), cause=cause)
+        return self.delay(count)
+
+    def succeeded(self, key: Key) -> None:
+        self._failures.pop(key, None)
+
+    def delay(self, count: int) -> float:
+        return min(self.maximum, self.base * 2 ** (count - 1)) if count > 0 else 0.0
+
+    def blocked(self, key: Key) -> tuple[float, int, str] | None:
+        """(seconds left, failures, last cause) while `key` must not be retried yet, else None."""
+        f = self._failures.get(key)
+        if f is None:
+            return None
+        left = f.last_at + self.delay(f.count) - self._clock()
+        return (left, f.count, f.cause) if left > 0 else None

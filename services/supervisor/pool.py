@@ -1,7 +1,13 @@
 """The worker pool: one worker per loaded model, leased per request, unloaded when its keep-alive ends.
 
-Plain asyncio domain code over `policy.Residency` (leases, timers) and `processes` (spawn, watch,
-kill); the gRPC servicer in server.py is a thin layer over it, and tests drive it directly.
+Plain asyncio domain code over `policy.Residency` (leases, timers, residency limits),
+`policy.LoadBackoff` (no tight restart loop for a model that fails to load) and `processes`
+(spawn, watch, kill); the gRPC servicer in server.py is a thin layer over it, and tests drive it
+directly.
+
+A monitor polls each worker's Info: the memory it reports feeds the memory budget, and a worker
+holding work whose step counter has not moved for `wedge_timeout` seconds is killed as wedged
+(its leases end; the gateway sees the dead worker and fails its requests).
 """
 
 from __future__ import annotations
@@ -20,16 +26,34 @@ import grpc
 
 from mlxserve.services.common import logs, rpc
 from mlxserve.services.common.config import Settings
-from mlxserve.services.common.errors import NotFound, Unavailable
+from mlxserve.services.common.errors import Busy, NotFound, Unavailable
 from mlxserve.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
-from .policy import Residency
+from .policy import Limits, LoadBackoff, Residency
 from .processes import WorkerProcess, log_path_for, new_socket_path, spawn_worker, watch_exit, worker_command
 from .store_client import ModelRef
 
 # Ollama shows a model kept forever as expiring ~292 years from now (max int64 nanoseconds).
 FOREVER = dt.timedelta(seconds=2**63 / 1e9)
 INFO_TIMEOUT_S = 1.0
+MONITOR_INTERVAL_S = 1.0
+AUTO_MEMORY_FRACTION = 0.75
+# Retry-After for a load refused because every resident model stayed busy past load_timeout.
+ROOM_RETRY_AFTER_S = 5.0
+
+
+def physical_memory_bytes() -> int:
+    """Physical memory of this machine (0 when the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def limits_from(settings: Settings) -> Limits:
+    """Residency limits from settings: memory_budget 0 means a fraction of physical memory."""
+    budget = settings.memory_budget or int(physical_memory_bytes() * AUTO_MEMORY_FRACTION)
+    return Limits(max_models=max(0, settings.max_loaded_models), memory_budget=max(0, budget))
 
 
 class Resolver(Protocol):
@@ -72,6 +96,21 @@ class _Loaded:
     worker: WorkerProcess
 
 
+@dataclass
+class _Load:
+    """One load in progress and the requests waiting for it."""
+
+    task: asyncio.Task[_Loaded]
+    waiters: int = 0
+    keep_alive: float | None = None  # set when a waiter asked for a keep-alive: load even if all leave
+
+
+@dataclass
+class _Progress:
+    steps: int
+    since: float
+
+
 def rfc3339(ts: float) -> str:
     """Wall-clock seconds (or math.inf: forever) as RFC 3339 in UTC."""
     now = dt.datetime.now(dt.timezone.utc)
@@ -94,34 +133,44 @@ class WorkerPool:
         self.settings = settings
         self.resolver = resolver
         self.residency = Residency(clock, default_keep_alive=settings.keep_alive)
+        self.limits = limits_from(settings)
+        self.backoff = LoadBackoff(clock, base=settings.restart_backoff, maximum=settings.restart_backoff_max)
         self._clock = clock
         self._command_for = command_for or (lambda ref, sock: worker_command(ref.view_path, sock, ref.name))
         self._stop_grace = stop_grace
         self._loaded: dict[str, _Loaded] = {}
-        self._loading: dict[str, asyncio.Task[_Loaded]] = {}
+        self._loading: dict[str, _Load] = {}
         self._background: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
+        self._room = asyncio.Event()  # replaced on each change that may free room for a load
+        self._progress: dict[int, _Progress] = {}  # by worker pid
         self._reaper: asyncio.Task | None = None
+        self._monitor: asyncio.Task | None = None
         self._closed = False
         self.log = logs.get_logger(component="pool")
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the keep-alive reaper (call from a running event loop)."""
+        """Start the keep-alive reaper and the worker monitor (call from a running event loop)."""
+        loop = asyncio.get_running_loop()
         if self._reaper is None:
-            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever(), name="reaper")
+            self._reaper = loop.create_task(self._reap_forever(), name="reaper")
+        if self._monitor is None:
+            self._monitor = loop.create_task(self._monitor_forever(), name="monitor")
 
     async def close(self) -> None:
-        """Stop every worker (SIGTERM, SIGKILL after the grace period) and the reaper."""
+        """Stop every worker (SIGTERM, SIGKILL after the grace period), the reaper and the monitor."""
         self._closed = True
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-        for task in list(self._loading.values()):
+        for task in (self._reaper, self._monitor):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        tasks = [load.task for load in self._loading.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._loading.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         loaded = [self._detach(k) for k in list(self._loaded)]
         await asyncio.gather(*(l.worker.stop(self._stop_grace) for l in loaded if l), return_exceptions=True)
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -141,13 +190,7 @@ class WorkerPool:
             loaded = None
         waited = loaded is None
         if loaded is None:
-            task = self._loading.get(key)
-            if task is None:
-                task = asyncio.get_running_loop().create_task(self._load(ref), name=f"load-{ref.name}")
-                self._loading[key] = task
-                task.add_done_callback(lambda t, k=key: self._load_done(k, t))
-            # Shielded: a caller that gives up must not cancel a load others are waiting for.
-            loaded = await asyncio.shield(task)
+            loaded = await self._wait_for_load(ref, keep_alive_s)
         load_duration = time.monotonic() - started if waited else 0.0
         if self._loaded.get(key) is not loaded:
             raise Unavailable(f"worker for {ref.name} exited right after starting: {loaded.worker.failure_cause()}")
@@ -164,6 +207,7 @@ class WorkerPool:
         key = self.residency.release(lease_id, keep_alive_s)
         if key is not None and self.residency.leases(key) == 0:
             self._wake.set()
+            self._room_changed()
 
     async def list_loaded(self) -> list[LoadedInfo]:
         """Every running worker, with memory figures from its Info RPC (best-effort)."""
@@ -222,23 +266,121 @@ class WorkerPool:
                 return key
         return None
 
+    async def _wait_for_load(self, ref: ModelRef, keep_alive_s: float | None) -> _Loaded:
+        """Join the model's load (starting it unless it failed lately) and wait for it.
+
+        The load is shared: a waiter that gives up does not cancel it for the others, but when
+        the last waiter leaves and none asked for a keep-alive, the load is abandoned (no worker
+        loading for nobody).
+        """
+        key = ref.digest
+        load = self._loading.get(key)
+        if load is None:
+            blocked = self.backoff.blocked(key)
+            if blocked is not None:
+                left, failures, cause = blocked
+                raise Unavailable(
+                    f"worker for {ref.name} failed to load {failures} time(s) in a row; not retrying for "
+                    f"another {left:.1f}s; last error: {cause}", retry_after=math.ceil(left))
+            task = asyncio.get_running_loop().create_task(self._load(ref), name=f"load-{ref.name}")
+            load = self._loading[key] = _Load(task=task)
+            task.add_done_callback(lambda t, k=key, l=load: self._load_done(k, l))
+        if keep_alive_s is not None and keep_alive_s != 0:
+            load.keep_alive = keep_alive_s
+        load.waiters += 1
+        try:
+            # Shielded: a caller that gives up must not cancel a load others are waiting for.
+            return await asyncio.shield(load.task)
+        except asyncio.CancelledError:
+            load.waiters -= 1
+            self._waiter_left(key, load)
+            raise
+        except BaseException:
+            load.waiters -= 1
+            raise
+        else:
+            load.waiters -= 1
+
+    def _waiter_left(self, key: str, load: _Load) -> None:
+        if load.waiters > 0:
+            return
+        if not load.task.done():
+            if load.keep_alive is None:
+                self.log.info("load_abandoned", digest=key, reason="every waiting request went away")
+                load.task.cancel()
+        elif not load.task.cancelled() and load.task.exception() is None and self.residency.is_loading(key):
+            self.residency.loaded(key, load.keep_alive)  # loaded for nobody: idle from now on
+            self._wake.set()
+
+    async def _admit(self, ref: ModelRef) -> None:
+        """Reserve room for `ref` under the residency limits, evicting idle models if needed.
+
+        Waits (up to load_timeout) while busy models hold the room, then raises Busy.
+        """
+        started = time.monotonic()
+        deadline = started + self.settings.load_timeout
+        logged = False
+        while True:
+            room = self._room
+            evict = self.residency.plan_load(ref.size, self.limits)
+            if evict is not None:
+                break
+            if not logged:
+                self.log.info("load_waiting_for_room", model=ref.name, loaded=self.loaded_names(),
+                              max_loaded_models=self.limits.max_models, memory_budget=self.limits.memory_budget,
+                              memory_used=self.residency.used_memory(), memory_needed=ref.size)
+                logged = True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Busy(f"cannot load {ref.name}: {self._full_reason(ref)} and every loaded model stayed busy "
+                           f"for {self.settings.load_timeout:g}s", retry_after=ROOM_RETRY_AFTER_S)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(room.wait(), timeout=remaining)
+        self.residency.reserve(ref.digest, ref.size)
+        evicted = [l for l in (self._detach(k) for k in evict) if l is not None]
+        for loaded in evicted:
+            self.log.info("worker_stopping", model=loaded.ref.name, pid=loaded.worker.pid, reason="evicted",
+                          for_model=ref.name)
+        # Wait for the evicted workers to exit: their memory is free only then.
+        await asyncio.gather(*(l.worker.stop(self._stop_grace) for l in evicted), return_exceptions=True)
+
+    def _full_reason(self, ref: ModelRef) -> str:
+        if self.limits.max_models and len(self.residency.keys()) >= self.limits.max_models:
+            return f"max_loaded_models={self.limits.max_models} models are loaded"
+        return (f"it needs {ref.size} bytes and {self.residency.used_memory()} of the "
+                f"{self.limits.memory_budget}-byte memory budget are in use")
+
+    def _room_changed(self) -> None:
+        """Wake loads waiting for room (a model went idle or away)."""
+        self._room.set()
+        self._room = asyncio.Event()
+
     async def _load(self, ref: ModelRef) -> _Loaded:
         socket_path = new_socket_path(self.settings.run_dir)
         log_path = log_path_for(self.settings.logs_dir, ref.name)
         env = {**os.environ, **self.settings.to_env(), "MLXSERVE_PARENT_PID": str(os.getpid())}
         self.log.info("worker_starting", model=ref.name, digest=ref.digest, socket=str(socket_path), log=str(log_path))
-        worker = await spawn_worker(
-            self._command_for(ref, socket_path), name=ref.name, key=ref.digest,
-            socket_path=socket_path, log_path=log_path, env=env,
-        )
+        worker: WorkerProcess | None = None
         try:
+            await self._admit(ref)
+            worker = await spawn_worker(
+                self._command_for(ref, socket_path), name=ref.name, key=ref.digest,
+                socket_path=socket_path, log_path=log_path, env=env,
+            )
             await worker.wait_ready(self.settings.load_timeout)
         except BaseException as e:
-            if worker.alive:
+            self.residency.forget(ref.digest)
+            self._room_changed()
+            if worker is not None and worker.alive:
                 await worker.stop(self._stop_grace)
-            self.log.error("worker_start_failed", model=ref.name, pid=worker.pid, exit_code=worker.process.returncode,
-                           error=str(e), stderr_tail=worker.stderr_tail())
+            if isinstance(e, (asyncio.CancelledError, Busy)):
+                raise  # abandoned, or no room: not the model's fault
+            delay = self.backoff.failed(ref.digest, str(e))
+            self.log.error("worker_start_failed", model=ref.name, pid=worker.pid if worker else None,
+                           exit_code=worker.process.returncode if worker else None, error=str(e),
+                           stderr_tail=worker.stderr_tail() if worker else [], retry_in_s=delay)
             raise
+        self.backoff.succeeded(ref.digest)
         if ref.details is None:
             details = await self.resolver.details(ref.name)
             if details is not None:
@@ -249,11 +391,16 @@ class WorkerPool:
         self.log.info("worker_ready", model=ref.name, pid=worker.pid, load_s=round(time.monotonic() - worker.started_at, 3))
         return loaded
 
-    def _load_done(self, key: str, task: asyncio.Task) -> None:
-        if self._loading.get(key) is task:
+    def _load_done(self, key: str, load: _Load) -> None:
+        if self._loading.get(key) is load:
             del self._loading[key]
-        if not task.cancelled():
-            task.exception()  # retrieved here too: every waiter may have given up
+        task = load.task
+        if task.cancelled():
+            return
+        if task.exception() is None and load.waiters == 0 and self.residency.is_loading(key):
+            # Every waiter left but a keep-alive asked for the load: resident and idle from now.
+            self.residency.loaded(key, load.keep_alive)
+            self._wake.set()
 
     def _forget_dead(self, worker: WorkerProcess) -> None:
         """Exit watcher: forget a worker that exited, so the next Acquire starts a fresh one."""
@@ -270,13 +417,17 @@ class WorkerPool:
 
     def _detach(self, key: str) -> _Loaded | None:
         loaded = self._loaded.pop(key, None)
+        if loaded is not None:
+            self._progress.pop(loaded.worker.pid, None)
         dropped = self.residency.forget(key)
+        self._room_changed()
         if dropped:
             self.log.warning("leases_dropped", digest=key, leases=len(dropped))
         return loaded
 
     async def _reap_forever(self) -> None:
-        while True:
+        # Not `while True`: Python 3.11's wait_for swallows a cancel that lands as the event is set.
+        while not self._closed:
             self._wake.clear()
             for key in self.residency.expired():
                 loaded = self._detach(key)
@@ -288,6 +439,41 @@ class WorkerPool:
             timeout = 60.0 if deadline is None else min(60.0, max(0.0, deadline - self._clock()))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+
+    async def _monitor_forever(self) -> None:
+        wedge = self.settings.wedge_timeout
+        interval = min(MONITOR_INTERVAL_S, wedge / 4) if wedge > 0 else MONITOR_INTERVAL_S
+        # Checks _closed too: a gRPC call cancelled mid-flight can surface as an RpcError (caught
+        # in _info) rather than CancelledError, which would otherwise keep this loop going.
+        while not self._closed:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):
+                await self.check_workers()
+
+    async def check_workers(self) -> None:
+        """One monitor pass: record each worker's memory; kill a worker wedged past wedge_timeout."""
+        entries = [l for l in self._loaded.values() if l.worker.alive]
+        infos = await asyncio.gather(*(self._info(l.worker) for l in entries))
+        now = self._clock()
+        for loaded, info in zip(entries, infos):
+            key, worker = loaded.ref.digest, loaded.worker
+            if self._loaded.get(key) is not loaded:
+                continue  # gone while we asked
+            if info is not None:
+                self.residency.set_memory(key, info.memory_bytes)
+            # Work outstanding: a lease is held and the worker has requests (or does not answer).
+            busy = self.residency.leases(key) > 0 and (info is None or (info.running + info.waiting > 0 and info.kind != "embed"))
+            steps = info.steps if info is not None else -1
+            prog = self._progress.get(worker.pid)
+            if prog is None or not busy or (info is not None and steps != prog.steps):
+                self._progress[worker.pid] = _Progress(steps=steps if info is not None else (prog.steps if prog else -1), since=now)
+                continue
+            wedge = self.settings.wedge_timeout
+            if wedge > 0 and now - prog.since >= wedge:
+                self._detach(key)
+                self.log.error("worker_wedged", model=loaded.ref.name, pid=worker.pid, stalled_s=round(now - prog.since, 3),
+                               steps=prog.steps, answered_info=info is not None, stderr_tail=worker.stderr_tail())
+                worker.kill()
 
     def _track(self, task: asyncio.Task) -> None:
         self._background.add(task)

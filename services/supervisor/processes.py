@@ -82,7 +82,17 @@ class WorkerProcess:
 
     @property
     def alive(self) -> bool:
-        return self.process.returncode is None
+        if self.process.returncode is not None:
+            return False
+        if not hasattr(os, "waitid"):  # not on every Unix (older macOS Pythons)
+            return True
+        # asyncio sets returncode only once its child watcher reaps the exit, a moment after a
+        # kill -9: ask the kernel directly (WNOWAIT leaves the reaping to asyncio), so a worker
+        # that just died is never handed to a request.
+        try:
+            return os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+        except ChildProcessError:  # already reaped
+            return False
 
     def stderr_tail(self, lines: int = STDERR_TAIL_LINES) -> list[str]:
         """The last non-empty lines this worker wrote to stderr since it was spawned."""
@@ -159,6 +169,11 @@ class WorkerProcess:
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL at once (a wedged worker would not honour SIGTERM); the exit watcher reaps it."""
+        self.stopping = True
+        self._signal(signal.SIGKILL)
 
     def _signal(self, sig: signal.Signals) -> None:
         # The worker leads its own process group: signal the group so helpers it started go too.

@@ -142,6 +142,7 @@ class ModelRunner:
         self._waiting: collections.deque[_Pending] = collections.deque()
         self._active: dict[int, _Active] = {}
         self.active_memory = mx.get_active_memory()  # refreshed each step, read by Info
+        self.steps = 0  # model steps run so far, read by Info: the supervisor's wedge detector
 
     # -- any thread ------------------------------------------------------------------------------
 
@@ -220,6 +221,7 @@ class ModelRunner:
         if self._active:
             try:
                 prompt_responses, generation_responses = self._generator.next()
+                self.steps += 1
             except Exception as e:  # noqa: BLE001 - the whole batch shares this failure
                 log.exception("batch_step_failed", requests=[a.request_id for a in self._active.values()])
                 for active in list(self._active.values()):

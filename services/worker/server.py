@@ -152,4 +152,6 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             load_duration_s=self.runner.load_duration_s,
             prefix_cache_bytes=self.runner.prefix_cache.nbytes if isinstance(self.runner, ModelRunner) else 0,
             kind=self.kind,
+            # Embedding runners have no step loop (a request is one forward pass): 0.
+            steps=getattr(self.runner, "steps", 0),
         )

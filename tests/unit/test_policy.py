@@ -7,7 +7,7 @@ import math
 import pytest
 
 from mlxserve.services.common.errors import NotFound
-from mlxserve.services.supervisor.policy import Residency
+from mlxserve.services.supervisor.policy import Limits, LoadBackoff, Residency
 
 
 class FakeClock:
@@ -187,3 +187,144 @@ def test_forgotten_model_starts_fresh_with_new_keep_alive(res: Residency, clock:
     res.acquire("m", "l2")
     assert res.keep_alive("m") == 300.0
     assert res.leases("m") == 1
+
+
+# -- residency limits ----------------------------------------------------------------------------
+
+GB = 1 << 30
+
+
+def resident(res: Residency, clock: FakeClock, key: str, memory: int, keep_alive: float = 300.0, busy: bool = False) -> None:
+    """Load `key` through the same steps the pool takes; leave it leased when `busy`, else idle."""
+    res.reserve(key, memory)
+    res.loaded(key)
+    res.acquire(key, f"lease-{key}", keep_alive=keep_alive)
+    if not busy:
+        res.release(f"lease-{key}")
+    clock.advance(1)
+
+
+def test_load_fits_under_limits_without_evicting(res: Residency, clock: FakeClock) -> None:
+    resident(res, clock, "a", 1 * GB)
+    assert res.plan_load(1 * GB, Limits(max_models=2, memory_budget=2 * GB)) == []
+
+
+def test_no_limits_never_evict(res: Residency, clock: FakeClock) -> None:
+    for k in "abcdef":
+        resident(res, clock, k, 10 * GB)
+    assert res.plan_load(100 * GB, Limits()) == []
+
+
+def test_max_models_evicts_the_least_recently_used_idle_model(res: Residency, clock: FakeClock) -> None:
+    resident(res, clock, "old", GB)
+    resident(res, clock, "new", GB)
+    assert res.plan_load(GB, Limits(max_models=2)) == ["old"]
+
+
+def test_shortest_keep_alive_is_evicted_before_least_recently_used(res: Residency, clock: FakeClock) -> None:
+    resident(res, clock, "old-long", GB, keep_alive=600)
+    resident(res, clock, "new-short", GB, keep_alive=30)
+    resident(res, clock, "forever", GB, keep_alive=-1)
+    assert res.eviction_order() == ["new-short", "old-long", "forever"]
+    assert res.plan_load(GB, Limits(max_models=3)) == ["new-short"]
+    assert res.plan_load(GB, Limits(max_models=2)) == ["new-short", "old-long"]
+
+
+def test_memory_budget_evicts_just_enough_idle_models(res: Residency, clock: FakeClock) -> None:
+    resident(res, clock, "a", 3 * GB)
+    resident(res, clock, "b", 3 * GB)
+    resident(res, clock, "c", 3 * GB)
+    assert res.plan_load(1 * GB, Limits(memory_budget=10 * GB)) == []
+    assert res.plan_load(4 * GB, Limits(memory_budget=10 * GB)) == ["a"]
+    assert res.plan_load(7 * GB, Limits(memory_budget=10 * GB)) == ["a", "b"]
+
+
+def test_measured_memory_replaces_the_manifest_estimate(res: Residency, clock: FakeClock) -> None:
+    resident(res, clock, "a", 1 * GB)
+    assert res.plan_load(2 * GB, Limits(memory_budget=3 * GB)) == []
+    res.set_memory("a", 2 * GB)  # the worker reports more than the weights' size
+    assert res.used_memory() == 2 * GB
+    assert res.plan_load(2 * GB, Limits(memory_budget=3 * GB)) == ["a"]
+    res.set_memory("ghost", GB)  # a report for a model already gone is ignored
+    assert "ghost" not in res
+
+
+def test_busy_models_are_never_evicted_so_the_load_must_wait(res: Residency, clock: FakeClock) -> None:
+    resident(res, clock, "a", GB, busy=True)
+    resident(res, clock, "b", GB, busy=True)
+    assert res.plan_load(GB, Limits(max_models=2)) is None
+    res.release("lease-b")
+    assert res.plan_load(GB, Limits(max_models=2)) == ["b"]
+
+
+def test_loads_in_progress_count_against_limits_and_are_not_evicted(res: Residency, clock: FakeClock) -> None:
+    res.reserve("loading", 4 * GB)
+    assert res.is_loading("loading")
+    assert res.eviction_order() == []
+    assert res.plan_load(GB, Limits(max_models=1)) is None
+    assert res.plan_load(GB, Limits(memory_budget=4 * GB)) is None
+    assert res.expired() == []  # no keep-alive timer while loading
+    res.loaded("loading")
+    assert not res.is_loading("loading")
+    assert res.plan_load(GB, Limits(max_models=1)) == ["loading"]
+
+
+def test_busy_memory_leaves_no_room_even_after_evicting_every_idle_model(res: Residency, clock: FakeClock) -> None:
+    resident(res, clock, "busy", 6 * GB, busy=True)
+    resident(res, clock, "idle", 2 * GB)
+    assert res.plan_load(3 * GB, Limits(memory_budget=8 * GB)) is None
+    assert res.plan_load(2 * GB, Limits(memory_budget=8 * GB)) == ["idle"]
+
+
+def test_a_model_bigger_than_the_budget_loads_once_everything_else_is_evicted(res: Residency, clock: FakeClock) -> None:
+    assert res.plan_load(100 * GB, Limits(max_models=1, memory_budget=GB)) == []
+    resident(res, clock, "small", GB)
+    assert res.plan_load(100 * GB, Limits(memory_budget=2 * GB)) == ["small"]
+    res.acquire("small", "again")
+    assert res.plan_load(100 * GB, Limits(memory_budget=2 * GB)) is None
+
+
+def test_loaded_without_lease_starts_the_keep_alive_timer(res: Residency, clock: FakeClock) -> None:
+    res.reserve("m", GB)
+    res.loaded("m", keep_alive=10)  # e.g. every waiter left but a keep-alive asked for the load
+    clock.advance(10)
+    assert res.expired() == ["m"]
+
+
+def test_reserving_a_resident_model_twice_is_refused(res: Residency) -> None:
+    res.reserve("m", GB)
+    with pytest.raises(ValueError):
+        res.reserve("m", GB)
+
+
+def test_forgetting_a_reserved_load_frees_its_room(res: Residency) -> None:
+    res.reserve("m", GB)
+    res.forget("m")
+    assert res.plan_load(GB, Limits(max_models=1)) == []
+
+
+# -- load backoff --------------------------------------------------------------------------------
+
+
+def test_backoff_doubles_per_failure_up_to_the_maximum(clock: FakeClock) -> None:
+    b = LoadBackoff(clock, base=1.0, maximum=5.0)
+    assert b.blocked("m") is None
+    assert b.failed("m", "boom") == 1.0
+    assert b.blocked("m") == (1.0, 1, "boom")
+    clock.advance(1.0)
+    assert b.blocked("m") is None  # the retry is allowed
+    assert b.failed("m", "boom again") == 2.0
+    assert b.failed("m", "x") == 4.0
+    assert b.failed("m", "y") == 5.0
+    left, count, cause = b.blocked("m")
+    assert (left, count, cause) == (5.0, 4, "y")
+    assert b.blocked("other") is None
+
+
+def test_a_successful_load_resets_the_backoff(clock: FakeClock) -> None:
+    b = LoadBackoff(clock, base=1.0, maximum=60.0)
+    b.failed("m", "boom")
+    b.failed("m", "boom")
+    b.succeeded("m")
+    assert b.blocked("m") is None
+    assert b.failed("m", "boom") == 1.0

@@ -21,7 +21,7 @@ import pytest
 
 from mlxserve.services.common import rpc
 from mlxserve.services.common.config import Settings, load_settings
-from mlxserve.services.common.errors import NotFound, Timeout, Unavailable
+from mlxserve.services.common.errors import Busy, NotFound, Timeout, Unavailable
 from mlxserve.services.supervisor.pool import WorkerPool
 from mlxserve.services.supervisor.processes import spawn_worker
 from mlxserve.services.supervisor.server import serve
@@ -55,9 +55,14 @@ FAKE_WORKER = textwrap.dedent(
     class Worker(worker_pb2_grpc.WorkerServicer):
         def Ping(self, request, context):
             return common_pb2.PingResponse(service="worker", pid=os.getpid())
+        steps = 0
         def Info(self, request, context):
+            # "wedge": holds a request and never steps; "busy": holds one and steps between calls.
+            if mode == "busy":
+                Worker.steps += 1
             return worker_pb2.InfoResponse(model_path=a.model_path, memory_bytes=123456, device="cpu",
-                                           pid=os.getpid(), context_length=2048)
+                                           pid=os.getpid(), context_length=2048, kind="generate",
+                                           running=int(mode in ("wedge", "busy")), steps=Worker.steps)
 
     server = grpc.server(futures.ThreadPoolExecutor(2))
     worker_pb2_grpc.add_WorkerServicer_to_server(Worker(), server)
@@ -157,6 +162,188 @@ async def eventually(pred: Callable[[], bool], timeout: float = 5.0) -> None:
 # -- pool ----------------------------------------------------------------------------------------
 
 
+def test_default_limits_allow_three_models_and_most_of_physical_memory(settings: Settings, store: FakeStore) -> None:
+    pool = make_pool(settings, store)
+    assert pool.limits.max_models == 3
+    assert 0 < pool.limits.memory_budget <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert make_pool(dataclasses.replace(settings, memory_budget=12345), store).limits.memory_budget == 12345
+
+
+def test_loading_past_max_loaded_models_evicts_the_least_recently_used_idle_model(settings: Settings, store: FakeStore) -> None:
+    for name in ("a", "b", "c"):
+        store.add(name)
+
+    async def scenario() -> None:
+        pool = make_pool(dataclasses.replace(settings, max_loaded_models=2), store)
+        try:
+            la = await pool.acquire("a")
+            lb = await pool.acquire("b")
+            await pool.release(la.lease_id)
+            await pool.release(lb.lease_id)
+            await pool.acquire("c")
+            assert pool.loaded_names() == ["b:latest", "c:latest"]
+            assert not pid_alive(store.spawns("a")[0])  # stopped before c started
+            assert pid_alive(store.spawns("b")[0])
+        finally:
+            await pool.close()
+
+    run(scenario())
+
+
+def test_a_load_waits_for_a_busy_model_to_go_idle_then_evicts_it(settings: Settings, store: FakeStore) -> None:
+    store.add("a")
+    store.add("b")
+
+    async def scenario() -> None:
+        pool = make_pool(dataclasses.replace(settings, max_loaded_models=1), store)
+        try:
+            la = await pool.acquire("a")
+            waiting = asyncio.ensure_future(pool.acquire("b"))
+            await asyncio.sleep(0.3)
+            assert not waiting.done() and store.spawns("b") == []  # a is busy: b waits
+            await pool.release(la.lease_id)
+            lb = await asyncio.wait_for(waiting, 5)
+            assert lb.model == "b:latest" and lb.load_duration_s >= 0.3
+            assert pool.loaded_names() == ["b:latest"]
+        finally:
+            await pool.close()
+
+    run(scenario())
+
+
+def test_a_load_that_finds_no_room_in_time_is_busy_with_retry_after(settings: Settings, store: FakeStore) -> None:
+    store.add("a")
+    store.add("b")
+
+    async def scenario() -> None:
+        pool = make_pool(dataclasses.replace(settings, max_loaded_models=1, load_timeout=0.5), store)
+        try:
+            await pool.acquire("a")
+            started = time.monotonic()
+            with pytest.raises(Busy) as err:
+                await pool.acquire("b")
+            assert 0.5 <= time.monotonic() - started < 2
+            assert "cannot load b:latest: max_loaded_models=1 models are loaded" in str(err.value)
+            assert err.value.retry_after == 5.0
+            assert store.spawns("b") == [] and pool.loaded_names() == ["a:latest"]
+            # Not the model's fault: no backoff, it loads as soon as there is room.
+            await pool.stop_model("a")
+            assert (await pool.acquire("b")).model == "b:latest"
+        finally:
+            await pool.close()
+
+    run(scenario())
+
+
+def test_memory_budget_counts_what_workers_report_and_evicts_to_fit(settings: Settings, store: FakeStore) -> None:
+    for name in ("a", "b", "c"):
+        store.add(name)  # 4096 bytes on disk; the worker reports 123456 bytes in use
+
+    async def scenario() -> None:
+        pool = make_pool(dataclasses.replace(settings, memory_budget=200_000, max_loaded_models=0), store)
+        try:
+            await pool.release((await pool.acquire("a")).lease_id)
+            await pool.check_workers()
+            await pool.release((await pool.acquire("b")).lease_id)  # 123456 + 4096 fits
+            assert pool.loaded_names() == ["a:latest", "b:latest"]
+            await pool.check_workers()  # now 2 x 123456: over budget with anything more
+            await pool.acquire("c")
+            assert pool.loaded_names() == ["b:latest", "c:latest"]
+            assert not pid_alive(store.spawns("a")[0])
+        finally:
+            await pool.close()
+
+    run(scenario())
+
+
+def test_a_wedged_worker_is_killed_and_the_next_acquire_starts_a_fresh_one(settings: Settings, store: FakeStore) -> None:
+    store.add("stuck", mode="wedge")
+    store.add("steady", mode="busy")
+
+    async def scenario() -> None:
+        pool = make_pool(dataclasses.replace(settings, wedge_timeout=0.6), store)
+        pool.start()
+        try:
+            started = time.monotonic()
+            stuck = await pool.acquire("stuck")
+            steady = await pool.acquire("steady")
+            [pid] = store.spawns("stuck")
+            await eventually(lambda: not pid_alive(pid), timeout=5)
+            assert 0.6 <= time.monotonic() - started < 3
+            assert pool.loaded_names() == ["steady:latest"]  # making progress: left alone
+            await pool.release(stuck.lease_id)  # the gateway's late release is harmless
+            (store.root / "views" / "stuck" / "mode").write_text("ok")
+            again = await pool.acquire("stuck")
+            assert again.worker_address != stuck.worker_address and len(store.spawns("stuck")) == 2
+            assert pid_alive(store.spawns("steady")[0])
+            await pool.release(steady.lease_id)
+        finally:
+            await pool.close()
+
+    run(scenario())
+
+
+def test_an_idle_worker_is_never_called_wedged(settings: Settings, store: FakeStore) -> None:
+    store.add("stuck", mode="wedge")  # reports a request running but holds no lease
+
+    async def scenario() -> None:
+        pool = make_pool(dataclasses.replace(settings, wedge_timeout=0.3), store)
+        pool.start()
+        try:
+            await pool.release((await pool.acquire("stuck")).lease_id)
+            await asyncio.sleep(1.0)
+            assert pool.loaded_names() == ["stuck:latest"]
+        finally:
+            await pool.close()
+
+    run(scenario())
+
+
+def test_a_load_nobody_waits_for_any_more_is_abandoned(settings: Settings, store: FakeStore) -> None:
+    store.add("slow", mode="slow")
+
+    async def scenario() -> None:
+        pool = make_pool(settings, store)
+        try:
+            waiters = [asyncio.ensure_future(pool.acquire("slow")) for _ in range(2)]
+            await eventually(lambda: len(store.spawns("slow")) == 1)
+            waiters[0].cancel()
+            await asyncio.sleep(0.1)
+            [pid] = store.spawns("slow")
+            assert pid_alive(pid)  # one request still waits: the load goes on
+            waiters[1].cancel()
+            await eventually(lambda: not pid_alive(pid))
+            assert pool.loaded_names() == [] and await pool.list_loaded() == []
+            assert pool.residency.keys() == []
+            # Not a failure: the next request loads at once, no backoff.
+            assert (await pool.acquire("slow")).model == "slow:latest"
+        finally:
+            await pool.close()
+
+    run(scenario())
+
+
+def test_a_load_asked_with_keep_alive_finishes_even_if_the_client_leaves(settings: Settings, store: FakeStore) -> None:
+    store.add("slow", mode="slow")
+
+    async def scenario() -> None:
+        pool = make_pool(settings, store)
+        pool.start()
+        try:
+            waiter = asyncio.ensure_future(pool.acquire("slow", keep_alive_s=0.8))
+            await eventually(lambda: len(store.spawns("slow")) == 1)
+            waiter.cancel()
+            await eventually(lambda: pool.loaded_names() == ["slow:latest"])
+            [info] = await pool.list_loaded()
+            assert info.in_flight == 0
+            # Idle from the end of the load, it then expires with the keep-alive it was asked for.
+            await eventually(lambda: pool.loaded_names() == [], timeout=5)
+        finally:
+            await pool.close()
+
+    run(scenario())
+
+
 def test_acquire_starts_a_worker_that_answers_on_its_socket(settings: Settings, store: FakeStore) -> None:
     store.add("tiny")
 
@@ -223,11 +410,40 @@ def test_worker_that_exits_during_load_reports_its_stderr(settings: Settings, st
         assert msg.startswith("worker for broken:latest failed to start (exit code 3)")
         assert "ValueError: config.json says hidden_size=0" in msg
         assert await pool.list_loaded() == []
-        # The failure is not cached: the next request tries again.
-        with pytest.raises(Unavailable):
-            await pool.acquire("broken")
-        assert len(store.spawns("broken")) == 2
         await pool.close()
+
+    run(scenario())
+
+
+def test_a_model_that_keeps_failing_to_load_is_retried_with_backoff_naming_the_cause(settings: Settings, store: FakeStore) -> None:
+    store.add("broken", mode="fail")
+
+    async def scenario() -> None:
+        pool = make_pool(dataclasses.replace(settings, restart_backoff=0.5, restart_backoff_max=0.8), store)
+        try:
+            with pytest.raises(Unavailable, match="failed to start"):
+                await pool.acquire("broken")
+            # Right away: refused without spawning again, naming the cause and when to retry.
+            for _ in range(5):
+                with pytest.raises(Unavailable) as err:
+                    await pool.acquire("broken")
+                assert "failed to load 1 time(s) in a row" in str(err.value)
+                assert "ValueError: config.json says hidden_size=0" in str(err.value)
+                assert err.value.retry_after == 1
+            assert len(store.spawns("broken")) == 1
+            await asyncio.sleep(0.55)
+            with pytest.raises(Unavailable, match="failed to start"):
+                await pool.acquire("broken")  # the backoff ran out: a fresh attempt
+            assert len(store.spawns("broken")) == 2
+            with pytest.raises(Unavailable, match="failed to load 2 time"):
+                await pool.acquire("broken")
+            await asyncio.sleep(0.85)  # doubled, capped at restart_backoff_max
+            (store.root / "views" / "broken" / "mode").write_text("ok")  # fixed: loads, and the count resets
+            lease = await pool.acquire("broken")
+            assert len(store.spawns("broken")) == 3
+            assert pool.backoff.blocked(lease.digest) is None
+        finally:
+            await pool.close()
 
     run(scenario())
 

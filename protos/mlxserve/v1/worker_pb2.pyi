@@ -147,7 +147,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("model_path", "memory_bytes", "active_memory", "running", "waiting", "context_length", "device", "pid", "load_duration_s", "kind", "prefix_cache_bytes")
+    __slots__ = ("model_path", "memory_bytes", "active_memory", "running", "waiting", "context_length", "device", "pid", "load_duration_s", "kind", "prefix_cache_bytes", "steps")
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_MEMORY_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +159,7 @@ class InfoResponse(_message.Message):
     LOAD_DURATION_S_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PREFIX_CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
     model_path: str
     memory_bytes: int
     active_memory: int
@@ -170,4 +171,5 @@ class InfoResponse(_message.Message):
     load_duration_s: float
     kind: str
     prefix_cache_bytes: int
-    def __init__(self, model_path: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., active_memory: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., context_length: _Optional[int] = ..., device: _Optional[str] = ..., pid: _Optional[int] = ..., load_duration_s: _Optional[float] = ..., kind: _Optional[str] = ..., prefix_cache_bytes: _Optional[int] = ...) -> None: ...
+    steps: int
+    def __init__(self, model_path: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., active_memory: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., context_length: _Optional[int] = ..., device: _Optional[str] = ..., pid: _Optional[int] = ..., load_duration_s: _Optional[float] = ..., kind: _Optional[str] = ..., prefix_cache_bytes: _Optional[int] = ..., steps: _Optional[int] = ...) -> None: ...
