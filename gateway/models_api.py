@@ -12,19 +12,19 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import grpc
 from aiohttp import web
 
 from mlxserve.services.common import logs, rpc
-from mlxserve.services.common.errors import Internal, MlxServeError, from_rpc_error
+from mlxserve.services.common.errors import Internal, from_rpc_error
 from mlxserve.services.store.names import parse_name
 from mlxserve.v1 import common_pb2, store_pb2
 
 from . import state
 from .native import details_json
-from .responses import NATIVE, dumps, http_error_response, ndjson_line
+from .responses import NATIVE, NDJSON_HEADERS, dumps, http_error_response, ndjson_line, stream_chunks
 from .validation import Body, BadField, UnsupportedField, read_json_object
 
 log = logs.get_logger(component="models_api")
@@ -168,21 +168,15 @@ async def relay_progress(request: web.Request, call: Any, stream: bool) -> web.S
             if last is None:
                 raise Internal("the store ended the operation without reporting a result")
             return web.json_response(progress_json(last), dumps=dumps)
-        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await resp.prepare(request)
-        try:
-            try:
-                p = first
-                while p is not None:
-                    await resp.write(ndjson_line(progress_json(p)))
-                    p = await _next(call)
-            except MlxServeError as e:
-                log.warning("store_operation_failed", error=e.message)
-                await resp.write(ndjson_line({"error": e.message}))
-            await resp.write_eof()
-        except ConnectionResetError:
-            log.info("client_disconnected")  # the finally below cancels the store's work
-        return resp
+        async def chunks() -> AsyncIterator[bytes]:
+            p = first
+            while p is not None:
+                yield ndjson_line(progress_json(p))
+                p = await _next(call)
+
+        # A client that goes away ends the stream here; the finally below cancels the store's work.
+        return await stream_chunks(request, NDJSON_HEADERS, chunks(), error_chunk=lambda e: ndjson_line({"error": e.message}),
+                                   failure_event="store_operation_failed")
     finally:
         if not call.done():
             call.cancel()  # the client went away (handler cancelled) or we stopped reading: stop the store's work

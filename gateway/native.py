@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -14,7 +14,7 @@ from mlxserve.v1 import common_pb2, store_pb2, supervisor_pb2, worker_pb2
 from mlxserve.v1.frames import TokenEvent, TokenLogprob, ToolCall
 
 from . import state
-from .responses import dumps, ndjson_line, now_rfc3339
+from .responses import NDJSON_HEADERS, dumps, ndjson_line, now_rfc3339, stream_chunks
 from .streams import Collected, Generation, GenerationRequest
 from .validation import (Body, BadField, UnsupportedField, parse_arguments, parse_keep_alive, parse_ollama_format, parse_tools,
                          parse_top_logprobs, read_json_object)
@@ -241,24 +241,15 @@ async def respond(request: web.Request, req: GenerationRequest, stream: bool, pi
             return web.json_response({"model": req.model, "created_at": now_rfc3339(),
                                       **piece(req, out.content, out.reasoning, out.tool_calls, out.logprobs),
                                       "done": True, **final_fields(gen)}, dumps=dumps)
-        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await resp.prepare(request)
-        try:
-            try:
-                async for event in gen.events():
-                    payload = event_piece(piece, req, event)
-                    if payload is not None:
-                        await resp.write(ndjson_line({"model": req.model, "created_at": now_rfc3339(), **payload, "done": False}))
-                final = {"model": req.model, "created_at": now_rfc3339(), **piece(req, "", "", [], []), "done": True,
-                         **final_fields(gen)}
-                await resp.write(ndjson_line(final))
-            except MlxServeError as e:
-                log.warning("generation_failed", error=e.message)
-                await resp.write(ndjson_line({"error": e.message}))
-            await resp.write_eof()
-        except ConnectionResetError:
-            log.info("client_disconnected")
-        return resp
+        async def chunks() -> AsyncIterator[bytes]:
+            async for event in gen.events():
+                payload = event_piece(piece, req, event)
+                if payload is not None:
+                    yield ndjson_line({"model": req.model, "created_at": now_rfc3339(), **payload, "done": False})
+            yield ndjson_line({"model": req.model, "created_at": now_rfc3339(), **piece(req, "", "", [], []), "done": True,
+                               **final_fields(gen)})
+
+        return await stream_chunks(request, NDJSON_HEADERS, chunks(), error_chunk=lambda e: ndjson_line({"error": e.message}))
     finally:
         await gen.close()
 

@@ -6,17 +6,17 @@ import json
 import secrets
 import time
 from datetime import datetime
-from typing import Any
+from typing import Any, AsyncIterator
 
 from aiohttp import web
 
 from mlxserve.services.common import logs, rpc
-from mlxserve.services.common.errors import MlxServeError, NotFound
+from mlxserve.services.common.errors import NotFound
 from mlxserve.v1 import store_pb2, worker_pb2
 from mlxserve.v1.frames import TokenLogprob, ToolCall
 
 from . import state
-from .responses import dumps, openai_error_body, sse_event
+from .responses import dumps, openai_error_body, sse_event, stream_chunks
 from .streams import Generation, GenerationRequest
 from .validation import (Body, BadField, UnsupportedField, is_neutral, parse_arguments, parse_tools, parse_top_logprobs,
                          read_json_object, schema_text)
@@ -303,35 +303,27 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             lp = chat_logprobs(req, logprobs) if logprobs else None
             return sse_event({**chunk, "choices": [{"index": 0, "delta": d, "finish_reason": reason, "logprobs": lp}]})
 
-        resp = web.StreamResponse(headers=sse_response_headers())
-        await resp.prepare(request)
-        try:
-            try:
-                await resp.write(delta({"role": "assistant", "content": ""}))
-                calls = 0
-                async for event in gen.events():
-                    d: dict[str, Any] = {}
-                    if event.thinking:
-                        d["reasoning_content"] = event.thinking
-                    if event.text:
-                        d["content"] = event.text
-                    if event.tool_calls:
-                        d["tool_calls"] = [tool_call_json(c, calls + k) for k, c in enumerate(event.tool_calls)]
-                        calls += len(event.tool_calls)
-                    logprobs = list(event.logprobs) if req.logprobs else []
-                    if d or logprobs:
-                        await resp.write(delta(d, logprobs=logprobs))
-                await resp.write(delta({}, finish_reason(gen, calls > 0)))
-                if include_usage:
-                    await resp.write(sse_event({**chunk, "choices": [], "usage": usage(gen)}))
-            except MlxServeError as e:
-                log.warning("generation_failed", error=e.message)
-                await resp.write(sse_event(openai_error_body(e)))
-            await resp.write(sse_event("[DONE]"))
-            await resp.write_eof()
-        except ConnectionResetError:
-            log.info("client_disconnected")
-        return resp
+        async def chunks() -> AsyncIterator[bytes]:
+            yield delta({"role": "assistant", "content": ""})
+            calls = 0
+            async for event in gen.events():
+                d: dict[str, Any] = {}
+                if event.thinking:
+                    d["reasoning_content"] = event.thinking
+                if event.text:
+                    d["content"] = event.text
+                if event.tool_calls:
+                    d["tool_calls"] = [tool_call_json(c, calls + k) for k, c in enumerate(event.tool_calls)]
+                    calls += len(event.tool_calls)
+                logprobs = list(event.logprobs) if req.logprobs else []
+                if d or logprobs:
+                    yield delta(d, logprobs=logprobs)
+            yield delta({}, finish_reason(gen, calls > 0))
+            if include_usage:
+                yield sse_event({**chunk, "choices": [], "usage": usage(gen)})
+
+        return await stream_chunks(request, sse_response_headers(), chunks(),
+                                   error_chunk=lambda e: sse_event(openai_error_body(e)), trailer=sse_event("[DONE]"))
     finally:
         await gen.close()
 
@@ -401,29 +393,20 @@ async def completions(request: web.Request) -> web.StreamResponse:
             return web.json_response({**head, "choices": [{
                 "text": out.content, "index": 0, "logprobs": completion_logprobs(req, out.logprobs, 0),
                 "finish_reason": finish_reason(gen)}], "usage": usage(gen)}, dumps=dumps)
-        resp = web.StreamResponse(headers=sse_response_headers())
-        await resp.prepare(request)
-        try:
-            try:
-                offset = 0
-                async for event in gen.events():
-                    if event.text or (req.logprobs and event.logprobs):
-                        lp = completion_logprobs(req, list(event.logprobs), offset)
-                        await resp.write(sse_event({**head, "choices": [
-                            {"text": event.text, "index": 0, "logprobs": lp, "finish_reason": None}]}))
-                        offset += len(event.text)
-                await resp.write(sse_event({**head, "choices": [
-                    {"text": "", "index": 0, "logprobs": None, "finish_reason": finish_reason(gen)}]}))
-                if include_usage:
-                    await resp.write(sse_event({**head, "choices": [], "usage": usage(gen)}))
-            except MlxServeError as e:
-                log.warning("generation_failed", error=e.message)
-                await resp.write(sse_event(openai_error_body(e)))
-            await resp.write(sse_event("[DONE]"))
-            await resp.write_eof()
-        except ConnectionResetError:
-            log.info("client_disconnected")
-        return resp
+        async def chunks() -> AsyncIterator[bytes]:
+            offset = 0
+            async for event in gen.events():
+                if event.text or (req.logprobs and event.logprobs):
+                    lp = completion_logprobs(req, list(event.logprobs), offset)
+                    yield sse_event({**head, "choices": [{"text": event.text, "index": 0, "logprobs": lp, "finish_reason": None}]})
+                    offset += len(event.text)
+            yield sse_event({**head, "choices": [
+                {"text": "", "index": 0, "logprobs": None, "finish_reason": finish_reason(gen)}]})
+            if include_usage:
+                yield sse_event({**head, "choices": [], "usage": usage(gen)})
+
+        return await stream_chunks(request, sse_response_headers(), chunks(),
+                                   error_chunk=lambda e: sse_event(openai_error_body(e)), trailer=sse_event("[DONE]"))
     finally:
         await gen.close()
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, AsyncIterator, Callable
 
 from aiohttp import web
 
+from mlxserve.services.common import logs
 from mlxserve.services.common.errors import Busy, MlxServeError, NotFound
+
+NDJSON_HEADERS = {"Content-Type": "application/x-ndjson"}
 
 NATIVE = "native"
 OPENAI = "openai"
@@ -68,3 +71,30 @@ def ndjson_line(obj: dict[str, Any]) -> bytes:
 def sse_event(obj: dict[str, Any] | str) -> bytes:
     data = obj if isinstance(obj, str) else dumps(obj)
     return f"data: {data}\n\n".encode()
+
+
+async def stream_chunks(request: web.Request, headers: dict[str, str], chunks: AsyncIterator[bytes], *,
+                        error_chunk: Callable[[MlxServeError], bytes], trailer: bytes = b"",
+                        failure_event: str = "generation_failed") -> web.StreamResponse:
+    """Send `chunks` as one streamed response, the same way for every streaming route.
+
+    The status (200) is sent before the first chunk, so a failure mid-stream becomes a final
+    `error_chunk` in the dialect's shape; `trailer` (SSE's `[DONE]`) always ends the stream. A
+    client that went away is logged, not raised: the caller's cleanup cancels the work.
+    """
+    resp = web.StreamResponse(headers=headers)
+    await resp.prepare(request)
+    log = logs.get_logger(component="stream")
+    try:
+        try:
+            async for chunk in chunks:
+                await resp.write(chunk)
+        except MlxServeError as e:
+            log.warning(failure_event, error=e.message)
+            await resp.write(error_chunk(e))
+        if trailer:
+            await resp.write(trailer)
+        await resp.write_eof()
+    except ConnectionResetError:
+        log.info("client_disconnected")
+    return resp
