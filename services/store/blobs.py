@@ -40,18 +40,23 @@ def digest_of_file(path: Path, progress: Callable[[int], None] | None = None) ->
     return "sha256:" + h.hexdigest()
 
 
-def copy_with_digest(src: Path, dst: Path, progress: Callable[[int], None] | None = None) -> tuple[str, int]:
-    """Copy a file, hashing it on the way (one read for both); returns (digest, size)."""
+def copy_hashing(src: BinaryIO, out: BinaryIO, progress: Callable[[int], None] | None = None) -> tuple[str, int]:
+    """Copy a stream, hashing it on the way (one read for both); returns (digest, size)."""
     h = hashlib.sha256()
     size = 0
-    with open(src, "rb") as fin, open(dst, "wb") as out:
-        while chunk := fin.read(CHUNK):
-            h.update(chunk)
-            out.write(chunk)
-            size += len(chunk)
-            if progress:
-                progress(len(chunk))
+    while chunk := src.read(CHUNK):
+        h.update(chunk)
+        out.write(chunk)
+        size += len(chunk)
+        if progress:
+            progress(len(chunk))
     return "sha256:" + h.hexdigest(), size
+
+
+def copy_with_digest(src: Path, dst: Path, progress: Callable[[int], None] | None = None) -> tuple[str, int]:
+    """Copy a file, hashing it on the way; returns (digest, size)."""
+    with open(src, "rb") as fin, open(dst, "wb") as out:
+        return copy_hashing(fin, out, progress)
 
 
 def fsync_dir(path: Path) -> None:
@@ -138,22 +143,15 @@ class BlobStore:
         """
         self.ensure_dirs()
         fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=".blob-", suffix=".tmp")
-        h = hashlib.sha256()
-        size = 0
         try:
             with os.fdopen(fd, "wb") as out:
-                while chunk := src.read(CHUNK):
-                    h.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-                    if progress:
-                        progress(len(chunk))
+                digest, size = copy_hashing(src, out, progress)
                 out.flush()
                 os.fsync(out.fileno())
         except BaseException:
             _unlink(Path(tmp))
             raise
-        return Path(tmp), "sha256:" + h.hexdigest(), size
+        return Path(tmp), digest, size
 
     def adopt(self, staged: Path, digest: str) -> bool:
         """Move a staged file (same filesystem, already hashed to `digest`) into place.
