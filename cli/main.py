@@ -2,21 +2,51 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from typing import Optional
 
 import typer
 
 from mlxserve import __version__
+from mlxserve.services.common import logs
 
 from . import generate, loaded, maintenance, models, serve, transfer
+
+LOG_LEVEL_ENV = "MLXSERVE_LOG_LEVEL"
 
 app = typer.Typer(name="mlxctl", help="Run and manage mlxserve, a local LLM server on MLX.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
 @app.callback()
-def root(ctx: typer.Context, home: Optional[str] = typer.Option(None, "--home", help="mlxserve home (default $MLXSERVE_HOME or ~/.mlxserve)")) -> None:
-    ctx.obj = {"home": home}
+def root(
+    ctx: typer.Context,
+    home: Optional[str] = typer.Option(None, "--home", help="mlxserve home (default $MLXSERVE_HOME or ~/.mlxserve)"),
+    verbose: bool = typer.Option(False, "-v", "--verbose",
+                                 help="debug output on stderr (each call with its request id and full error detail); "
+                                      "`mlxctl -v serve` runs the services at debug level"),
+) -> None:
+    ctx.obj = {"home": home, "verbose": verbose}
+    # Every gRPC call of this command carries one request id (rpc.call_sync takes the bound
+    # one), so the services' log lines for it can be found with a single grep.
+    request_id = f"cli-{secrets.token_hex(6)}"
+    logs.bind_request_id(request_id)
+    if verbose:
+        logs.configure("mlxctl", "debug", None)
+        logs.get_logger().debug("mlxctl", command=ctx.invoked_subcommand, request_id=request_id)
+        # The services `serve` starts read their level from the environment (flags still win).
+        previous = os.environ.get(LOG_LEVEL_ENV)
+        os.environ[LOG_LEVEL_ENV] = "debug"
+        ctx.call_on_close(lambda: _restore_env(LOG_LEVEL_ENV, previous))
+    ctx.call_on_close(logs.unbind_request_id)
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 app.command("serve")(serve.serve)

@@ -7,6 +7,7 @@ as `x-request-id` and in Submit).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from pathlib import Path
@@ -53,8 +54,50 @@ def configure(service: str, level: str = "info", log_dir: Path | None = None, *,
 
 
 def get_logger(**bound: object) -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger().bind(**bound)
+    """A logger with `bound` fields on every line.
+
+    Lazy, so a module-level logger made before `configure` still writes where `configure` says
+    (`.bind()` on structlog's proxy would build a logger from the default config right away).
+    """
+    return structlog.get_logger(**bound)
 
 
 def bind_request_id(request_id: str) -> None:
     structlog.contextvars.bind_contextvars(request_id=request_id)
+
+
+def unbind_request_id() -> None:
+    """Forget the bound request id (a pooled thread must not lend it to the next request)."""
+    structlog.contextvars.unbind_contextvars("request_id")
+
+
+def current_request_id() -> str | None:
+    """The request id bound in this context, if any."""
+    rid = structlog.contextvars.get_contextvars().get("request_id")
+    return rid if isinstance(rid, str) and rid else None
+
+
+def submit_fields(submit_id: str) -> dict[str, str]:
+    """Log fields for a worker-side request id.
+
+    The gateway submits "<request id>.<hex>" (unique per attempt); workers log `request_id` as
+    the gateway's id, so one grep follows a request through every service, and `submit_id` as
+    the full one. An id without a suffix is its own request id.
+    """
+    return {"request_id": submit_id.rsplit(".", 1)[0] if "." in submit_id else submit_id, "submit_id": submit_id}
+
+
+def debug_enabled() -> bool:
+    """Whether debug lines are wanted: cheap guard for lines that cost something to build."""
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def verbosity_args(parser: argparse.ArgumentParser) -> None:
+    """Add an entry point's `--log-level` and `-v/--verbose` (debug) flags."""
+    parser.add_argument("--log-level", dest="log_level", help="debug, info, warning or error")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (the same as --log-level debug)")
+
+
+def level_from(args: argparse.Namespace) -> str | None:
+    """The log level the verbosity flags ask for (None: not given, the settings decide)."""
+    return "debug" if getattr(args, "verbose", False) else getattr(args, "log_level", None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -21,6 +22,8 @@ from . import logs
 from .errors import Internal, MlxServeError, from_rpc_error, grpc_status
 
 T = TypeVar("T")
+
+_call_log = logs.get_logger(component="rpc")
 
 # Generous message sizes: Show returns templates and manifests; nothing streams weights over gRPC.
 CHANNEL_OPTIONS = [
@@ -60,6 +63,16 @@ def _request_id_from(context: Any) -> str | None:
     return None
 
 
+def _bind_from(context: Any) -> None:
+    # Sync servicers run on pooled threads whose context outlives the call: bind, and unbind
+    # in `finally`. Async ones run each call in its own task, so the binding ends with it.
+    rid = _request_id_from(context)
+    if rid:
+        logs.bind_request_id(rid)
+    else:
+        logs.unbind_request_id()
+
+
 def rpc_method(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate a servicer method (sync, async, or async generator) to map errors to status codes."""
     log = logs.get_logger()
@@ -73,9 +86,7 @@ def rpc_method(fn: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.isasyncgenfunction(fn):
         @functools.wraps(fn)
         async def agen(self: Any, request: Any, context: Any) -> Any:
-            rid = _request_id_from(context)
-            if rid:
-                logs.bind_request_id(rid)
+            _bind_from(context)
             try:
                 async for item in fn(self, request, context):
                     yield item
@@ -90,9 +101,7 @@ def rpc_method(fn: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def coro(self: Any, request: Any, context: Any) -> Any:
-            rid = _request_id_from(context)
-            if rid:
-                logs.bind_request_id(rid)
+            _bind_from(context)
             try:
                 return await fn(self, request, context)
             except (MlxServeError, Exception) as e:  # noqa: BLE001
@@ -106,9 +115,7 @@ def rpc_method(fn: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen(self: Any, request: Any, context: Any) -> Any:
-            rid = _request_id_from(context)
-            if rid:
-                logs.bind_request_id(rid)
+            _bind_from(context)
             try:
                 yield from fn(self, request, context)
             except Exception as e:  # noqa: BLE001
@@ -117,13 +124,13 @@ def rpc_method(fn: Callable[..., Any]) -> Callable[..., Any]:
                 code, msg, meta = _status(e)
                 context.set_trailing_metadata(meta)
                 context.abort(code, msg)
+            finally:
+                logs.unbind_request_id()
         return gen
 
     @functools.wraps(fn)
     def sync(self: Any, request: Any, context: Any) -> Any:
-        rid = _request_id_from(context)
-        if rid:
-            logs.bind_request_id(rid)
+        _bind_from(context)
         try:
             return fn(self, request, context)
         except Exception as e:  # noqa: BLE001
@@ -132,6 +139,8 @@ def rpc_method(fn: Callable[..., Any]) -> Callable[..., Any]:
             code, msg, meta = _status(e)
             context.set_trailing_metadata(meta)
             context.abort(code, msg)
+        finally:
+            logs.unbind_request_id()
     return sync
 
 
@@ -151,17 +160,47 @@ def metadata(request_id: str | None) -> tuple[tuple[str, str], ...]:
     return ((logs.REQUEST_ID_KEY, request_id),) if request_id else ()
 
 
+def _method_name(fn: Any) -> str:
+    method = getattr(fn, "_method", b"")  # grpc's multicallables keep "/pkg.Service/Method" here
+    return (method.decode() if isinstance(method, bytes) else str(method or getattr(fn, "__name__", "?"))).rsplit("/", 1)[-1]
+
+
+def _log_call(service: str, fn: Any, request_id: str | None, started: float, error: grpc.RpcError | None) -> None:
+    if not logs.debug_enabled():
+        return
+    fields: dict[str, Any] = {"callee": service, "method": _method_name(fn), "duration_ms": round((time.perf_counter() - started) * 1e3, 2)}
+    if request_id:
+        fields["request_id"] = request_id
+    if error is not None:
+        code = error.code() if hasattr(error, "code") else None
+        fields.update(code=getattr(code, "name", str(code)), details=error.details() if hasattr(error, "details") else str(error))
+    _call_log.debug("rpc_call", **fields)
+
+
 async def call(service: str, fn: Callable[..., Awaitable[T]], request: Any, *, timeout: float | None = None, request_id: str | None = None) -> T:
-    """Await a unary aio call, mapping gRPC failures to MlxServeError."""
+    """Await a unary aio call, mapping gRPC failures to MlxServeError.
+
+    The request id (given, or the one bound in this context) travels as `x-request-id` metadata.
+    """
+    request_id = request_id or logs.current_request_id()
+    started = time.perf_counter()
     try:
-        return await fn(request, timeout=timeout, metadata=metadata(request_id))
+        result = await fn(request, timeout=timeout, metadata=metadata(request_id))
     except grpc.RpcError as e:
+        _log_call(service, fn, request_id, started, e)
         raise from_rpc_error(e, service=service) from None
+    _log_call(service, fn, request_id, started, None)
+    return result
 
 
 def call_sync(service: str, fn: Callable[..., T], request: Any, *, timeout: float | None = None, request_id: str | None = None) -> T:
-    """Make a unary sync call, mapping gRPC failures to MlxServeError."""
+    """Make a unary sync call, mapping gRPC failures to MlxServeError (request id as in `call`)."""
+    request_id = request_id or logs.current_request_id()
+    started = time.perf_counter()
     try:
-        return fn(request, timeout=timeout, metadata=metadata(request_id))
+        result = fn(request, timeout=timeout, metadata=metadata(request_id))
     except grpc.RpcError as e:
+        _log_call(service, fn, request_id, started, e)
         raise from_rpc_error(e, service=service) from None
+    _log_call(service, fn, request_id, started, None)
+    return result

@@ -1,4 +1,4 @@
-"""Entry point of the store service: `python -m mlxserve.services.store [--home DIR] [--log-level LEVEL]`."""
+"""Entry point of the store service: `python -m mlxserve.services.store [--home DIR] [--log-level LEVEL] [-v]`."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     """Serve the Store gRPC API on settings.store_socket until SIGTERM or SIGINT."""
     parser = argparse.ArgumentParser(prog="mlxserve-store", description="mlxserve model store service")
     parser.add_argument("--home", help="mlxserve home directory (default $MLXSERVE_HOME or ~/.mlxserve)")
-    parser.add_argument("--log-level", help="debug, info, warning or error")
+    logs.verbosity_args(parser)
     args = parser.parse_args(argv)
 
-    settings = load_settings({"home": args.home, "log_level": args.log_level})
+    settings = load_settings({"home": args.home, "log_level": logs.level_from(args)})
     settings.ensure_dirs()
     log = logs.configure("store", settings.log_level, settings.logs_dir)
     parent = lifecycle.parent_pid_from_env()

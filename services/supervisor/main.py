@@ -1,4 +1,4 @@
-"""Entry point: `python -m mlxserve.services.supervisor [--home DIR] [--log-level LEVEL]`."""
+"""Entry point: `python -m mlxserve.services.supervisor [--home DIR] [--log-level LEVEL] [-v]`."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from .server import serve
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlxserve-supervisor", description="Owns mlxserve's worker processes.")
     parser.add_argument("--home", help="mlxserve home (default $MLXSERVE_HOME or ~/.mlxserve)")
-    parser.add_argument("--log-level", help="debug, info, warning or error")
+    logs.verbosity_args(parser)
     args = parser.parse_args(argv)
     try:
-        settings = load_settings({"home": args.home, "log_level": args.log_level})
+        settings = load_settings({"home": args.home, "log_level": logs.level_from(args)})
     except MlxServeError as e:
         print(f"Error: {e}", file=sys.stderr)
         return e.exit_code

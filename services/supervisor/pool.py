@@ -205,6 +205,10 @@ class WorkerPool:
     async def release(self, lease_id: str, keep_alive_s: float | None = None) -> None:
         """End a lease; the model's keep-alive timer starts when it has no lease left."""
         key = self.residency.release(lease_id, keep_alive_s)
+        loaded = self._loaded.get(key) if key is not None else None
+        # request_id comes from the caller's metadata (bound by rpc_method).
+        self.log.info("lease_released", lease_id=lease_id, model=loaded.ref.name if loaded else None,
+                      leases_left=self.residency.leases(key) if key is not None else 0)
         if key is not None and self.residency.leases(key) == 0:
             self._wake.set()
             self._room_changed()

@@ -35,7 +35,9 @@ class SupervisorServicer(supervisor_pb2_grpc.SupervisorServicer):
     async def Acquire(self, request: supervisor_pb2.AcquireRequest, context) -> supervisor_pb2.AcquireResponse:
         if not request.model:
             raise InvalidArgument("model is required")
-        lease = await self.pool.acquire(request.model, request.request_id, _optional(request, "keep_alive_s"))
+        # The field, else the metadata's id: either way the lease's log lines name the request.
+        request_id = request.request_id or logs.current_request_id() or ""
+        lease = await self.pool.acquire(request.model, request_id, _optional(request, "keep_alive_s"))
         return supervisor_pb2.AcquireResponse(
             lease_id=lease.lease_id, worker_address=lease.worker_address, model=lease.model,
             digest=lease.digest, load_duration_s=lease.load_duration_s, capabilities=list(lease.capabilities),

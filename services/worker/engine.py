@@ -83,7 +83,7 @@ class Engine:
         try:
             self._emit(event)
         except Exception:  # noqa: BLE001 - one undeliverable frame must not stop the engine
-            log.exception("emit_failed", request_id=event.request_id)
+            log.exception("emit_failed", **logs.submit_fields(event.request_id))
 
     @property
     def alive(self) -> bool:

@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-name", default="", help="the model's name, for logs")
     p.add_argument("--num-parallel", type=int, default=None, help="requests decoded together (default: settings.num_parallel)")
     p.add_argument("--max-queue", type=int, default=None, help="requests waiting beyond num_parallel (default: settings.max_queue)")
-    p.add_argument("--log-level", default=None, help="debug, info, warning, error (default: settings.log_level)")
+    logs.verbosity_args(p)
     return p.parse_args(argv)
 
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     lifecycle.die_with_parent(lifecycle.parent_pid_from_env())
     try:
-        settings = load_settings({"log_level": args.log_level})
+        settings = load_settings({"log_level": logs.level_from(args)})
     except MlxServeError as e:
         print(f"mlxserve-worker: {e}", file=sys.stderr)
         return 2

@@ -246,7 +246,7 @@ class ModelRunner:
                         event.logprobs = [token_logprob(r.token, r.logprobs, top, self._token_texts)]
                     events.append(event)
                 except Exception as e:  # noqa: BLE001 - fail this request, keep serving the rest
-                    log.exception("token_processing_failed", request_id=active.request_id)
+                    log.exception("token_processing_failed", **logs.submit_fields(active.request_id))
                     self._generator.remove([active.uid])
                     events.append(self._fail(active, f"{type(e).__name__}: {e}"))
             self.active_memory = mx.get_active_memory()
@@ -316,7 +316,7 @@ class ModelRunner:
                     logits_processors=[self._logits_processors(pending)],
                 )
             except Exception as e:  # noqa: BLE001 - a request mlx-lm refuses fails alone
-                log.exception("admit_failed", request_id=pending.request.request_id)
+                log.exception("admit_failed", **logs.submit_fields(pending.request.request_id))
                 events.append(self._final(pending, "error", error=f"{type(e).__name__}: {e}"))
                 continue
             self._active[uid] = _Active(
@@ -330,6 +330,10 @@ class ModelRunner:
                     self.tokenizer, parse_tools(pending.request.tools_json), pending.request.think, prompt_tokens=pending.tokens,
                 ),
             )
+            # The engine thread has no request context: the id is passed explicitly.
+            log.info("admitted", **logs.submit_fields(pending.request.request_id), prompt_tokens=len(pending.tokens),
+                     cached_tokens=hit.cached if hit else 0, max_tokens=pending.max_tokens,
+                     queued_ms=round((time.perf_counter_ns() - pending.submitted_ns) / 1e6, 2), running=len(self._active))
 
     def _split_output(self, active: _Active, event: TokenEvent) -> None:
         """Move thinking and tool calls out of `event.text`; a turn that ends in calls ends "tool_calls"."""
@@ -414,6 +418,8 @@ class ModelRunner:
     def _final(self, pending: _Pending, reason: str, *, text: str = "", token_ids: list[int] | None = None, stats: Stats | None = None, error: str | None = None) -> TokenEvent:
         with self._lock:
             self._outstanding.discard(pending.request.request_id)
+        stats = stats or Stats(prompt_tokens=len(pending.tokens), truncated_messages=pending.truncated)
+        _log_finished(pending, reason, stats, error)
         return TokenEvent(
             request_id=pending.request.request_id,
             text=text,
@@ -421,5 +427,21 @@ class ModelRunner:
             done=True,
             done_reason=reason,
             error=error,
-            stats=stats or Stats(prompt_tokens=len(pending.tokens), truncated_messages=pending.truncated),
+            stats=stats,
         )
+
+
+def _log_finished(pending: _Pending, reason: str, stats: Stats, error: str | None) -> None:
+    """One line per request as it ends, whichever way, with its counts and timings."""
+    fields: dict[str, Any] = {
+        **logs.submit_fields(pending.request.request_id), "done_reason": reason,
+        "prompt_tokens": stats.prompt_tokens, "prompt_eval_count": stats.prompt_eval_count, "cached_tokens": stats.cached_tokens,
+        "eval_count": stats.eval_count, "prompt_eval_ms": round(stats.prompt_eval_duration / 1e6, 2),
+        "eval_ms": round(stats.eval_duration / 1e6, 2),
+        "total_ms": round((time.perf_counter_ns() - pending.submitted_ns) / 1e6, 2),
+    }
+    if stats.eval_count and stats.eval_duration:
+        fields["tokens_per_second"] = round(stats.eval_count / (stats.eval_duration / 1e9), 2)
+    if error:
+        fields["error"] = error
+    (log.warning if reason == "error" else log.info)("finished", **fields)

@@ -12,6 +12,8 @@ import sys
 import threading
 from typing import Any
 
+from google.protobuf.json_format import MessageToDict
+
 from mlxserve.services.common import logs
 from mlxserve.services.common.errors import InvalidArgument, Unsupported
 from mlxserve.services.common.rpc import ping_response, rpc_method
@@ -97,7 +99,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         with self._lock:
             address = self._reply_to.pop(event.request_id, None) if event.done else self._reply_to.get(event.request_id)
         if address is None:
-            log.warning("frame_without_reply_to", request_id=event.request_id)
+            log.warning("frame_without_reply_to", **logs.submit_fields(event.request_id))
             return
         self.sender.send(address, event)
 
@@ -120,7 +122,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             with self._lock:
                 self._reply_to.pop(gen.request_id, None)
             raise
-        log.info("submitted", request_id=gen.request_id, prompt_tokens=result.prompt_tokens, queue_position=result.queue_position)
+        log.info("submitted", **logs.submit_fields(gen.request_id), prompt_tokens=result.prompt_tokens,
+                 queue_position=result.queue_position)
+        if logs.debug_enabled():
+            log.debug("submit_options", **logs.submit_fields(gen.request_id), is_chat=gen.is_chat, messages=len(gen.messages),
+                      options=MessageToDict(request.options), format=bool(gen.format), tools=bool(gen.tools_json),
+                      think=gen.think, logprobs=gen.logprobs, truncate=gen.truncate)
         return worker_pb2.SubmitResponse(prompt_tokens=result.prompt_tokens, queue_position=result.queue_position)
 
     @rpc_method
@@ -129,13 +136,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             raise Unsupported(f"model '{self.model_name}' does not support embeddings")
         result = self.runner.embed(list(request.inputs), truncate=request.truncate if request.HasField("truncate") else None,
                                    dimensions=request.dimensions)
-        log.info("embedded", request_id=request.request_id, inputs=len(request.inputs), prompt_tokens=result.prompt_tokens)
+        log.info("embedded", **logs.submit_fields(request.request_id), inputs=len(request.inputs), prompt_tokens=result.prompt_tokens,
+                 duration_ms=round(result.total_duration_ns / 1e6, 2))
         return worker_pb2.EmbedResponse(embeddings=[worker_pb2.Embedding(values=v) for v in result.embeddings],
                                         prompt_tokens=result.prompt_tokens, total_duration_ns=result.total_duration_ns)
 
     @rpc_method
     def Cancel(self, request: worker_pb2.CancelRequest, context: Any) -> worker_pb2.CancelResponse:
-        return worker_pb2.CancelResponse(cancelled=self.runner.cancel(request.request_id))
+        cancelled = self.runner.cancel(request.request_id)
+        log.info("cancel_requested", **logs.submit_fields(request.request_id), known=cancelled)
+        return worker_pb2.CancelResponse(cancelled=cancelled)
 
     @rpc_method
     def Info(self, request: Any, context: Any) -> worker_pb2.InfoResponse:
