@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import grpc
 import typer
 
-from mlxserve.services.common import rpc
+from mlxserve.services.common import logs, rpc
 from mlxserve.services.common.config import Settings, load_settings
 from mlxserve.services.common.errors import MlxServeError, Unavailable, from_rpc_error
 from mlxserve.v1 import store_pb2_grpc, supervisor_pb2_grpc
@@ -23,6 +23,16 @@ def settings_from(ctx: typer.Context | None, **overrides: Any) -> Settings:
     """Settings from defaults, config file, env, the global `--home` and the command's own flags."""
     home = overrides.pop("home", None) or ((ctx.obj or {}).get("home") if ctx is not None else None)
     return load_settings({"home": home, **overrides})
+
+
+def gateway_headers(settings: Settings) -> dict[str, str]:
+    """Headers for every HTTP request mlxctl sends to the gateway: the API key, when one is
+    configured, and this command's request id, so the services' log lines for it share one id."""
+    headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+    rid = logs.current_request_id()
+    if rid:
+        headers["X-Request-Id"] = rid
+    return headers
 
 
 def exits_on_error(fn: F) -> F:

@@ -11,13 +11,14 @@ from typing import Optional
 import typer
 
 from mlxserve.services.common.errors import (
-    Busy, Cancelled, Internal, InvalidArgument, MlxServeError, NotFound, Timeout, Unavailable,
+    Busy, Cancelled, Forbidden, Internal, InvalidArgument, MlxServeError, NotFound, Timeout, Unauthenticated, Unavailable,
 )
 
-from .backend import START_HINT, exits_on_error, settings_from
+from .backend import START_HINT, exits_on_error, gateway_headers, settings_from
 from .render import print_timings
 
-_BY_STATUS: dict[int, type[MlxServeError]] = {400: InvalidArgument, 404: NotFound, 499: Cancelled, 503: Busy, 504: Timeout}
+_BY_STATUS: dict[int, type[MlxServeError]] = {400: InvalidArgument, 401: Unauthenticated, 403: Forbidden, 404: NotFound,
+                                               499: Cancelled, 503: Busy, 504: Timeout}
 
 
 def base_url(host: str | None, default: str) -> str:
@@ -89,7 +90,7 @@ def run(
     if option:
         body["options"] = parse_options(option)
     req = urllib.request.Request(f"{url}/api/generate", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
+                                 headers={"Content-Type": "application/json", **gateway_headers(settings)}, method="POST")
     try:
         resp = urllib.request.urlopen(req, timeout=settings.request_timeout)
     except urllib.error.HTTPError as e:

@@ -151,13 +151,25 @@ def serve(
     port: Optional[int] = typer.Option(None, "--port", help="HTTP port (default 11435)"),
     home: Optional[str] = typer.Option(None, "--home", help="mlxserve home: models, run/, logs/ (default ~/.mlxserve)"),
     log_level: Optional[str] = typer.Option(None, "--log-level", help="debug, info, warning or error"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging in every service (same as --log-level debug)"),
+    insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth",
+                                          help="listen beyond loopback without an API key (anyone who reaches the port can use it)"),
     model: List[str] = typer.Option([], "--model", help="NAME=PATH: create this model at startup unless it exists (repeatable)"),
     startup_timeout: float = typer.Option(60.0, "--startup-timeout", help="seconds to wait for the services to be ready"),
 ) -> None:
-    """Run mlxserve (store, supervisor, gateway) in the foreground until Ctrl-C."""
-    settings = settings_from(ctx, home=home, host=host, port=port, log_level=log_level)
+    """Run mlxserve (store, supervisor, gateway) in the foreground until Ctrl-C.
+
+    The API key is read from MLXSERVE_API_KEY or config.toml (not a flag: `ps` shows flags to everyone).
+    """
+    settings = settings_from(ctx, home=home, host=host, port=port, log_level="debug" if verbose else log_level,
+                             insecure_no_auth=True if insecure_no_auth else None)
     if settings.port == 0:
         raise InvalidArgument("serve needs a fixed --port (0 is not supported)")
+    # Imported here: aiohttp (under the gateway package) would slow every other mlxctl command.
+    from mlxserve.gateway.security import check_exposure
+    warning = check_exposure(settings)  # the gateway checks again, but one clear line here beats a child's log
+    if warning:
+        typer.echo(warning, err=True)
     specs = parse_model_specs(model)
     settings.ensure_dirs()
     if already_running(settings):

@@ -17,7 +17,7 @@ from mlxserve.services.common import logs
 from mlxserve.services.common.config import Settings
 from mlxserve.services.common.errors import Internal, MlxServeError
 
-from . import embeddings_api, models_api, native, openai_api, state
+from . import embeddings_api, metrics, models_api, native, openai_api, security, state
 from .backends import Backends
 from .responses import dialect_of, dumps, error_response, http_error_response
 from .streams import GenerationCore, TokenRouter
@@ -74,7 +74,8 @@ async def version(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings, *, backends: Backends | None = None, router: TokenRouter | None = None) -> web.Application:
     """The gateway app. The ZeroMQ socket binds on startup and is removed on cleanup."""
-    app = web.Application(middlewares=[request_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[metrics.access_middleware, request_middleware, *security.middlewares(settings)],
+                          client_max_size=settings.max_body_bytes)
     backends = backends or Backends(settings)
     router = router or TokenRouter(settings.run_dir)
     app[state.SETTINGS] = settings
@@ -93,8 +94,10 @@ def create_app(settings: Settings, *, backends: Backends | None = None, router: 
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
     app.on_response_prepare.append(_add_request_id_header)
+    app.on_response_prepare.append(security.cors_headers(settings))
     app.router.add_get("/", root)
     app.router.add_get("/api/version", version)
+    metrics.install(app, app[state.CORE])
     native.add_routes(app)
     models_api.add_routes(app)
     openai_api.add_routes(app)

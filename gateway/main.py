@@ -1,4 +1,8 @@
-"""Entry point: `python -m mlxserve.gateway [--host H] [--port P] [--home DIR] [--log-level L]`."""
+"""Entry point: `python -m mlxserve.gateway [--host H] [--port P] [--home DIR] [--log-level L] [-v] [--insecure-no-auth]`.
+
+The API key comes from MLXSERVE_API_KEY or config.toml, never a flag: a command line is visible
+to every user of the machine (`ps`).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from mlxserve.services.common.config import Settings, load_settings
 from mlxserve.services.common.errors import MlxServeError
 from mlxserve.services.common.lifecycle import die_with_parent, parent_pid_from_env
 
+from . import security
 from .app import create_app
 
 
@@ -22,15 +27,21 @@ def parse_args(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="TCP port (default 11435; 0 picks a free one)")
     parser.add_argument("--home", help="MLXSERVE_HOME: models, run/ sockets, logs")
-    parser.add_argument("--log-level", dest="log_level", help="debug, info, warning, error")
-    return vars(parser.parse_args(argv))
+    logs.verbosity_args(parser)
+    parser.add_argument("--insecure-no-auth", dest="insecure_no_auth", action="store_true", default=None,
+                        help="listen beyond loopback without an API key (anyone who reaches the port can use it)")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "verbose"}
+    overrides["log_level"] = logs.level_from(args)
+    return overrides
 
 
 async def serve(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully (the ipc socket file is removed)."""
     log = logs.get_logger()
     app = create_app(settings)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    # keepalive_timeout also closes a connection whose request headers never finish arriving.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, keepalive_timeout=settings.body_timeout)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
     await site.start()
@@ -57,8 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     except MlxServeError as e:
         print(f"mlxserve-gateway: {e}", file=sys.stderr)
         return e.exit_code
+    try:
+        warning = security.check_exposure(settings)
+    except MlxServeError as e:
+        print(f"mlxserve-gateway: {e}", file=sys.stderr)
+        return e.exit_code
     settings.ensure_dirs()
     logs.configure("gateway", settings.log_level, settings.logs_dir)
+    if warning:
+        logs.get_logger().warning("listening_without_api_key", host=settings.host, port=settings.port)
+        print(f"mlxserve-gateway: {warning}", file=sys.stderr, flush=True)
     parent = parent_pid_from_env()
     if parent is not None:
         die_with_parent(parent)

@@ -19,6 +19,7 @@ from typing import AsyncIterator
 import msgspec
 import zmq
 import zmq.asyncio
+from google.protobuf.json_format import MessageToDict
 
 from mlxserve.services.common import logs, rpc
 from mlxserve.services.common.config import Settings
@@ -27,6 +28,7 @@ from mlxserve.v1 import frames, store_pb2, supervisor_pb2, worker_pb2
 from mlxserve.v1.frames import Stats, TokenEvent, TokenLogprob, ToolCall
 
 from .backends import Backends
+from .metrics import GatewayMetrics, InFlight
 
 # Frames one request may have waiting; more means its client stopped reading.
 MAX_PENDING_FRAMES = 8192
@@ -178,8 +180,10 @@ class Generation:
     """A submitted request: iterate `events()`, then (always) `close()`."""
 
     def __init__(self, core: GenerationCore, req: GenerationRequest, submit_id: str, lease: supervisor_pb2.AcquireResponse,
-                 stream: _RequestStream, started_ns: int) -> None:
+                 stream: _RequestStream, started_ns: int, in_flight: InFlight | None = None) -> None:
         self.core = core
+        self.in_flight = in_flight
+        self.first_output_ns: int | None = None
         self.req = req
         self.submit_id = submit_id
         self.lease = lease
@@ -228,15 +232,22 @@ class Generation:
         deadline = loop.time() + self.core.settings.request_timeout
         queue = self.stream.queue
         while True:
+            # Checked before every frame too: a model that never stops talking is bounded as well.
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise Timeout(f"the request ran past {self.core.settings.request_timeout:g} s")
             try:
-                event = await asyncio.wait_for(queue.get(), timeout=PING_AFTER_S)
+                event = await asyncio.wait_for(queue.get(), timeout=min(PING_AFTER_S, remaining))
             except asyncio.TimeoutError:
-                if loop.time() > deadline:
-                    raise Timeout(f"the request ran past {self.core.settings.request_timeout:g} s") from None
-                await self._check_worker()
+                if loop.time() < deadline:
+                    await self._check_worker()
                 continue
             if self.stream.overflowed:
                 raise Unavailable("the client did not read the response fast enough")
+            if self.first_output_ns is None and (event.token_ids or event.text or event.done):
+                self.first_output_ns = time.monotonic_ns()
+                if event.done_reason not in ("error", "cancel"):
+                    self.core.metrics.first_token(self.model, (self.first_output_ns - self.started_ns) / 1e9)
             self.generated_tokens += len(event.token_ids)
             if event.done:
                 self.final = event
@@ -269,6 +280,21 @@ class Generation:
         log.warning("worker_lost", model=self.model, worker=address)
         raise Unavailable(f"the worker for model '{self.model}' exited unexpectedly")
 
+    def _record_end(self) -> None:
+        """Metrics and a debug line for how this generation ended (no final frame: the client left or it timed out)."""
+        if self.in_flight is None:  # a Submit that failed: start() accounts for it
+            return
+        reason = (self.final.done_reason or "stop") if self.final is not None else "cancel"
+        stats = self.stats if self.final is not None else None
+        self.core.metrics.generation_finished(self.model, reason, stats)
+        self.in_flight.done()
+        if logs.debug_enabled():
+            first = (self.first_output_ns - self.started_ns) / 1e6 if self.first_output_ns else None
+            log.debug("generation_finished", model=self.model, submit_id=self.submit_id, done_reason=reason,
+                      ttft_ms=round(first, 2) if first is not None else None, total_ms=round(self.total_duration_ns() / 1e6, 2),
+                      prompt_tokens=stats.prompt_tokens if stats else self.prompt_tokens,
+                      eval_count=stats.eval_count if stats else self.generated_tokens)
+
     async def close(self) -> None:
         """Cancel the request if it did not finish, release the lease, stop routing its frames."""
         if self._closed:
@@ -279,6 +305,7 @@ class Generation:
 
     async def _cleanup(self) -> None:
         core, rid = self.core, self.req.request_id
+        self._record_end()
         try:
             if self.final is None:
                 try:
@@ -294,10 +321,11 @@ class Generation:
 class GenerationCore:
     """acquire → submit → relay → release, shared by the native and OpenAI handlers."""
 
-    def __init__(self, settings: Settings, backends: Backends, router: TokenRouter) -> None:
+    def __init__(self, settings: Settings, backends: Backends, router: TokenRouter, metrics: GatewayMetrics | None = None) -> None:
         self.settings = settings
         self.backends = backends
         self.router = router
+        self.metrics = metrics or GatewayMetrics()
         self._background: set[asyncio.Task] = set()
 
     async def acquire(self, model: str, request_id: str, keep_alive_s: float | None) -> supervisor_pb2.AcquireResponse:
@@ -361,20 +389,26 @@ class GenerationCore:
         until it notices the exit, and the next one it hands out is a fresh process.
         """
         started = time.monotonic_ns()
-        for attempt in range(SUBMIT_ATTEMPTS):
-            try:
-                return await self._start_once(req, started)
-            except Unavailable as e:
-                if attempt + 1 == SUBMIT_ATTEMPTS or not isinstance(e, _WorkerUnreachable):
-                    raise
-                log.warning("worker_unreachable_retry", model=req.model, error=e.message)
-        raise AssertionError("unreachable")
+        in_flight = self.metrics.generation_started(req.model)
+        try:
+            for attempt in range(SUBMIT_ATTEMPTS):
+                try:
+                    return await self._start_once(req, started, in_flight)
+                except Unavailable as e:
+                    if attempt + 1 == SUBMIT_ATTEMPTS or not isinstance(e, _WorkerUnreachable):
+                        raise
+                    log.warning("worker_unreachable_retry", model=req.model, error=e.message)
+            raise AssertionError("unreachable")
+        except BaseException:
+            in_flight.done()  # a started Generation ends it in close(); this one never started
+            raise
 
-    async def _start_once(self, req: GenerationRequest, started: int) -> Generation:
+    async def _start_once(self, req: GenerationRequest, started: int, in_flight: InFlight) -> Generation:
         lease = await self.acquire(req.model, req.request_id, req.keep_alive_s)
+        self.metrics.leased(in_flight, lease.model or req.model)
         submit_id = f"{req.request_id}.{secrets.token_hex(4)}"
         stream = self.router.register(submit_id)
-        gen = Generation(self, req, submit_id, lease, stream, started)
+        gen = Generation(self, req, submit_id, lease, stream, started, in_flight)
         submit = worker_pb2.SubmitRequest(
             request_id=submit_id, reply_to=self.router.address, options=req.options, is_chat=req.is_chat,
             prompt=req.prompt, system=req.system, raw=req.raw, messages=req.messages or [],
@@ -384,12 +418,18 @@ class GenerationCore:
             submit.think = req.think
         if req.truncate is not None:
             submit.truncate = req.truncate
+        if logs.debug_enabled():
+            log.debug("submit", model=gen.model, submit_id=submit_id, worker=lease.worker_address, is_chat=req.is_chat,
+                      messages=len(req.messages or []), prompt_chars=len(req.prompt), options=MessageToDict(req.options),
+                      format=bool(req.format), tools=bool(req.tools_json), think=req.think, keep_alive_s=req.keep_alive_s,
+                      load_duration_s=round(lease.load_duration_s, 3))
         try:
             resp = await rpc.call("worker", self.backends.worker(lease.worker_address).Submit, submit,
                                   timeout=30.0, request_id=req.request_id)
         except BaseException as e:
             if isinstance(e, MlxServeError):  # the worker refused or never got it: nothing to cancel
                 gen.final = TokenEvent(request_id=submit_id, done=True, done_reason="error")
+            gen.in_flight = None  # still in flight if retried; start() ends it otherwise
             await gen.close()  # when the client went away mid-Submit, this cancels on the worker
             if isinstance(e, Unavailable):
                 self.backends.forget_worker(lease.worker_address)

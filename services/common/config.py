@@ -19,6 +19,13 @@ from .errors import InvalidArgument
 
 DEFAULT_PORT = 11435
 
+# Ollama's default origins: pages served from this machine, and desktop/editor app shells.
+DEFAULT_CORS_ORIGINS: tuple[str, ...] = (
+    *(f"{scheme}://{host}{port}" for host in ("localhost", "127.0.0.1", "[::1]")
+      for scheme in ("http", "https") for port in ("", ":*")),
+    "app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*",
+)
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -39,6 +46,18 @@ class Settings:
     request_timeout: float = 600.0   # seconds one generation may take end to end
     log_level: str = "info"
     max_body_bytes: int = 32 * 1024 * 1024
+    body_timeout: float = 60.0       # seconds a client may take to send a request's headers and JSON body
+    # Exposure (README "Exposing the server"). api_key: the Bearer token every HTTP request must
+    # carry (except GET/HEAD / and GET /api/health); required to listen beyond loopback unless
+    # insecure_no_auth waives it (logged loudly at every start).
+    api_key: str = field(default="", repr=False)  # kept out of reprs, tracebacks and logs
+    insecure_no_auth: bool = False
+    # Browser origins allowed to call the API (`*` matches any run of characters but `/`); a
+    # request with any other Origin is refused. In the environment: comma-separated.
+    cors_origins: tuple[str, ...] = field(default_factory=lambda: DEFAULT_CORS_ORIGINS)
+    # Host header values accepted besides localhost/127.0.0.1/[::1] while bound to loopback
+    # (the DNS-rebinding guard); `name` allows any port, `name:port` only that one.
+    allowed_hosts: tuple[str, ...] = ()
     # Registry credentials for pull/push, by registry host ("host[:port]"): a table with
     # `username` and `password`, or `auth` (base64 of "user:password", as in Docker's config).
     # [registry_auth."registry.example.com"]
@@ -90,15 +109,56 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """The environment that makes a child process load these same settings.
 
-        Secrets stay out of it: a child that needs them (the store) reads the config file itself.
+        Registry credentials stay out of it: the store reads them from the config file itself.
+        The API key does travel: a key given to `mlxctl serve` exists nowhere else, and a
+        process's environment is readable only by its own user (/proc/PID/environ is 0400),
+        the same people who can read the config file.
         """
         return {
-            f"MLXSERVE_{f.name.upper()}": str(getattr(self, f.name))
+            f"MLXSERVE_{f.name.upper()}": _env_text(getattr(self, f.name))
             for f in dataclasses.fields(self) if f.name not in _SECRET_FIELDS
         }
 
 
 _SECRET_FIELDS = {"registry_auth"}
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _env_text(value: Any) -> str:
+    """A value as `_coerce` reads it back: booleans as true/false, lists as JSON (so () survives)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return json.dumps(list(value))
+    return str(value)
+
+
+def _string_list(name: str, raw: Any) -> tuple[str, ...]:
+    """A list of strings: a TOML array, or in the environment comma-separated text (or a JSON array)."""
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.startswith("["):
+            try:
+                raw = json.loads(text)
+            except ValueError as e:
+                raise InvalidArgument(f"config: {name} is not a valid JSON list: {e}") from e
+        else:
+            raw = [part.strip() for part in text.split(",") if part.strip()]
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(v, str) for v in raw):
+        raise InvalidArgument(f"config: {name} must be a list of strings (comma-separated in the environment), got {raw!r}")
+    return tuple(raw)
+
+
+def _bool(name: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise InvalidArgument(f"config: {name} must be true or false (or 1/0, yes/no), got {raw!r}")
 _REGISTRY_AUTH_KEYS = {"username", "password", "auth", "identitytoken"}
 
 
@@ -130,6 +190,10 @@ def _coerce(name: str, raw: Any) -> Any:
     kind = types[name]
     if name == "registry_auth":
         return _registry_auth(raw)
+    if kind == "bool":
+        return _bool(name, raw)
+    if kind == "tuple[str, ...]":
+        return _string_list(name, raw)
     try:
         if kind in ("Path",):
             return Path(str(raw)).expanduser()

@@ -93,13 +93,32 @@ class Cancelled(MlxServeError):
     openai_type = "server_error"
 
 
+class Unauthenticated(MlxServeError):
+    """The request lacks the API key the server requires, or carries a wrong one (401)."""
+
+    http_status = 401
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    exit_code = 7
+    openai_type = "authentication_error"
+
+
+class Forbidden(MlxServeError):
+    """The request is refused whoever sends it: an unexpected Host or Origin (403)."""
+
+    http_status = 403
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    exit_code = 8
+    openai_type = "permission_error"
+
+
 class Internal(MlxServeError):
     """A bug or an unexpected failure (500)."""
 
 
 _BY_GRPC_CODE: dict[grpc.StatusCode, type[MlxServeError]] = {
     cls.grpc_code: cls
-    for cls in (InvalidArgument, Unsupported, NotFound, AlreadyExists, Busy, Unavailable, Timeout, Cancelled, Internal)
+    for cls in (InvalidArgument, Unsupported, NotFound, AlreadyExists, Busy, Unavailable, Timeout, Cancelled,
+                Unauthenticated, Forbidden, Internal)
 }
 
 # gRPC trailing-metadata key that carries Retry-After across a process boundary.
