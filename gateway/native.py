@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any, AsyncIterator, Callable
 
 from aiohttp import web
@@ -14,16 +15,29 @@ from mlxserve.v1 import common_pb2, store_pb2, supervisor_pb2, worker_pb2
 from mlxserve.v1.frames import TokenEvent, TokenLogprob, ToolCall
 
 from . import state
-from .responses import NDJSON_HEADERS, dumps, ndjson_line, now_rfc3339, stream_chunks
+from .responses import NDJSON_HEADERS, dumps, ndjson_line, stream_chunks
 from .streams import Collected, Generation, GenerationRequest
-from .validation import (Body, BadField, UnsupportedField, parse_arguments, parse_keep_alive, parse_ollama_format, parse_tools,
-                         parse_top_logprobs, read_json_object)
+from .validation import (Body, BadField, UnsupportedField, is_neutral, parse_arguments, parse_keep_alive, parse_ollama_format,
+                         parse_tools, parse_top_logprobs, read_json_object)
 
 log = logs.get_logger(component="native")
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
-# Top-level fields Ollama knows that this server cannot honour yet: refused unless neutral.
-GENERATE_UNSUPPORTED = ("images", "suffix", "context", "template")
+# Fields Ollama knows that this server cannot honour: refused, unless neutral, with what to do instead.
+GENERATE_UNSUPPORTED = {
+    "images": "'images' is not supported: no model served here takes images (there are no vision models yet)",
+    "suffix": "'suffix' (fill-in-the-middle) is not supported: no model served here has an infill template",
+    "context": "'context' (Ollama's deprecated token context) is not supported: send the conversation to /api/chat instead",
+    "template": "'template' per request is not supported: create a model with the template (/api/create, 'template')",
+}
+
+
+def created_at() -> str:
+    """Now as Ollama writes it (Go's RFC3339Nano, UTC): nanoseconds, trailing zeros trimmed."""
+    ns = time.time_ns()
+    seconds, fraction = divmod(ns, 1_000_000_000)
+    digits = f"{fraction:09d}".rstrip("0")
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + (f".{digits}" if digits else "") + "Z"
 
 
 def parse_options(options: dict[str, Any] | None) -> worker_pb2.SamplingOptions:
@@ -37,7 +51,7 @@ def parse_options(options: dict[str, Any] | None) -> worker_pb2.SamplingOptions:
         "top_p": body.number("top_p", minimum=0.0, maximum=1.0),
         "top_k": body.int("top_k", minimum=0),
         "min_p": body.number("min_p", minimum=0.0, maximum=1.0),
-        "seed": body.int("seed"),
+        "seed": body.int("seed", bits=64),
         "num_predict": body.int("num_predict"),
         "num_ctx": body.int("num_ctx", minimum=1),
         "repeat_penalty": body.number("repeat_penalty", minimum=0.0),
@@ -97,7 +111,9 @@ def parse_generate(data: dict[str, Any], request_id: str) -> tuple[GenerationReq
     parse_outputs(body, req)
     if body.list("tools"):
         raise UnsupportedField("tools", "'tools' is for /api/chat; /api/generate does not take tools")
-    body.refuse(GENERATE_UNSUPPORTED)
+    for key, message in GENERATE_UNSUPPORTED.items():
+        if not is_neutral(body.raw(key)):
+            raise UnsupportedField(key, message)
     body.finish()
     return req, stream
 
@@ -132,7 +148,9 @@ def parse_messages(items: list[Any] | None) -> list[worker_pb2.ChatMessage]:
             tool_calls_json=parse_tool_calls(msg.list("tool_calls"), msg.name("tool_calls")),
             tool_name=msg.str("tool_name", default="") or "", tool_call_id=msg.str("tool_call_id", default="") or "",
         ))
-        msg.refuse(("images",))
+        if not is_neutral(msg.raw("images")):
+            raise UnsupportedField(msg.name("images"), f"'{msg.name('images')}' is not supported: no model served here "
+                                                       "takes images (there are no vision models yet)")
         msg.finish()
     return out
 
@@ -231,22 +249,22 @@ async def respond(request: web.Request, req: GenerationRequest, stream: bool, pi
         else:
             await core.load(req.model, req.request_id, req.keep_alive_s)
             reason = "load"
-        return web.json_response({"model": req.model, "created_at": now_rfc3339(), **piece(req, "", "", [], []), "done": True,
+        return web.json_response({"model": req.model, "created_at": created_at(), **piece(req, "", "", [], []), "done": True,
                                   "done_reason": reason}, dumps=dumps)
 
     gen = await core.start(req)
     try:
         if not stream:
             out: Collected = await gen.collect()
-            return web.json_response({"model": req.model, "created_at": now_rfc3339(),
+            return web.json_response({"model": req.model, "created_at": created_at(),
                                       **piece(req, out.content, out.reasoning, out.tool_calls, out.logprobs),
                                       "done": True, **final_fields(gen)}, dumps=dumps)
         async def chunks() -> AsyncIterator[bytes]:
             async for event in gen.events():
                 payload = event_piece(piece, req, event)
                 if payload is not None:
-                    yield ndjson_line({"model": req.model, "created_at": now_rfc3339(), **payload, "done": False})
-            yield ndjson_line({"model": req.model, "created_at": now_rfc3339(), **piece(req, "", "", [], []), "done": True,
+                    yield ndjson_line({"model": req.model, "created_at": created_at(), **payload, "done": False})
+            yield ndjson_line({"model": req.model, "created_at": created_at(), **piece(req, "", "", [], []), "done": True,
                                **final_fields(gen)})
 
         return await stream_chunks(request, NDJSON_HEADERS, chunks(), error_chunk=lambda e: ndjson_line({"error": e.message}))

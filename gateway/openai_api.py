@@ -164,7 +164,7 @@ def parse_sampling(body: Body, *, max_key_wins: str | None = None) -> worker_pb2
     values = {
         "temperature": body.number("temperature", minimum=0.0, maximum=2.0),
         "top_p": body.number("top_p", minimum=0.0, maximum=1.0),
-        "seed": body.int("seed"),
+        "seed": body.int("seed", bits=64),
         "presence_penalty": body.number("presence_penalty", minimum=-2.0, maximum=2.0),
         "frequency_penalty": body.number("frequency_penalty", minimum=-2.0, maximum=2.0),
     }
@@ -441,7 +441,10 @@ async def model(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    from . import openai_responses  # imported here: it builds on this module's parsers
+
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model:.+}", model)
+    openai_responses.add_routes(app)

@@ -44,7 +44,29 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise InvalidArgument(f"invalid JSON in the request body: {e}") from None
     if not isinstance(body, dict):
         raise InvalidArgument("the request body must be a JSON object")
+    if _SURROGATE_ESCAPE.search(raw):  # only escapes can smuggle lone surrogates past the UTF-8 decoder
+        _refuse_lone_surrogates(body, "")
     return body
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _refuse_lone_surrogates(value: Any, where: str) -> None:
+    """400 for a string holding half of a UTF-16 pair ("\\ud800"): no protobuf, tokenizer or file name can carry it."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadField(where or "body", f"'{where or 'body'}' holds an unpaired UTF-16 surrogate escape; "
+                                            "send valid Unicode text") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_lone_surrogates(key, where or "body")
+            _refuse_lone_surrogates(item, f"{where}.{key}" if where else key)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _refuse_lone_surrogates(item, f"{where}[{i}]")
 
 
 def is_neutral(value: Any) -> bool:
@@ -89,7 +111,8 @@ class Body:
             raise BadField(self.name(key), f"'{self.name(key)}' must be true or false")
         return value
 
-    def int(self, key: str, *, minimum: int | None = None) -> int | None:
+    def int(self, key: str, *, minimum: int | None = None, bits: int = 32) -> int | None:
+        """An integer that fits a signed `bits`-bit field: what the protobuf field it ends up in can hold."""
         value = self.raw(key)
         if value is None:
             return None
@@ -99,6 +122,9 @@ class Body:
         value = int(value)
         if minimum is not None and value < minimum:
             raise BadField(self.name(key), f"'{self.name(key)}' must be at least {minimum}")
+        low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        if not low <= value <= high:
+            raise BadField(self.name(key), f"'{self.name(key)}' must be between {max(low, minimum or low)} and {high}")
         return value
 
     def number(self, key: str, *, minimum: float | None = None, maximum: float | None = None) -> float | None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import calendar
+import re
+import time
+
 import pytest
 
-from mlxserve.gateway.native import parse_chat, parse_generate, parse_options
+from mlxserve.gateway.native import created_at, parse_chat, parse_generate, parse_options
 from mlxserve.gateway.openai_api import parse_chat_completion
 from mlxserve.gateway.validation import BadField, UnsupportedField, parse_keep_alive
 from mlxserve.services.common.errors import InvalidArgument
@@ -147,3 +151,20 @@ def test_openai_bad_values_are_a_400_naming_the_parameter(extra, param):
     with pytest.raises(BadField) as e:
         parse_chat_completion(body, "rid")
     assert e.value.param == param
+
+
+def test_created_at_is_rfc3339_with_nanoseconds_like_ollama():
+    stamp = created_at()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z", stamp)
+    seconds = calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
+    assert abs(seconds - time.time()) < 5
+
+
+@pytest.mark.parametrize("field, value, hint", [
+    ("images", ["aGk="], "vision"), ("suffix", "end", "fill-in-the-middle"), ("context", [1, 2], "/api/chat"),
+    ("template", "{{ .Prompt }}", "/api/create"),
+])
+def test_refused_ollama_fields_say_what_to_do_instead(field, value, hint):
+    with pytest.raises(UnsupportedField) as e:
+        parse_generate({"model": "tiny", "prompt": "hi", field: value}, "rid")
+    assert e.value.param == field and hint in e.value.message
