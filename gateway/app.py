@@ -19,6 +19,7 @@ from mlxserve.services.common.errors import Internal, MlxServeError
 
 from . import embeddings_api, metrics, models_api, native, openai_api, security, state
 from .backends import Backends
+from .openapi import openapi_json
 from .responses import dialect_of, dumps, error_response, http_error_response
 from .streams import GenerationCore, TokenRouter
 
@@ -97,6 +98,7 @@ def create_app(settings: Settings, *, backends: Backends | None = None, router: 
     app.on_response_prepare.append(security.cors_headers(settings))
     app.router.add_get("/", root)
     app.router.add_get("/api/version", version)
+    app.router.add_get("/openapi.json", openapi_json)
     metrics.install(app, app[state.CORE])
     native.add_routes(app)
     models_api.add_routes(app)
