@@ -8,6 +8,7 @@ chunks: they are bounded by the free disk space (and MAX_BLOB_BYTES), not by the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -307,7 +308,20 @@ async def post_blob(request: web.Request) -> web.Response:
     try:
         await call.write(store_pb2.BlobChunk(digest=digest))
         received = 0
-        async for data in request.content.iter_chunked(BLOB_CHUNK_BYTES):
+        # A blob may take as long as it needs in total (GGUF files are gigabytes), but a client
+        # that stops sending for body_timeout is cut off, so a stalled upload can't pin a store call.
+        idle_s = request.app[state.SETTINGS].body_timeout
+        chunks = request.content.iter_chunked(BLOB_CHUNK_BYTES)
+        while True:
+            try:
+                data = await asyncio.wait_for(chunks.__anext__(), timeout=idle_s)
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                call.cancel()
+                log.warning("blob_upload_stalled", digest=digest, received=received, seconds=idle_s)
+                return http_error_response(408, f"the upload stalled: no data for {idle_s:g} s after {received} bytes; "
+                                                "nothing was stored", NATIVE)
             received += len(data)
             if received > limit:
                 call.cancel()
