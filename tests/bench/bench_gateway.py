@@ -235,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             system.stop()
         print("in-process engine...", file=sys.stderr, flush=True)
+        from mlxserve.services.common import logs
+
+        logs.configure("bench", "warning", None)  # the engine's per-request info lines would flood the report
         local = InProcess(model_dir, num_parallel=max(levels))
         report["per_token_in_process"] = local.per_token(args.runs, args.tokens, 0)
         for i, row in enumerate(report["rps"]):
