@@ -10,8 +10,8 @@ the same folder with `ModelRunner` (the worker's engine) in this process and dri
 
 Measured, side by side in one run:
   1. Per streamed token, over --runs sequential streams of --tokens tokens (raw prompts, greedy):
-     - the interval between consecutive token chunks at an HTTP client (streaming /api/generate)
-       and between consecutive frames of the in-process engine; p50 and p99 of each, and the
+     - the interval between consecutive chunks with text at an HTTP client (streaming
+       /api/generate) and between consecutive frames with text from the in-process engine; p50 and p99 of each, and the
        difference, which is the latency the serving path (worker ZeroMQ frame + gateway + HTTP)
        adds to each token;
      - the gateway process's own CPU time per streamed token (from /proc/<pid>/task/*/schedstat,
@@ -86,7 +86,7 @@ async def gateway_stream(session: aiohttp.ClientSession, url: str, k: int, token
                 raise RuntimeError(chunk["error"])
             if chunk.get("done"):
                 count = chunk.get("eval_count", 0)
-            else:
+            elif chunk.get("response"):
                 times.append(now)
     return times, count
 
@@ -165,7 +165,9 @@ class InProcess:
         for r in range(runs):
             times: list[float] = []
             self.runner.submit(self._request(first_k + r, tokens))
-            self._drive(lambda e: None if e.done else times.append(time.perf_counter()))
+            # Frames with text only: the gateway sends a chunk only for those (a token that ends
+            # mid-character or inside a held-back stop string has none), so both sides time the same thing.
+            self._drive(lambda e: times.append(time.perf_counter()) if e.text and not e.done else None)
             intervals += [(b - a) * 1e6 for a, b in zip(times, times[1:])]
         return {"intervals": len(intervals), "interval_p50_us": percentile(intervals, 50),
                 "interval_p99_us": percentile(intervals, 99)}
