@@ -23,6 +23,8 @@ from mlxserve.services.common.errors import MlxServeError
 from mlxserve.v1 import common_pb2, supervisor_pb2
 from mlxserve.v1.frames import Stats
 
+from .responses import STREAM_COMPLETED
+
 if TYPE_CHECKING:  # streams imports this module
     from .backends import Backends
     from .streams import GenerationCore
@@ -214,7 +216,7 @@ async def access_middleware(request: web.Request, handler: Callable[[web.Request
         status = e.status
         raise
     except asyncio.CancelledError:
-        status = CLIENT_CLOSED
+        status = request.get(STREAM_COMPLETED, CLIENT_CLOSED)
         raise
     finally:
         elapsed = time.perf_counter() - started

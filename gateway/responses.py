@@ -18,6 +18,10 @@ from mlxserve.services.common.errors import Busy, MlxServeError, NotFound
 
 NDJSON_HEADERS = {"Content-Type": "application/x-ndjson"}
 
+# Set on a request once its streamed response was sent to the end: a client that leaves while
+# the handler still cleans up (releasing the lease) was served, not cut off.
+STREAM_COMPLETED = web.RequestKey("stream_completed", int)
+
 NATIVE = "native"
 OPENAI = "openai"
 
@@ -95,6 +99,7 @@ async def stream_chunks(request: web.Request, headers: dict[str, str], chunks: A
         if trailer:
             await resp.write(trailer)
         await resp.write_eof()
+        request[STREAM_COMPLETED] = resp.status
     except ConnectionResetError:
         log.info("client_disconnected")
     return resp

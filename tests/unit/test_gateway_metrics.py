@@ -168,3 +168,30 @@ def test_failed_generation_counts_as_error_without_a_speed_sample():
             assert value(m, "mlxserve_generation_tokens_per_second_count", model="tiny:latest") is None
             assert value(m, "mlxserve_requests_in_flight", model="tiny:latest") == 0
     asyncio.run(scenario())
+
+
+def test_a_stream_sent_to_the_end_counts_as_served_even_if_the_client_leaves_during_cleanup():
+    """After the last chunk the handler still releases the lease; a client that hangs up then
+    (urllib, curl) cancels the handler, but it was served: 200, not 499."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from mlxserve.gateway import metrics
+    from mlxserve.gateway.responses import STREAM_COMPLETED
+
+    async def scenario():
+        app = create_app(load_settings({"home": tempfile.mkdtemp(prefix="gwm", dir="/tmp")}, env={}))
+
+        async def served_then_cancelled(request):
+            request[STREAM_COMPLETED] = 200
+            raise asyncio.CancelledError
+
+        async def cut_off(request):
+            raise asyncio.CancelledError
+
+        for handler in (served_then_cancelled, cut_off):
+            with pytest.raises(asyncio.CancelledError):
+                await metrics.access_middleware(make_mocked_request("POST", "/api/generate", app=app), handler)
+        m = parse(app[metrics.METRICS].exposition().decode())
+        assert value(m, "mlxserve_http_requests_total", method="POST", status="200") == 1
+        assert value(m, "mlxserve_http_requests_total", method="POST", status="499") == 1
+    asyncio.run(scenario())
