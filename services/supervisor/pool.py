@@ -114,7 +114,11 @@ class _Progress:
 def rfc3339(ts: float) -> str:
     """Wall-clock seconds (or math.inf: forever) as RFC 3339 in UTC."""
     now = dt.datetime.now(dt.timezone.utc)
-    when = now + FOREVER if math.isinf(ts) else dt.datetime.fromtimestamp(ts, dt.timezone.utc)
+    try:
+        when = now + FOREVER if math.isinf(ts) else dt.datetime.fromtimestamp(ts, dt.timezone.utc)
+    except (OverflowError, ValueError, OSError):
+        # A keep_alive of, say, 1e15 s ends past year 9999: as good as forever.
+        when = now + FOREVER
     return when.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 

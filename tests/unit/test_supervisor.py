@@ -721,3 +721,13 @@ def test_supervisor_process_serves_ping_cleans_stale_sockets_and_exits_on_sigter
         assert not settings.supervisor_socket.exists()
     finally:
         proc.kill()
+
+
+def test_a_keep_alive_past_year_9999_reads_as_forever_in_ps_instead_of_failing():
+    """The fuzzer found it: keep_alive 1e300 s made every later ps a 500 (datetime overflow)."""
+    import time as _time
+
+    from mlxserve.services.supervisor.pool import rfc3339
+
+    assert rfc3339(_time.time() + 1e300) == rfc3339(float("inf"))
+    assert rfc3339(0.0) == "1970-01-01T00:00:00Z"
