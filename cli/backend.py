@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
+import socket
+import traceback
 from typing import Any, Callable, Iterator, TypeVar
 
 import grpc
@@ -10,13 +13,14 @@ import typer
 
 from mlxserve.services.common import logs, rpc
 from mlxserve.services.common.config import Settings, load_settings
-from mlxserve.services.common.errors import MlxServeError, Unavailable, from_rpc_error
-from mlxserve.v1 import store_pb2_grpc, supervisor_pb2_grpc
+from mlxserve.services.common.errors import Internal, MlxServeError, Timeout, Unavailable, from_rpc_error
+from mlxserve.v1 import store_pb2, store_pb2_grpc, supervisor_pb2, supervisor_pb2_grpc
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
-START_HINT = "start it with `mlxctl serve`"
+START_HINT = "start it with `mlxctl serve` (or keep it running with `mlxctl service install`)"
+COMPLETION_TIMEOUT_S = 1.0  # a shell waits on this while the user waits on the shell
 
 
 def settings_from(ctx: typer.Context | None, **overrides: Any) -> Settings:
@@ -35,18 +39,36 @@ def gateway_headers(settings: Settings) -> dict[str, str]:
     return headers
 
 
+def unexpected_error(e: BaseException) -> MlxServeError:
+    """A failure no verb anticipated, as one of our errors: a dead connection mid-answer reads as
+    the server going away, a socket timeout as a timeout, anything else as internal."""
+    if isinstance(e, (TimeoutError, socket.timeout)):
+        return Timeout(f"the server did not answer in time ({e or 'timed out'})")
+    if isinstance(e, (ConnectionError, grpc.RpcError)):
+        return Unavailable(f"the connection to mlxserve broke ({e}); is it still running? {START_HINT}")
+    return Internal(f"unexpected {type(e).__name__}: {e} (run `mlxctl -v ...` for the traceback)")
+
+
 def exits_on_error(fn: F) -> F:
-    """Render an MlxServeError as `Error: ...` on stderr and exit with its class's exit code."""
+    """Render any failure as one `Error: ...` line on stderr and exit with its class's exit code
+    (the traceback of an unexpected one goes to stderr too under `mlxctl -v`)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except MlxServeError as e:
-            typer.echo(f"Error: {e}", err=True)
-            raise typer.Exit(e.exit_code) from None
+            err = e
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001 - the CLI's promise is one line, never a traceback
+            if os.environ.get("MLXSERVE_LOG_LEVEL") == "debug":
+                traceback.print_exc()
+            err = unexpected_error(e)
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(err.exit_code)
 
     return wrapper  # type: ignore[return-value]
 
@@ -97,3 +119,36 @@ class Backend:
     @staticmethod
     def _stub(service: str, channel: grpc.Channel) -> Any:
         return store_pb2_grpc.StoreStub(channel) if service == "store" else supervisor_pb2_grpc.SupervisorStub(channel)
+
+
+def _completion_backend(ctx: typer.Context) -> Backend:
+    # While the shell completes, the root callback has not run: read --home from the parsed params.
+    home = ctx.find_root().params.get("home")
+    return Backend(load_settings({"home": home}))
+
+
+def complete_model_names(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion for model arguments: the store's models starting with what was typed;
+    nothing at all (never an error) when mlxserve is not running."""
+    try:
+        resp = _completion_backend(ctx).call("store", "List", store_pb2.ListRequest(), timeout=COMPLETION_TIMEOUT_S)
+    except Exception:  # noqa: BLE001 - a completion must not print or fail
+        return []
+    return _matching([m.name for m in resp.models], incomplete)
+
+
+def complete_loaded_models(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion for `stop`: the models loaded now; nothing when mlxserve is not running."""
+    try:
+        resp = _completion_backend(ctx).call("supervisor", "ListLoaded", supervisor_pb2.ListLoadedRequest(),
+                                             timeout=COMPLETION_TIMEOUT_S)
+    except Exception:  # noqa: BLE001 - a completion must not print or fail
+        return []
+    return _matching([m.name for m in resp.models], incomplete)
+
+
+def _matching(names: list[str], incomplete: str) -> list[str]:
+    """Names that start with `incomplete` (case-insensitively, as names match), also when the
+    user left out the `library/` namespace or typed no tag yet."""
+    typed = incomplete.lower()
+    return sorted({n for n in names if n.lower().startswith(typed) or n.lower().removeprefix("library/").startswith(typed)})

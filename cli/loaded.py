@@ -8,7 +8,7 @@ import typer
 
 from mlxserve.v1 import supervisor_pb2
 
-from .backend import Backend, exits_on_error, settings_from
+from .backend import Backend, complete_loaded_models, exits_on_error, settings_from
 from .models import details_dict
 from .render import human_size, relative_time, table
 
@@ -38,6 +38,6 @@ def ps(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="p
 
 
 @exits_on_error
-def stop(ctx: typer.Context, model: str = typer.Argument(..., help="the model to unload")) -> None:
+def stop(ctx: typer.Context, model: str = typer.Argument(..., help="the model to unload", autocompletion=complete_loaded_models)) -> None:
     """Unload a model from memory now."""
     Backend(settings_from(ctx)).call("supervisor", "Stop", supervisor_pb2.StopRequest(model=model))

@@ -11,7 +11,7 @@ import typer
 from mlxserve.services.common.errors import InvalidArgument
 from mlxserve.v1 import common_pb2, store_pb2
 
-from .backend import Backend, exits_on_error, settings_from
+from .backend import Backend, complete_model_names, exits_on_error, settings_from
 from .render import human_size, progress_view, relative_time, table
 
 RECIPE_SUFFIXES = {".yaml": "modelspec", ".yml": "modelspec"}  # anything else is read as a Modelfile
@@ -174,7 +174,7 @@ def show_text(s: store_pb2.ShowResponse) -> str:
 @exits_on_error
 def show(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="the model to describe"),
+    name: str = typer.Argument(..., help="the model to describe", autocompletion=complete_model_names),
     template: bool = typer.Option(False, "--template", help="print only the chat template"),
     parameters: bool = typer.Option(False, "--parameters", help="print only the default parameters"),
     system: bool = typer.Option(False, "--system", help="print only the system prompt"),
@@ -201,7 +201,7 @@ def show(
 @exits_on_error
 def copy(
     ctx: typer.Context,
-    source: str = typer.Argument(..., help="an existing model"),
+    source: str = typer.Argument(..., help="an existing model", autocompletion=complete_model_names),
     destination: str = typer.Argument(..., help="the new name for it"),
 ) -> None:
     """Give a model another name (no weights are copied)."""
@@ -210,7 +210,7 @@ def copy(
 
 
 @exits_on_error
-def remove(ctx: typer.Context, models: List[str] = typer.Argument(..., help="models to delete")) -> None:
+def remove(ctx: typer.Context, models: List[str] = typer.Argument(..., help="models to delete", autocompletion=complete_model_names)) -> None:
     """Delete models from the store."""
     backend = Backend(settings_from(ctx))
     for name in models:

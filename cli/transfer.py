@@ -9,7 +9,7 @@ import typer
 from mlxserve.services.common.errors import InvalidArgument
 from mlxserve.v1 import store_pb2
 
-from .backend import Backend, exits_on_error, settings_from
+from .backend import Backend, complete_model_names, exits_on_error, settings_from
 from .models import run_progress
 
 
@@ -40,7 +40,8 @@ def pull(
 @exits_on_error
 def push(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="host[:port]/namespace/name[:tag]: the registry is the name's host"),
+    name: str = typer.Argument(..., help="host[:port]/namespace/name[:tag]: the registry is the name's host",
+                              autocompletion=complete_model_names),
     insecure: bool = typer.Option(False, "--insecure", help="allow a registry over plain http://"),
 ) -> None:
     """Push a model to an OCI registry (only the blobs it lacks, then the manifest)."""
@@ -51,7 +52,7 @@ def push(
 @exits_on_error
 def pack(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="the model to pack"),
+    name: str = typer.Argument(..., help="the model to pack", autocompletion=complete_model_names),
     output: Path = typer.Option(..., "--output", "-o", help="the tarball to write, e.g. smollm2.tar"),
 ) -> None:
     """Write a model as an OCI image-layout tarball (`mlxctl pull FILE.tar` reads it back)."""

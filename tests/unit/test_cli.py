@@ -16,10 +16,12 @@ from typing import Iterator
 
 import grpc
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from mlxserve import __version__
 from mlxserve.cli import render
+from mlxserve.cli.backend import complete_loaded_models, complete_model_names, exits_on_error
 from mlxserve.cli.main import app
 from mlxserve.services.common import rpc
 from mlxserve.services.common.config import load_settings
@@ -55,6 +57,68 @@ def test_version_prints_the_package_version() -> None:
     assert result.stdout.strip() == f"mlxctl version {__version__}"
 
 
+def test_version_json_is_one_object() -> None:
+    result = runner.invoke(app, ["version", "--json"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == {"version": __version__}
+
+
+@pytest.mark.parametrize("shell,marker", [("bash", "complete -o default -F _mlxctl_completion mlxctl"),
+                                          ("zsh", "#compdef mlxctl"), ("fish", "complete --command mlxctl")])
+def test_show_completion_prints_the_script_for_the_named_shell(shell: str, marker: str) -> None:
+    result = runner.invoke(app, ["--show-completion", shell])
+    assert result.exit_code == 0
+    assert marker in result.stdout and "_MLXCTL_COMPLETE" in result.stdout
+
+
+def test_completion_for_an_unknown_shell_is_a_usage_error() -> None:
+    result = runner.invoke(app, ["--show-completion", "tcsh"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == ("Error: Invalid value for '--show-completion': 'tcsh' is not a shell mlxctl "
+                                              "completes; choose one of bash, zsh, fish, powershell, pwsh")
+
+
+def test_install_completion_writes_into_the_shells_rc_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = runner.invoke(app, ["--install-completion", "bash"])
+    assert result.exit_code == 0, result.stderr
+    assert "bash completion installed in" in result.stdout
+    assert "mlxctl" in (tmp_path / ".bashrc").read_text()
+
+
+class _Ctx:
+    """What a completion callback sees of typer's context: the root's parsed --home."""
+
+    def __init__(self, home: Path | None) -> None:
+        self.params = {"home": str(home) if home else None}
+
+    def find_root(self) -> "_Ctx":
+        return self
+
+
+def test_model_completion_is_silently_empty_when_the_server_is_down(home: Path) -> None:
+    assert complete_model_names(_Ctx(home), "") == []  # type: ignore[arg-type]
+    assert complete_loaded_models(_Ctx(home), "") == []  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("exc,code,start", [
+    (TimeoutError("timed out"), 6, "Error: the server did not answer in time"),
+    (ConnectionResetError("reset by peer"), 4, "Error: the connection to mlxserve broke"),
+    (ValueError("boom"), 1, "Error: unexpected ValueError: boom"),
+])
+def test_an_unexpected_failure_is_one_line_with_its_exit_code(exc: Exception, code: int, start: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    @exits_on_error
+    def verb() -> None:
+        raise exc
+
+    with pytest.raises(typer.Exit) as info:
+        verb()
+    assert info.value.exit_code == code
+    err = capsys.readouterr().err
+    assert err.startswith(start) and len(err.strip().splitlines()) == 1
+
+
 def test_help_lists_every_verb() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
@@ -69,7 +133,8 @@ def test_admin_verbs_say_how_to_start_the_server_when_it_is_down(home: Path, arg
     assert result.exit_code == 4
     service = "supervisor" if argv[0] in ("ps", "stop") else "store"
     assert result.stderr.strip() == (
-        f"Error: mlxserve is not running (no {service} at {home}/run/{service}.sock); start it with `mlxctl serve`"
+        f"Error: mlxserve is not running (no {service} at {home}/run/{service}.sock); start it with `mlxctl serve` "
+        "(or keep it running with `mlxctl service install`)"
     )
     assert result.stdout == ""
 
@@ -194,6 +259,13 @@ def test_list_prints_a_table(services: FakeStore) -> None:
     assert header.split() == ["NAME", "ID", "SIZE", "MODIFIED"]
     assert row.split()[:4] == ["smollm2:latest", DIGEST[:12], "91", "MB"]
     assert row.endswith("3 minutes ago")
+
+
+def test_model_names_complete_from_the_store_and_stop_completes_loaded_ones(services: FakeStore, home: Path) -> None:
+    assert complete_model_names(_Ctx(home), "smo") == ["smollm2:latest"]  # type: ignore[arg-type]
+    assert complete_model_names(_Ctx(home), "SMO") == ["smollm2:latest"]  # type: ignore[arg-type]
+    assert complete_model_names(_Ctx(home), "x") == []  # type: ignore[arg-type]
+    assert complete_loaded_models(_Ctx(home), "") == ["minilm:latest", "smollm2:latest"]  # type: ignore[arg-type]
 
 
 def test_list_json_keeps_full_digest_and_integer_size(services: FakeStore) -> None:
