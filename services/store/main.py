@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import threading
 
 from mlxserve.services.common import lifecycle, logs, rpc
 from mlxserve.services.common.config import load_settings
+from mlxserve.services.common.errors import MlxServeError
 
 from .server import build_server
 from .store import ModelStore
@@ -27,7 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     if parent is not None:
         lifecycle.die_with_parent(parent)
 
-    store = ModelStore(settings.models_dir)
+    try:
+        store = ModelStore(settings.models_dir)
+    except MlxServeError as e:  # e.g. a store written by a newer mlxserve: say what to do, touch nothing
+        log.error("store_refused", error=e.message)
+        print(f"mlxserve-store: {e.message}", file=sys.stderr, flush=True)
+        return e.exit_code
     store.clean_tmp()
     server = build_server(store, settings.store_socket)
     server.start()

@@ -33,6 +33,7 @@ from mlxserve.services.common import logs
 from mlxserve.services.common.errors import Internal, InvalidArgument, MlxServeError, NotFound
 
 from .blobs import BlobStore, check_digest, digest_of_file, fsync_dir, write_atomic
+from .format import ensure_format
 from .manifest import (
     ANN_CONVERTER,
     ANN_CONVERTER_VERSION,
@@ -218,6 +219,10 @@ class ModelStore:
         self.manifests_dir = manifests_root(self.models_dir)
         self._lock = threading.RLock()
         self._log = logs.get_logger(component="store")
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            # Before anything is read or created: a newer store is refused untouched, an older one migrated.
+            self.format = ensure_format(self.models_dir)
         for d in (self.blobs.root, self.manifests_dir, self.tmp_dir, self.views_dir):
             d.mkdir(parents=True, exist_ok=True)
 

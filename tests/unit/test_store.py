@@ -10,6 +10,7 @@ import pytest
 
 from mlxserve.services.common.errors import InvalidArgument, NotFound
 from mlxserve.services.store.blobs import BlobStore, check_digest
+from mlxserve.services.store.format import FORMAT_FILE
 from mlxserve.services.store.store import ModelStore
 from tests.unit.test_gguf import CHAT_TEMPLATE, FFN, HEADS, HIDDEN, KV_HEADS, LAYERS, _trained_tokenizer, tiny_hf_weights, write_tiny_gguf
 
@@ -51,7 +52,8 @@ def tiny_folder(tmp_path: Path) -> Path:
 
 
 def _files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != ".lock")
+    """Every file a model or a failed operation left, not the store's own lock and format marker."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name not in (".lock", FORMAT_FILE))
 
 
 def test_blob_written_once_and_named_by_its_content(tmp_path: Path) -> None:

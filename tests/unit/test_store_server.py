@@ -99,7 +99,7 @@ def test_create_errors_arrive_as_invalid_argument(service, tmp_path: Path) -> No
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "absolute" in info.value.details()
     with pytest.raises(InvalidArgument, match="must not contain"):
         rpc.call_sync("store", stub.Resolve, store_pb2.ResolveRequest(name="../etc/passwd"), timeout=5)
-    leftovers = [p for p in (home / "models").rglob("*") if p.is_file() and p.name != ".lock"]
+    leftovers = [p for p in (home / "models").rglob("*") if p.is_file() and p.name not in (".lock", "store-format.json")]
     assert leftovers == []
 
 
