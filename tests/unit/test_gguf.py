@@ -256,7 +256,7 @@ def test_unsupported_gguf_is_refused_and_leaves_nothing_behind(tmp_path: Path, k
     with pytest.raises(InvalidArgument, match=message):
         store.create_from_path("bad", src)
     assert store.list() == []
-    leftovers = [p for p in (tmp_path / "models").rglob("*") if p.is_file() and p.name != ".lock"]
+    leftovers = [p for p in (tmp_path / "models").rglob("*") if p.is_file() and p.name not in (".lock", "store-format.json")]
     assert leftovers == []
 
 
