@@ -34,6 +34,8 @@ from .prompts import GenerationRequest, fit_prompt
 from .sampling import LogitsProcessor, make_logits_processors, make_sampler
 from .stops import StopStringFilter
 
+MAX_PREFILL_BATCH = 8  # prompts prefilled together in one step (mlx_lm.server's default prompt concurrency)
+
 log = logs.get_logger()
 
 DEFAULT_CONTEXT_LENGTH = 4096  # when neither config.json nor the tokenizer says
@@ -273,7 +275,9 @@ class ModelRunner:
             self.model,
             stop_tokens=[[t] for t in self.eos_token_ids],
             completion_batch_size=self.num_parallel,
-            prefill_batch_size=self.num_parallel,
+            # One step prefills at most this many prompts: a step is the unit the supervisor's
+            # wedge detector watches, and 32 fresh prompts in one step took over 60 s on a CPU.
+            prefill_batch_size=min(self.num_parallel, MAX_PREFILL_BATCH),
             prefill_step_size=self.prefill_step_size,
             stream=self._stream,
         )

@@ -317,3 +317,20 @@ def test_mixed_traffic_with_chunked_prefill_and_cancels_keeps_every_output_exact
         else:
             assert events[-1].done_reason == "length" and got == expected
     assert "cancel" in reasons and "length" in reasons
+
+
+def test_one_step_prefills_a_bounded_number_of_prompts(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A step is what the supervisor's wedge detector watches: 32 fresh prompts prefilled in one
+    step took over 60 s on a 2-core CPU, and the detector killed a healthy worker."""
+    from mlxserve.services.worker.runner import MAX_PREFILL_BATCH
+    from tests.fixtures.tiny_model import write_tiny_model
+
+    wide = ModelRunner(write_tiny_model(tmp_path_factory.mktemp("wide")), num_parallel=32, max_queue=0)
+    for i in range(32):
+        wide.submit(chat(f"hello {i}", SamplingOptions(temperature=0, num_predict=2)))
+    wide.step()
+    prefilled = [a for a in wide._active.values() if a.prefilled_ns is not None]
+    assert wide._generator.prefill_batch_size == MAX_PREFILL_BATCH
+    assert len(prefilled) <= MAX_PREFILL_BATCH
+    frames = drive(wide)
+    assert len(frames) == 32 and all(events[-1].done for events in frames.values())
