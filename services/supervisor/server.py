@@ -67,6 +67,7 @@ def _loaded_pb(info: LoadedInfo) -> supervisor_pb2.LoadedModel:
         name=info.name, model=info.name, digest=info.digest, size=info.size, size_vram=info.size_vram,
         memory_bytes=info.memory_bytes, expires_at=info.expires_at, pid=info.pid,
         in_flight=info.in_flight, context_length=info.context_length,
+        blas=info.blas, blas_gflops=info.blas_gflops, compute_dtype=info.compute_dtype,
     )
     if info.details is not None:
         msg.details.CopyFrom(info.details)

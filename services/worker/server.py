@@ -20,6 +20,7 @@ from mlxserve.services.common.rpc import ping_response, rpc_method
 from mlxserve.v1 import worker_pb2, worker_pb2_grpc
 from mlxserve.v1.frames import TokenEvent
 
+from .blas import BlasReport, confirm_blas
 from .embeddings import EmbeddingRunner
 from .prompts import ChatMessage, GenerationRequest
 from .replies import FrameSender
@@ -86,8 +87,11 @@ def resident_memory_bytes() -> int:
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
-    def __init__(self, runner: ModelRunner | EmbeddingRunner, sender: FrameSender, *, model_name: str = "") -> None:
+    def __init__(self, runner: ModelRunner | EmbeddingRunner, sender: FrameSender, *, model_name: str = "",
+                 blas: BlasReport | None = None) -> None:
         self.runner = runner
+        # Confirmed once, after the load and before the socket answers: logged, and shown by ps.
+        self.blas = blas if blas is not None else confirm_blas(runner.device)
         self.model_name = model_name or runner.model_path.name
         self.kind = "embed" if isinstance(runner, EmbeddingRunner) else "generate"
         self.sender = sender
@@ -164,4 +168,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             kind=self.kind,
             # Embedding runners have no step loop (a request is one forward pass): 0.
             steps=getattr(self.runner, "steps", 0),
+            blas=self.blas.library,
+            blas_gflops=self.blas.gflops,
+            # Embedding runners keep their weights as loaded (no precision plan): "".
+            compute_dtype=getattr(self.runner, "compute_dtype", ""),
         )
