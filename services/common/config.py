@@ -18,6 +18,10 @@ from typing import Any, Mapping
 from .errors import InvalidArgument
 
 DEFAULT_PORT = 11435
+CPU_FLOAT32_CHOICES = ("auto", "always", "never")
+# Not a setting: the supervisor tells each worker the bytes it may use (its share of
+# memory_budget) in this variable, so that cpu_float32=auto can decide.
+WORKER_MEMORY_BUDGET_ENV = "MLXSERVE_WORKER_MEMORY_BUDGET"
 
 # Ollama's default origins: pages served from this machine, and desktop/editor app shells.
 DEFAULT_CORS_ORIGINS: tuple[str, ...] = (
@@ -40,6 +44,12 @@ class Settings:
     load_timeout: float = 300.0      # seconds a worker may take to load its model (and a load may wait for room)
     max_loaded_models: int = 3       # models resident at once (0: no limit); Ollama's per-GPU default
     memory_budget: int = 0           # bytes all workers may use together; 0: 75% of physical memory
+    # CPU backend: compute quantized / half-precision models in float32 (BLAS-backed, much faster):
+    # "auto" when the float32 weights fit the memory budget, "always", or "never".
+    cpu_float32: str = "auto"
+    # CPU backend on Linux: the BLAS workers preload for their matmuls: "auto" (an optimized one,
+    # e.g. Debian's libopenblas0-pthread, when installed), "off", or the path of a BLAS library.
+    cpu_blas: str = "auto"
     wedge_timeout: float = 60.0      # seconds a worker with work outstanding may make no progress (0: never)
     restart_backoff: float = 1.0     # seconds before retrying a model whose load failed; doubles per failure
     restart_backoff_max: float = 60.0  # ... up to this
@@ -239,4 +249,17 @@ def load_settings(overrides: Mapping[str, Any] | None = None, env: Mapping[str, 
             raise InvalidArgument(f"unknown setting {name!r}")
         values[name] = _coerce(name, raw)
     values["home"] = home if "home" not in values else values["home"]
+    if values.get("cpu_float32", "auto") not in CPU_FLOAT32_CHOICES:
+        raise InvalidArgument(f"config: cpu_float32 must be one of {', '.join(CPU_FLOAT32_CHOICES)}, got {values['cpu_float32']!r}")
     return Settings(**values)
+
+
+def worker_memory_budget(env: Mapping[str, str] | None = None) -> int:
+    """The bytes this worker may use, as its supervisor set WORKER_MEMORY_BUDGET_ENV (0: unknown)."""
+    raw = (os.environ if env is None else env).get(WORKER_MEMORY_BUDGET_ENV, "")
+    if not raw:
+        return 0
+    try:
+        return max(0, int(raw))
+    except ValueError as e:
+        raise InvalidArgument(f"{WORKER_MEMORY_BUDGET_ENV} must be a number of bytes, got {raw!r}") from e

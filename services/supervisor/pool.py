@@ -15,21 +15,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import importlib.metadata
+import json
 import math
 import os
+import sys
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import grpc
 
 from mlxserve.services.common import logs, rpc
-from mlxserve.services.common.config import Settings
+from mlxserve.services.common.config import WORKER_MEMORY_BUDGET_ENV, Settings
 from mlxserve.services.common.errors import Busy, NotFound, Unavailable
 from mlxserve.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
-from .policy import Limits, LoadBackoff, Residency
+from .blas import worker_env
+from .policy import Limits, LoadBackoff, Residency, expected_memory
 from .processes import WorkerProcess, log_path_for, new_socket_path, spawn_worker, watch_exit, worker_command
 from .store_client import ModelRef
 
@@ -54,6 +59,32 @@ def limits_from(settings: Settings) -> Limits:
     """Residency limits from settings: memory_budget 0 means a fraction of physical memory."""
     budget = settings.memory_budget or int(physical_memory_bytes() * AUTO_MEMORY_FRACTION)
     return Limits(max_models=max(0, settings.max_loaded_models), memory_budget=max(0, budget))
+
+
+def mlx_backend_is_cpu() -> bool:
+    """Whether workers will compute on MLX's CPU backend: not on macOS (Metal) and no CUDA build
+    of MLX installed. Read from the installed packages: importing MLX here would cost seconds."""
+    if sys.platform == "darwin":
+        return False
+    return not any((d.metadata["Name"] or "").lower().startswith("mlx-cuda") for d in importlib.metadata.distributions())
+
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def weights_precision(view_path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(quantization bits or 0, bytes per unquantized weight) from a model view's config.json;
+    (0, 4) when it does not say (then no float32 growth is expected)."""
+    try:
+        config = json.loads((Path(view_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return 0, 4
+    if not isinstance(config, dict):
+        return 0, 4
+    quant = config.get("quantization") or config.get("quantization_config") or {}
+    bits = quant.get("bits") if isinstance(quant, dict) else None
+    dtype = config.get("torch_dtype") or config.get("dtype") or "float32"
+    return (bits if isinstance(bits, int) and bits > 0 else 0), _DTYPE_BYTES.get(str(dtype), 4)
 
 
 class Resolver(Protocol):
@@ -88,6 +119,9 @@ class LoadedInfo:
     pid: int
     in_flight: int
     context_length: int
+    blas: str = ""            # the worker's confirmed BLAS (CPU backend only)
+    blas_gflops: float = 0.0  # ... and its float32 matmul rate
+    compute_dtype: str = ""   # how the weights are computed
 
 
 @dataclass
@@ -138,6 +172,7 @@ class WorkerPool:
         self.resolver = resolver
         self.residency = Residency(clock, default_keep_alive=settings.keep_alive)
         self.limits = limits_from(settings)
+        self.cpu_backend = mlx_backend_is_cpu()  # tests may set it: it decides the float32 estimate
         self.backoff = LoadBackoff(clock, base=settings.restart_backoff, maximum=settings.restart_backoff_max)
         self._clock = clock
         self._command_for = command_for or (lambda ref, sock: worker_command(ref.view_path, sock, ref.name))
@@ -242,6 +277,9 @@ class WorkerPool:
                 pid=loaded.worker.pid,
                 in_flight=in_flight,
                 context_length=(info.context_length if info is not None and info.context_length else loaded.ref.context_length),
+                blas=info.blas if info is not None else "",
+                blas_gflops=info.blas_gflops if info is not None else 0.0,
+                compute_dtype=info.compute_dtype if info is not None else "",
             ))
         return sorted(out, key=lambda i: i.name)
 
@@ -320,42 +358,56 @@ class WorkerPool:
             self.residency.loaded(key, load.keep_alive)  # loaded for nobody: idle from now on
             self._wake.set()
 
-    async def _admit(self, ref: ModelRef) -> None:
-        """Reserve room for `ref` under the residency limits, evicting idle models if needed.
+    async def _admit(self, ref: ModelRef) -> int:
+        """Reserve room for `ref` under the residency limits, evicting idle models if needed, and
+        return the bytes its worker may use (0: no budget).
 
+        The room reserved is what the worker is expected to hold (`expected_memory`: float32 on
+        the CPU backend can be ~8x the manifest size), until its measured memory replaces it.
         Waits (up to load_timeout) while busy models hold the room, then raises Busy.
         """
+        needed = self.expected_memory(ref)
         started = time.monotonic()
         deadline = started + self.settings.load_timeout
         logged = False
         while True:
             room = self._room
-            evict = self.residency.plan_load(ref.size, self.limits)
+            evict = self.residency.plan_load(needed, self.limits)
             if evict is not None:
                 break
             if not logged:
                 self.log.info("load_waiting_for_room", model=ref.name, loaded=self.loaded_names(),
                               max_loaded_models=self.limits.max_models, memory_budget=self.limits.memory_budget,
-                              memory_used=self.residency.used_memory(), memory_needed=ref.size)
+                              memory_used=self.residency.used_memory(), memory_needed=needed)
                 logged = True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise Busy(f"cannot load {ref.name}: {self._full_reason(ref)} and every loaded model stayed busy "
+                raise Busy(f"cannot load {ref.name}: {self._full_reason(needed)} and every loaded model stayed busy "
                            f"for {self.settings.load_timeout:g}s", retry_after=ROOM_RETRY_AFTER_S)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(room.wait(), timeout=remaining)
-        self.residency.reserve(ref.digest, ref.size)
+        self.residency.reserve(ref.digest, needed)
         evicted = [l for l in (self._detach(k) for k in evict) if l is not None]
         for loaded in evicted:
             self.log.info("worker_stopping", model=loaded.ref.name, pid=loaded.worker.pid, reason="evicted",
                           for_model=ref.name)
         # Wait for the evicted workers to exit: their memory is free only then.
         await asyncio.gather(*(l.worker.stop(self._stop_grace) for l in evicted), return_exceptions=True)
+        if not self.limits.memory_budget:
+            return 0
+        # All the budget the other residents leave (at least the reservation: a model alone may exceed it).
+        return max(needed, self.limits.memory_budget - (self.residency.used_memory() - needed))
 
-    def _full_reason(self, ref: ModelRef) -> str:
+    def expected_memory(self, ref: ModelRef) -> int:
+        """Bytes `ref`'s worker is expected to hold once loaded (see policy.expected_memory)."""
+        bits, dtype_bytes = weights_precision(ref.view_path)
+        return expected_memory(ref.size, cpu_float32=self.settings.cpu_float32, cpu_backend=self.cpu_backend,
+                               budget=self.limits.memory_budget, bits=bits, dtype_bytes=dtype_bytes)
+
+    def _full_reason(self, needed: int) -> str:
         if self.limits.max_models and len(self.residency.keys()) >= self.limits.max_models:
             return f"max_loaded_models={self.limits.max_models} models are loaded"
-        return (f"it needs {ref.size} bytes and {self.residency.used_memory()} of the "
+        return (f"it needs {needed} bytes and {self.residency.used_memory()} of the "
                 f"{self.limits.memory_budget}-byte memory budget are in use")
 
     def _room_changed(self) -> None:
@@ -366,11 +418,13 @@ class WorkerPool:
     async def _load(self, ref: ModelRef) -> _Loaded:
         socket_path = new_socket_path(self.settings.run_dir)
         log_path = log_path_for(self.settings.logs_dir, ref.name)
-        env = {**os.environ, **self.settings.to_env(), "MLXSERVE_PARENT_PID": str(os.getpid())}
+        # Only workers get the optimized BLAS (LD_PRELOAD), when one is installed and they run on the CPU.
+        env = worker_env(self.settings.cpu_blas, {**os.environ, **self.settings.to_env(), "MLXSERVE_PARENT_PID": str(os.getpid())},
+                         cpu_backend=self.cpu_backend)
         self.log.info("worker_starting", model=ref.name, digest=ref.digest, socket=str(socket_path), log=str(log_path))
         worker: WorkerProcess | None = None
         try:
-            await self._admit(ref)
+            env[WORKER_MEMORY_BUDGET_ENV] = str(await self._admit(ref))
             worker = await spawn_worker(
                 self._command_for(ref, socket_path), name=ref.name, key=ref.digest,
                 socket_path=socket_path, log_path=log_path, env=env,
@@ -396,7 +450,13 @@ class WorkerPool:
         loaded = _Loaded(ref=ref, worker=worker)
         self._loaded[ref.digest] = loaded
         self._track(watch_exit(worker, self._forget_dead))
-        self.log.info("worker_ready", model=ref.name, pid=worker.pid, load_s=round(time.monotonic() - worker.started_at, 3))
+        # The real resident size replaces the estimate at once, not at the monitor's next pass.
+        info = await self._info(worker)
+        if info is not None:
+            self.residency.set_memory(ref.digest, info.memory_bytes)
+        self.log.info("worker_ready", model=ref.name, pid=worker.pid, load_s=round(time.monotonic() - worker.started_at, 3),
+                      memory_bytes=info.memory_bytes if info is not None else None,
+                      compute_dtype=info.compute_dtype if info is not None else None)
         return loaded
 
     def _load_done(self, key: str, load: _Load) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 
 from mlxserve.services.common import lifecycle, logs
-from mlxserve.services.common.config import load_settings
+from mlxserve.services.common.config import load_settings, worker_memory_budget
 from mlxserve.services.common.errors import MlxServeError
 from mlxserve.services.common.rpc import CHANNEL_OPTIONS, prepare_socket_path, secure_socket, unix_target
 from mlxserve.v1 import worker_pb2_grpc
@@ -77,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     log = logs.configure(log_service_name(args.model_name), settings.log_level, settings.logs_dir)
     num_parallel = args.num_parallel if args.num_parallel is not None else settings.num_parallel
     max_queue = args.max_queue if args.max_queue is not None else settings.max_queue
+    try:
+        memory_budget = worker_memory_budget()  # the supervisor's share of memory_budget for this worker
+    except MlxServeError as e:
+        print(f"mlxserve-worker: {e}", file=sys.stderr)
+        return 2
 
     stop = threading.Event()
     loaded = threading.Event()
@@ -102,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         if is_embedding_model(args.model_path):
             return EmbeddingRunner(args.model_path, model_name=args.model_name, max_queue=max_queue)
         return ModelRunner(args.model_path, num_parallel=num_parallel, max_queue=max_queue,
-                           prefix_cache_bytes=settings.prefix_cache_bytes, prefix_cache_entries=settings.prefix_cache_entries)
+                           prefix_cache_bytes=settings.prefix_cache_bytes, prefix_cache_entries=settings.prefix_cache_entries,
+                           cpu_float32=settings.cpu_float32, memory_budget=memory_budget)
 
     servicer: WorkerServicer | None = None
     sender = FrameSender(on_undeliverable=lambda rid: servicer.runner.cancel(rid) if servicer else None)
@@ -122,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     loaded.set()
     servicer = WorkerServicer(runner, sender, model_name=args.model_name)
     log.info("model_loaded", model=args.model_name, kind=getattr(runner, "kind", "generate"), model_path=str(args.model_path), load_duration_s=round(runner.load_duration_s, 3),
-             device=runner.device, context_length=runner.context_length, num_parallel=num_parallel, max_queue=max_queue)
+             device=runner.device, compute_dtype=getattr(runner, "compute_dtype", ""),
+             precision_reason=getattr(getattr(runner, "precision", None), "reason", ""), memory_budget=memory_budget,
+             context_length=runner.context_length, num_parallel=num_parallel, max_queue=max_queue)
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="grpc"), options=CHANNEL_OPTIONS)
     worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)

@@ -26,6 +26,7 @@ from mlxserve.services.common import logs
 from mlxserve.services.common.errors import Busy, InvalidArgument, NotFound, Unavailable
 from mlxserve.v1.frames import Stats, TokenEvent
 
+from . import precision
 from .defaults import load_defaults
 from .logprobs import TokenTexts, token_logprob
 from .prefix_cache import PrefixCache
@@ -106,7 +107,9 @@ class ModelRunner:
     """Loads `model_path` with mlx-lm and serves generations through continuous batching."""
 
     def __init__(self, model_path: str | Path, *, num_parallel: int = 4, max_queue: int = 64, prefill_step_size: int = 512,
-                 prefix_cache_bytes: int = 1 << 30, prefix_cache_entries: int = 64) -> None:
+                 prefix_cache_bytes: int = 1 << 30, prefix_cache_entries: int = 64,
+                 cpu_float32: str = "auto", memory_budget: int = 0) -> None:
+        """cpu_float32 / memory_budget: see `precision.plan` (budget: bytes this worker may use, 0: unknown)."""
         import mlx_lm  # here, so that importing this module stays cheap for the transport layer
 
         if num_parallel < 1 or max_queue < 0:
@@ -123,12 +126,15 @@ class ModelRunner:
         started = time.perf_counter()
         # The store's view holds symlinks to blobs; mlx-lm mmaps the safetensors, never copies.
         self.model, self.tokenizer = mlx_lm.load(str(self.model_path))
+        self.device = "gpu" if mx.default_device().type == mx.DeviceType.gpu else "cpu"
+        # Before anything else sees the model: on the CPU backend float32 is the fast path.
+        self.precision = precision.apply(self.model, device=self.device, setting=cpu_float32, budget=memory_budget)
+        self.compute_dtype = self.precision.description
         self.load_duration_s = time.perf_counter() - started
         self.context_length = _context_length(self.model_path, self.tokenizer)
         self.eos_token_ids = sorted(self.tokenizer.eos_token_ids)
         self.vocab_size = _vocab_size(self.model, self.tokenizer)
         self._token_texts = TokenTexts(self.tokenizer)  # engine thread: logprobs' token texts
-        self.device = "gpu" if mx.default_device().type == mx.DeviceType.gpu else "cpu"
         self._stream = mx.new_stream(mx.default_device())
         self._generator = self._new_generator()
         # KV of finished sequences, reused for the longest shared prefix of later prompts.

@@ -32,7 +32,9 @@ BETA = "beta"
 BROKEN = "broken"
 # Greedy on the endless models runs for well over a thousand tokens (until the context is full,
 # or rarely an EOS), seconds on this machine: long enough to kill a worker mid-stream.
-LONG = {"temperature": 0, "num_predict": 100_000}
+# Runs until cancelled or killed: num_ctx past the tiny model's 2048 positions, so the context does not end
+# it first (with OpenBLAS the tiny model reaches 2048 tokens in a second or two).
+LONG = {"temperature": 0, "num_predict": 100_000, "num_ctx": 1_000_000}
 
 
 def write_endless_model(path: Path, seed: int) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 from mlxserve.services.common.config import Settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-ROW = re.compile(r"^\| `([a-z_]+)` \| ([^|]*) \|")
+ROW = re.compile(r"^\| `([a-z0-9_]+)` \| ([^|]*) \|")
 
 
 def documented() -> dict[str, str]:

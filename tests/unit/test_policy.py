@@ -7,7 +7,7 @@ import math
 import pytest
 
 from mlxserve.services.common.errors import NotFound
-from mlxserve.services.supervisor.policy import Limits, LoadBackoff, Residency
+from mlxserve.services.supervisor.policy import Limits, LoadBackoff, Residency, expected_memory, float32_memory
 
 
 class FakeClock:
@@ -328,3 +328,36 @@ def test_a_successful_load_resets_the_backoff(clock: FakeClock) -> None:
     b.succeeded("m")
     assert b.blocked("m") is None
     assert b.failed("m", "boom") == 1.0
+
+
+# -- expected memory: float32 compute on the CPU backend ----------------------------------------
+
+def test_float32_memory_grows_quantized_and_half_precision_weights() -> None:
+    assert float32_memory(1000, bits=4) == 8000
+    assert float32_memory(1000, bits=8) == 4000
+    assert float32_memory(1000, dtype_bytes=2) == 2000
+    assert float32_memory(1000, dtype_bytes=4) == 1000
+
+
+def test_a_cpu_worker_that_will_compute_in_float32_is_expected_to_need_the_float32_size() -> None:
+    assert expected_memory(1000, cpu_float32="auto", cpu_backend=True, budget=10_000, bits=4) == 8000
+    assert expected_memory(1000, cpu_float32="auto", cpu_backend=True, budget=0, bits=4) == 8000
+    assert expected_memory(1000, cpu_float32="always", cpu_backend=True, budget=5000, bits=4) == 8000
+
+
+def test_a_model_whose_float32_size_exceeds_the_budget_is_expected_at_its_stored_size_under_auto() -> None:
+    assert expected_memory(1000, cpu_float32="auto", cpu_backend=True, budget=5000, bits=4) == 1000
+
+
+def test_gpu_workers_and_cpu_float32_never_keep_the_stored_size() -> None:
+    assert expected_memory(1000, cpu_float32="always", cpu_backend=False, budget=0, bits=4) == 1000
+    assert expected_memory(1000, cpu_float32="never", cpu_backend=True, budget=0, bits=4) == 1000
+
+
+def test_plan_load_evicts_enough_for_the_float32_estimate(res: Residency) -> None:
+    res.acquire("a", "l1")
+    res.set_memory("a", 3000)
+    res.release("l1")
+    need = expected_memory(1000, cpu_float32="auto", cpu_backend=True, budget=10_000, bits=4)
+    assert res.plan_load(1000, Limits(memory_budget=10_000)) == []  # the stored size would fit...
+    assert res.plan_load(need, Limits(memory_budget=10_000)) == ["a"]  # ... the float32 one does not

@@ -40,6 +40,8 @@ FAKE_WORKER = textwrap.dedent(
     a = p.parse_args()
     with open(os.path.join(a.model_path, "spawns"), "a") as f:
         f.write(f"{os.getpid()}\\n")
+    with open(os.path.join(a.model_path, "budget"), "w") as f:
+        f.write(os.environ.get("MLXSERVE_WORKER_MEMORY_BUDGET", "unset"))
     mode = open(os.path.join(a.model_path, "mode")).read().strip()
     if mode == "fail":
         print("loading weights", file=sys.stderr)
@@ -731,3 +733,61 @@ def test_a_keep_alive_past_year_9999_reads_as_forever_in_ps_instead_of_failing()
 
     assert rfc3339(_time.time() + 1e300) == rfc3339(float("inf"))
     assert rfc3339(0.0) == "1970-01-01T00:00:00Z"
+
+
+# -- float32 on the CPU backend: the expected size, the worker's budget -----------------------------
+
+
+def add_quantized(store: FakeStore, name: str, *, size: int, bits: int = 4) -> ModelRef:
+    """A fake model whose config.json says it is `bits`-bit quantized."""
+    ref = store.add(name)
+    (Path(ref.view_path) / "config.json").write_text(f'{{"quantization": {{"group_size": 64, "bits": {bits}}}}}')
+    ref = dataclasses.replace(ref, size=size)
+    store.models[name] = store.models[ref.name] = ref
+    return ref
+
+
+def test_a_quantized_model_on_the_cpu_reserves_its_float32_size_and_evicts_enough(settings: Settings, store: FakeStore) -> None:
+    store.add("a")                                  # reports 123456 bytes once loaded
+    add_quantized(store, "q", size=10_000, bits=4)  # 4-bit: ~80000 bytes in float32
+
+    async def scenario() -> None:
+        pool = make_pool(dataclasses.replace(settings, memory_budget=200_000, max_loaded_models=0, cpu_float32="auto"), store)
+        pool.cpu_backend = True
+        try:
+            await pool.release((await pool.acquire("a")).lease_id)
+            assert pool.expected_memory(store.models["q"]) == 80_000
+            # 123456 + 10000 would fit the budget; 123456 + 80000 does not: "a" must go.
+            await pool.acquire("q")
+            assert pool.loaded_names() == ["q:latest"]
+            # The worker is told the whole budget it may use, which its float32 weights fit.
+            assert int((Path(store.models["q"].view_path) / "budget").read_text()) == 200_000
+        finally:
+            await pool.close()
+
+    run(scenario())
+
+
+def test_a_worker_counts_its_reported_memory_as_soon_as_it_is_ready(settings: Settings, store: FakeStore) -> None:
+    add_quantized(store, "q", size=10_000, bits=4)
+
+    async def scenario() -> None:
+        pool = make_pool(dataclasses.replace(settings, memory_budget=200_000, cpu_float32="always"), store)
+        pool.cpu_backend = True
+        try:
+            await pool.acquire("q")
+            assert pool.residency.memory(store.models["q"].digest) == 123456  # not the 80000 estimate
+        finally:
+            await pool.close()
+
+    run(scenario())
+
+
+def test_gpu_workers_and_cpu_float32_never_reserve_the_stored_size(settings: Settings, store: FakeStore) -> None:
+    ref = add_quantized(store, "q", size=10_000, bits=4)
+    gpu = make_pool(settings, store)
+    gpu.cpu_backend = False
+    never = make_pool(dataclasses.replace(settings, cpu_float32="never"), store)
+    never.cpu_backend = True
+    assert gpu.expected_memory(ref) == 10_000
+    assert never.expected_memory(ref) == 10_000
