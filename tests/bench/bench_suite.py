@@ -57,6 +57,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from tests.e2e.harness import descendants  # noqa: E402 - the same /proc walk the e2e tests use
+
 from bench_serving import (  # noqa: E402
     CHAT_QUESTIONS, GatewayClient, InProcess, PromptCounter, StreamResult, median, ratio, story_messages, summarize,
 )
@@ -96,29 +98,6 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
         return e.code
     except (OSError, ValueError):
         return None
-
-
-def children_of() -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            out.setdefault(ppid, []).append(int(entry.name))
-    return out
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid` (Linux /proc walk)."""
-    tree, out, todo = children_of(), set(), [pid]
-    while todo:
-        for c in tree.get(todo.pop(), []):
-            if c not in out:
-                out.add(c)
-                todo.append(c)
-    return out
 
 
 def cmdline(pid: int) -> str:
