@@ -6,7 +6,9 @@
 Starts the real system (`mlxctl serve` via tests/e2e/harness.py) serving a tiny random-weight
 llama (tests/fixtures/tiny_model.py), whose decode step takes about a millisecond on a CPU, so
 that what the serving path adds per token is not drowned by the model. The in-process side loads
-the same folder with `ModelRunner` (the worker's engine) in this process and drives it directly.
+the same folder with `ModelRunner` (the worker's engine) in this process and drives it directly;
+the script re-executes itself with the BLAS the supervisor preloads for workers (Linux CPU), so
+both sides compute alike.
 
 Measured, side by side in one run:
   1. Per streamed token, over --runs sequential streams of --tokens tokens (raw prompts, greedy):
@@ -40,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import aiohttp  # noqa: E402
 
 MODEL = "tiny:bench"
+ORIGINAL_PRELOAD = "MLXSERVE_BENCH_ORIGINAL_LD_PRELOAD"
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -205,7 +208,20 @@ def find_gateway_pid(root_pid: int) -> int | None:
     return None
 
 
+def same_blas_as_workers() -> None:
+    """Re-run this script with the BLAS the supervisor preloads for workers, so that the
+    in-process engine computes exactly as the workers do (LD_PRELOAD works only at exec)."""
+    from mlxserve.services.supervisor.blas import find_optimized_blas, with_preload
+
+    library = find_optimized_blas()
+    if library is not None and str(library) not in os.environ.get("LD_PRELOAD", ""):
+        env = with_preload(dict(os.environ), library)
+        env[ORIGINAL_PRELOAD] = os.environ.get("LD_PRELOAD", "")  # the system under test starts without it
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
 def main(argv: list[str] | None = None) -> int:
+    same_blas_as_workers()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tokens", type=int, default=128, help="tokens per streamed request")
     ap.add_argument("--runs", type=int, default=20, help="sequential streams for the per-token measure")
@@ -223,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         model_dir = write_tiny_model(Path(tmp) / "tiny")
         print("starting the system...", file=sys.stderr, flush=True)
-        system = start_system(Path(tmp) / "home", {MODEL: model_dir}, extra_env={"MLXSERVE_NUM_PARALLEL": str(max(levels))})
+        system = start_system(Path(tmp) / "home", {MODEL: model_dir}, extra_env={"MLXSERVE_NUM_PARALLEL": str(max(levels)),
+                                                                         # the supervisor adds it for workers only
+                                                                         "LD_PRELOAD": os.environ.get(ORIGINAL_PRELOAD, "")})
         try:
             gw_pid = find_gateway_pid(system.proc.pid)
             print(f"per-token: {args.runs} x {args.tokens} tokens through the gateway...", file=sys.stderr, flush=True)
