@@ -51,8 +51,9 @@ class CreateSpec:
     parameters: dict[str, Any] = field(default_factory=dict)
     license: str | None = None
     messages: list[dict[str, str]] = field(default_factory=list)
-    quantize: str | None = None              # "q4", "q8" (also "q4_0", "q8_0"); see `quantization`
+    quantize: str | None = None              # "q4", "q8" (also "q4_0", "q8_0"), "none"; see `quantization`
     group_size: int | None = None
+    model_info: dict[str, Any] = field(default_factory=dict)  # facts for `show`, merged into the model's model_info
 
     def validate(self) -> None:
         """Raise InvalidArgument for a spec `create` cannot honour (before any work starts)."""

@@ -26,7 +26,7 @@ from mlxserve.services.common.errors import Cancelled, InvalidArgument, Unavaila
 from mlxserve.v1 import common_pb2, store_pb2, store_pb2_grpc
 
 from . import transfer
-from .layout import is_package_ref
+from .importers.oci_layout import is_package_ref
 from .progress import ProgressCallback, ProgressEvent
 from .recipes import CreateSpec, parse_modelfile, parse_modelspec
 from .store import ModelStore, ModelSummary

@@ -24,7 +24,8 @@ from mlxserve.services.common.errors import Cancelled, Internal, InvalidArgument
 
 from .blobs import CHUNK
 from .credentials import CredentialStore, Credentials, resolve_credentials
-from .layout import Throttle, is_package_ref, model_manifest, pack, short, unpack
+from .importers.oci_layout import is_package_ref, unpack
+from .layout import Throttle, model_manifest, pack, short
 from .manifest import Descriptor
 from .names import DEFAULT_HOST, ModelName, parse_name
 from .progress import ProgressCallback, ProgressEvent, no_progress

@@ -18,7 +18,7 @@ from typing import Any
 
 from mlxserve.services.common import logs
 from mlxserve.services.common.errors import Internal, InvalidArgument
-from mlxserve.services.store.store import VIEW_DEFAULTS_FILE
+from mlxserve.services.store.views import VIEW_DEFAULTS_FILE
 
 from .prompts import ROLES, ChatMessage, GenerationRequest
 from .sampling import SamplingOptions

@@ -177,12 +177,12 @@ def test_gguf_import_through_the_store_is_listed_with_its_quantization(store: Mo
 
 
 def test_failure_while_committing_removes_new_blobs(store: ModelStore, tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlxserve.services.store import store as store_module
+    from mlxserve.services.store import create as create_module
 
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(store_module, "write_atomic", boom)
+    monkeypatch.setattr(create_module, "write_atomic", boom)  # the manifest write, the create's last step
     with pytest.raises(OSError, match="disk full"):
         store.create_from_path("m", tiny_folder)
     assert _files(store.models_dir) == []
