@@ -116,7 +116,9 @@ def create(
     name: str = typer.Argument(..., help="name for the new model, e.g. smollm2 or me/smollm2:q4"),
     recipe: Optional[Path] = typer.Option(None, "--file", "-f", help="a Modelfile or a ModelSpec.yaml recipe"),
     source: Optional[str] = typer.Option(None, "--from", help="a GGUF file, a model folder, or an existing model"),
-    quantize: Optional[str] = typer.Option(None, "--quantize", "-q", help="quantize the weights on the way in: q4 or q8"),
+    quantize: Optional[str] = typer.Option(
+        None, "--quantize", "-q",
+        help="q2..q8 (MLX affine, group 64), q4_0/q8_0 (group 32), or none; a GGUF keeps its own quantization by default"),
     group_size: Optional[int] = typer.Option(None, "--group-size", help="quantization group size (default 64)"),
 ) -> None:
     """Create a model from a recipe, a GGUF file, a model folder or another model."""
@@ -156,6 +158,9 @@ def show_text(s: store_pb2.ShowResponse) -> str:
         if f"{arch}.{key}" in info:
             facts.append((label, str(info[f"{arch}.{key}"])))
     facts.append(("quantization", d.quantization_level))
+    # What an imported file became, and where the chat template came from: said, never guessed.
+    facts.append(("stored as", str(info.get("mlxserve.quantization", "")).split(" -> ", 1)[-1]))
+    facts.append(("chat template", str(info.get("ollama.template") or info.get("mlxserve.chat_template") or "")))
     lines = _section("Model", [(k, v) for k, v in facts if v])
     lines += _section("Capabilities", [(c, "") for c in s.capabilities])
     params = []

@@ -73,6 +73,9 @@ class CreatePipeline:
             raise InvalidArgument(f"cannot create {name!r}: a digest-pinned name names an existing manifest")
         spec.validate()
         quant = quantization(spec.quantize, spec.group_size)
+        # A GGUF keeps its own quantization ("auto") unless asked for floats ("none"); a quantized
+        # one is not quantized again (`_quantized` refuses), a float one may be.
+        gguf_mode = "none" if (spec.quantize or "").strip().lower() == "none" else "auto"
         source = spec.from_model or (str(spec.from_path) if spec.from_path else "uploaded files")
         self.store.log.info("create_started", model=mname.display, source=source, quantize=spec.quantize or "")
         with self.store.in_flight():
@@ -81,9 +84,10 @@ class CreatePipeline:
                 if spec.from_model:
                     draft = self._draft_from_model(spec.from_model)
                 elif spec.from_path:
-                    draft = self._draft_from_path(Path(spec.from_path).expanduser(), staging / "import", progress)
+                    draft = self._draft_from_path(Path(spec.from_path).expanduser(), staging / "import", progress,
+                                                  gguf_mode=gguf_mode)
                 else:
-                    draft = self._draft_from_files(spec.files, staging, progress)
+                    draft = self._draft_from_files(spec.files, staging, progress, gguf_mode=gguf_mode)
                 if quant:
                     draft = self._quantized(draft, quant, staging, progress)
                 self._apply_overrides(draft, spec, staging / "overrides")
@@ -94,7 +98,8 @@ class CreatePipeline:
         progress(ProgressEvent("success"))
         return summary
 
-    def _draft_from_path(self, src: Path, out: Path, progress: ProgressCallback, label: str | None = None) -> Draft:
+    def _draft_from_path(self, src: Path, out: Path, progress: ProgressCallback, label: str | None = None,
+                         *, gguf_mode: str = "auto") -> Draft:
         from .importers.gguf import import_gguf
         from .importers.hf import import_hf_folder
 
@@ -106,18 +111,20 @@ class CreatePipeline:
                 magic = f.read(4)
             if magic != b"GGUF":
                 raise InvalidArgument(f"source {label!r} is neither a GGUF file nor a model folder")
-            importer = import_gguf
+            out.mkdir(parents=True)
+            result = import_gguf(src, out, progress, quantize=gguf_mode)
         elif src.is_dir():
-            importer = import_hf_folder
+            out.mkdir(parents=True)
+            result = import_hf_folder(src, out, progress)
         else:
             raise InvalidArgument(f"source {label!r} is neither a file nor a folder")
-        out.mkdir(parents=True)
-        result = importer(src, out, progress)
         return Draft(files=dict(result.files), reuse={}, config=result.config, annotations={
+            **result.annotations,
             ANN_SOURCE: label, ANN_SOURCE_DIGEST: result.source_digest, ANN_CONVERTER: result.converter,
         })
 
-    def _draft_from_files(self, files: dict[str, str], staging: Path, progress: ProgressCallback) -> Draft:
+    def _draft_from_files(self, files: dict[str, str], staging: Path, progress: ProgressCallback,
+                          *, gguf_mode: str = "auto") -> Draft:
         """Uploaded blobs (Ollama's /api/create `files`): one .gguf, or a model folder's files."""
         missing = sorted(f"{name} ({digest})" for name, digest in files.items() if not self.store.blobs.exists(digest))
         if missing:
@@ -131,7 +138,7 @@ class CreatePipeline:
             os.symlink(self.store.blobs.path(digest), src_dir / name)  # read in place: no copy of the upload
         src = src_dir / ggufs[0] if ggufs else src_dir
         label = ggufs[0] if ggufs else "uploaded files"
-        return self._draft_from_path(src, staging / "import", progress, label=label)
+        return self._draft_from_path(src, staging / "import", progress, label=label, gguf_mode=gguf_mode)
 
     def _draft_from_model(self, base: str) -> Draft:
         found = self.store.find(parse_name(base))
@@ -181,12 +188,14 @@ class CreatePipeline:
         template = cfg.template
         if spec.template is not None:
             template = spec.template
+            cfg.model_info["mlxserve.chat_template"] = "given at create (TEMPLATE)" if template else "none"
         elif not template and not embedding:
             tokenizer = self._draft_path(draft, "tokenizer.json")
             tokens = tokenizer.read_text(errors="replace") if tokenizer else ""
             picked = pick_template(cfg.architecture or cfg.family, tokens)
             if picked is not None:
                 template = picked.template
+                cfg.model_info["mlxserve.chat_template"] = f"catalog: {picked.name} (the source has none)"
         out.mkdir(parents=True, exist_ok=True)
         if template != cfg.template:
             self._write_template(draft, tok_config, template, out)

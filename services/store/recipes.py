@@ -87,7 +87,8 @@ def quantization(quantize: str | None, group_size: int | None) -> tuple[int, int
     `q4`/`q8` use mlx-lm's default group of 64; Ollama's `q4_0`/`q8_0` mean groups of 32.
     K-quants (`q4_K_M`...) and float targets are llama.cpp formats, refused by name.
     """
-    if quantize is None or quantize == "":
+    if quantize is None or quantize.strip().lower() in ("", "none"):
+        # "none": no MLX quantization; a quantized GGUF is then written as float16/bfloat16.
         if group_size is not None:
             raise InvalidArgument("group_size only applies together with quantize")
         return None
@@ -95,7 +96,7 @@ def quantization(quantize: str | None, group_size: int | None) -> tuple[int, int
     if not m or int(m.group(1)) not in QUANT_BITS:
         raise InvalidArgument(
             f"quantization {quantize!r} is not supported; use one of "
-            f"{', '.join(f'q{b}' for b in QUANT_BITS)} (MLX affine quantization), or q4_0 / q8_0"
+            f"{', '.join(f'q{b}' for b in QUANT_BITS)} (MLX affine quantization), q4_0 / q8_0, or none"
         )
     bits = int(m.group(1))
     default_group = 32 if m.group(2) else DEFAULT_GROUP_SIZE

@@ -20,3 +20,4 @@ class ImportResult:
     source_digest: str  # "sha256:<hex>" of the source file (or of a folder's file listing)
     converter: str  # e.g. "mlxserve-gguf/0.1.0"
     files: dict[str, tuple[Path, str | None]] = field(default_factory=dict)  # title -> (staged path, digest if known)
+    annotations: dict[str, str] = field(default_factory=dict)  # extra manifest annotations (e.g. what the quantization became)
