@@ -13,7 +13,7 @@ from typer.completion import completion_init, get_completion_script, install
 from mlxserve import __version__
 from mlxserve.services.common import logs
 
-from . import chat, generate, loaded, maintenance, models, serve, transfer
+from . import chat, generate, import_ollama, loaded, maintenance, models, serve, transfer
 from . import bench
 from . import logs as logs_cli
 from . import service
@@ -100,6 +100,7 @@ app.command("rm")(models.remove)
 app.command("pull")(transfer.pull)
 app.command("push")(transfer.push)
 app.command("pack")(transfer.pack)
+app.command("import-ollama")(import_ollama.import_ollama)
 app.command("verify")(maintenance.verify)
 app.command("gc")(maintenance.gc)
 app.command("ps")(loaded.ps)

@@ -26,6 +26,7 @@ from mlxserve.services.common.errors import Cancelled, InvalidArgument, Unavaila
 from mlxserve.v1 import common_pb2, store_pb2, store_pb2_grpc
 
 from . import transfer
+from .importers import ollama
 from .importers.oci_layout import is_package_ref
 from .progress import ProgressCallback, ProgressEvent
 from .recipes import CreateSpec, parse_modelfile, parse_modelspec
@@ -114,6 +115,27 @@ def create_spec(request: store_pb2.CreateRequest) -> CreateSpec:
     if request.group_size:
         overrides["group_size"] = request.group_size
     return dataclasses.replace(spec, **overrides)
+
+
+_OUTCOMES = {
+    ollama.IMPORTED: store_pb2.ImportOllamaResult.IMPORTED,
+    ollama.ALREADY_IMPORTED: store_pb2.ImportOllamaResult.ALREADY_IMPORTED,
+    ollama.SKIPPED: store_pb2.ImportOllamaResult.SKIPPED,
+    ollama.WOULD_IMPORT: store_pb2.ImportOllamaResult.WOULD_IMPORT,
+}
+
+
+def ollama_model_pb(m: ollama.OllamaModel, imported: bool) -> store_pb2.OllamaModel:
+    return store_pb2.OllamaModel(
+        ollama_name=m.ollama_name, name=m.name, size=m.size, architecture=m.architecture,
+        quantization=m.quantization, parameter_size=m.parameter_size, skip_reason=m.skip_reason or "",
+        imported=imported, digest=m.manifest_digest,
+    )
+
+
+def ollama_result_pb(r: ollama.ImportResult) -> store_pb2.ImportOllamaResult:
+    return store_pb2.ImportOllamaResult(ollama_name=r.ollama_name, name=r.name, outcome=_OUTCOMES[r.outcome],
+                                        reason=r.reason, digest=r.digest)
 
 
 def progress_pb(event: ProgressEvent) -> common_pb2.Progress:
@@ -291,6 +313,29 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         reader = io.BufferedReader(_ChunkReader(first.data, request_iterator), buffer_size=1 << 20)
         created = disk_full_as_error(self.store.put_blob)(first.digest, reader)
         return store_pb2.PutBlobResponse(digest=first.digest, created=created)
+
+    @rpc.rpc_method
+    def ListOllama(self, request: store_pb2.ListOllamaRequest, context: grpc.ServicerContext) -> store_pb2.ListOllamaResponse:
+        root = ollama.store_root(absolute_path(request.dir, "list ollama: dir"))
+        return store_pb2.ListOllamaResponse(dir=str(root), models=[
+            ollama_model_pb(m, ollama.held_as(self.store, m) == "this") for m in ollama.scan(root)])
+
+    @rpc.rpc_method
+    def ImportOllama(self, request: store_pb2.ImportOllamaRequest,
+                     context: grpc.ServicerContext) -> Iterator[store_pb2.ImportOllamaEvent]:
+        root = absolute_path(request.dir, "import ollama: dir")
+        if not request.names and not request.all:
+            raise InvalidArgument("import ollama: name the models to import, or ask for all of them")
+        models = ollama.select(ollama.scan(root), list(request.names), request.all, root)
+        verified: dict[str, str | None] = {}  # blobs hashed in this call: tags often share one GGUF
+        for m in models:
+            result = yield from self._relay(
+                context, "import-ollama",
+                lambda progress, _cancel, m=m: ollama.import_model(self.store, m, force=request.force,
+                                                                   dry_run=request.dry_run, progress=progress,
+                                                                   verified=verified),
+                wrap=lambda p, m=m: store_pb2.ImportOllamaEvent(ollama_name=m.ollama_name, progress=p))
+            yield store_pb2.ImportOllamaEvent(ollama_name=m.ollama_name, result=ollama_result_pb(result))
 
 
 def build_server(store: ModelStore, socket_path: Path, max_workers: int = 16) -> grpc.Server:

@@ -1,5 +1,6 @@
 from mlxserve.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -255,3 +256,89 @@ class ResolveResponse(_message.Message):
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     context_length: int
     def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., view_path: _Optional[str] = ..., size: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., context_length: _Optional[int] = ...) -> None: ...
+
+class ListOllamaRequest(_message.Message):
+    __slots__ = ("dir",)
+    DIR_FIELD_NUMBER: _ClassVar[int]
+    dir: str
+    def __init__(self, dir: _Optional[str] = ...) -> None: ...
+
+class OllamaModel(_message.Message):
+    __slots__ = ("ollama_name", "name", "size", "architecture", "quantization", "parameter_size", "skip_reason", "imported", "digest")
+    OLLAMA_NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SKIP_REASON_FIELD_NUMBER: _ClassVar[int]
+    IMPORTED_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ollama_name: str
+    name: str
+    size: int
+    architecture: str
+    quantization: str
+    parameter_size: str
+    skip_reason: str
+    imported: bool
+    digest: str
+    def __init__(self, ollama_name: _Optional[str] = ..., name: _Optional[str] = ..., size: _Optional[int] = ..., architecture: _Optional[str] = ..., quantization: _Optional[str] = ..., parameter_size: _Optional[str] = ..., skip_reason: _Optional[str] = ..., imported: _Optional[bool] = ..., digest: _Optional[str] = ...) -> None: ...
+
+class ListOllamaResponse(_message.Message):
+    __slots__ = ("dir", "models")
+    DIR_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    dir: str
+    models: _containers.RepeatedCompositeFieldContainer[OllamaModel]
+    def __init__(self, dir: _Optional[str] = ..., models: _Optional[_Iterable[_Union[OllamaModel, _Mapping]]] = ...) -> None: ...
+
+class ImportOllamaRequest(_message.Message):
+    __slots__ = ("dir", "names", "all", "force", "dry_run")
+    DIR_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    dir: str
+    names: _containers.RepeatedScalarFieldContainer[str]
+    all: bool
+    force: bool
+    dry_run: bool
+    def __init__(self, dir: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ..., force: _Optional[bool] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class ImportOllamaResult(_message.Message):
+    __slots__ = ("ollama_name", "name", "outcome", "reason", "digest")
+    class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        OUTCOME_UNSPECIFIED: _ClassVar[ImportOllamaResult.Outcome]
+        IMPORTED: _ClassVar[ImportOllamaResult.Outcome]
+        ALREADY_IMPORTED: _ClassVar[ImportOllamaResult.Outcome]
+        SKIPPED: _ClassVar[ImportOllamaResult.Outcome]
+        WOULD_IMPORT: _ClassVar[ImportOllamaResult.Outcome]
+    OUTCOME_UNSPECIFIED: ImportOllamaResult.Outcome
+    IMPORTED: ImportOllamaResult.Outcome
+    ALREADY_IMPORTED: ImportOllamaResult.Outcome
+    SKIPPED: ImportOllamaResult.Outcome
+    WOULD_IMPORT: ImportOllamaResult.Outcome
+    OLLAMA_NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ollama_name: str
+    name: str
+    outcome: ImportOllamaResult.Outcome
+    reason: str
+    digest: str
+    def __init__(self, ollama_name: _Optional[str] = ..., name: _Optional[str] = ..., outcome: _Optional[_Union[ImportOllamaResult.Outcome, str]] = ..., reason: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
+
+class ImportOllamaEvent(_message.Message):
+    __slots__ = ("ollama_name", "progress", "result")
+    OLLAMA_NAME_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ollama_name: str
+    progress: _common_pb2.Progress
+    result: ImportOllamaResult
+    def __init__(self, ollama_name: _Optional[str] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., result: _Optional[_Union[ImportOllamaResult, _Mapping]] = ...) -> None: ...

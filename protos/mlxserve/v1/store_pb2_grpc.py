@@ -109,6 +109,16 @@ class StoreStub:
                 request_serializer=mlxserve_dot_v1_dot_store__pb2.BlobChunk.SerializeToString,
                 response_deserializer=mlxserve_dot_v1_dot_store__pb2.PutBlobResponse.FromString,
                 _registered_method=True)
+        self.ListOllama = channel.unary_unary(
+                '/mlxserve.v1.Store/ListOllama',
+                request_serializer=mlxserve_dot_v1_dot_store__pb2.ListOllamaRequest.SerializeToString,
+                response_deserializer=mlxserve_dot_v1_dot_store__pb2.ListOllamaResponse.FromString,
+                _registered_method=True)
+        self.ImportOllama = channel.unary_stream(
+                '/mlxserve.v1.Store/ImportOllama',
+                request_serializer=mlxserve_dot_v1_dot_store__pb2.ImportOllamaRequest.SerializeToString,
+                response_deserializer=mlxserve_dot_v1_dot_store__pb2.ImportOllamaEvent.FromString,
+                _registered_method=True)
 
 
 class StoreServicer:
@@ -217,6 +227,25 @@ class StoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListOllama(self, request, context):
+        """The models of an Ollama store on this machine (its models folder, read by the store service
+        itself), each with whether it can be imported and, if not, why. Digests of the GGUF blobs
+        are checked on import, not here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportOllama(self, request, context):
+        """Import models of an Ollama store under the same names: for each model, its progress, then
+        its result (imported, already imported, or skipped with the reason). A name the folder does
+        not hold fails the call before anything is imported. Cancelling the call stops the import
+        under way (nothing of it is left) and the ones after it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -289,6 +318,16 @@ def add_StoreServicer_to_server(servicer, server):
                     servicer.PutBlob,
                     request_deserializer=mlxserve_dot_v1_dot_store__pb2.BlobChunk.FromString,
                     response_serializer=mlxserve_dot_v1_dot_store__pb2.PutBlobResponse.SerializeToString,
+            ),
+            'ListOllama': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOllama,
+                    request_deserializer=mlxserve_dot_v1_dot_store__pb2.ListOllamaRequest.FromString,
+                    response_serializer=mlxserve_dot_v1_dot_store__pb2.ListOllamaResponse.SerializeToString,
+            ),
+            'ImportOllama': grpc.unary_stream_rpc_method_handler(
+                    servicer.ImportOllama,
+                    request_deserializer=mlxserve_dot_v1_dot_store__pb2.ImportOllamaRequest.FromString,
+                    response_serializer=mlxserve_dot_v1_dot_store__pb2.ImportOllamaEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -673,6 +712,60 @@ class Store:
             '/mlxserve.v1.Store/PutBlob',
             mlxserve_dot_v1_dot_store__pb2.BlobChunk.SerializeToString,
             mlxserve_dot_v1_dot_store__pb2.PutBlobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOllama(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlxserve.v1.Store/ListOllama',
+            mlxserve_dot_v1_dot_store__pb2.ListOllamaRequest.SerializeToString,
+            mlxserve_dot_v1_dot_store__pb2.ListOllamaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportOllama(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mlxserve.v1.Store/ImportOllama',
+            mlxserve_dot_v1_dot_store__pb2.ImportOllamaRequest.SerializeToString,
+            mlxserve_dot_v1_dot_store__pb2.ImportOllamaEvent.FromString,
             options,
             channel_credentials,
             insecure,
