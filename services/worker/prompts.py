@@ -77,8 +77,12 @@ class GenerationRequest:
 
 def encode_prompt(tokenizer: Any, request: GenerationRequest) -> list[int]:
     """Template (unless raw) and tokenize the request's prompt with the model's own tokenizer."""
-    if request.raw:
-        # As is: special tokens (a BOS) only if the tokenizer's own post-processor adds them.
+    plain = not (request.is_chat or request.system or request.tools_json or request.think)
+    if request.raw or (plain and not getattr(tokenizer, "has_chat_template", False)):
+        # As is: special tokens (a BOS) only if the tokenizer's own post-processor adds them. A
+        # plain generate request to a model without a template (a base model) completes the
+        # prompt, as Ollama's default template `{{ .Prompt }}` does; with a system message, tools
+        # or thinking it needs a template, and render_prompt says so.
         return list(tokenizer.encode(request.prompt, add_special_tokens=True))
     # The template writes any BOS/special tokens itself; don't let the tokenizer add them twice.
     return list(tokenizer.encode(render_prompt(tokenizer, request), add_special_tokens=False))

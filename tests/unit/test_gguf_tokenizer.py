@@ -20,7 +20,6 @@ import pytest
 from mlxserve.services.common.errors import InvalidArgument
 from mlxserve.services.store.importers.gguf.reader import GGUFFile, read_gguf
 from mlxserve.services.store.importers.gguf.tokenizer import TokenizerFiles, build_tokenizer, check_tokenizer
-from tests.fixtures.gemma3 import require_gemma3_gguf
 from tests.fixtures.llama_vocabs import VOCABS, find_llama_vocabs, sha256
 from tests.fixtures.smollm2 import find_smollm2_gguf
 
@@ -74,11 +73,6 @@ class _VocabFiles(dict):
 @pytest.fixture(scope="module")
 def vocab_files() -> dict[str, Path]:
     return _VocabFiles()
-
-
-@pytest.fixture(scope="module")
-def gemma3_gguf() -> Path:
-    return require_gemma3_gguf()
 
 
 @pytest.fixture(scope="module")

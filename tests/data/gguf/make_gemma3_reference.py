@@ -12,7 +12,7 @@ values, exactly), runs that, and writes gemma3_f32_llamacpp_greedy.json: llama.c
 those weights in float32, without the 8-bit activation quantization its CPU kernels apply to
 quantized weights. Each file holds: per prompt, llama.cpp's prompt token ids
 (BOS added, as llama.cpp does for this vocabulary), the greedy token ids it generates, their
-text, and at each step the margin between the best and second-best logit (a near-tie is where
+text and each one's bytes, and at each step the margin between the best and second-best logit (a near-tie is where
 two faithful implementations may legitimately part ways).
 """
 
@@ -73,8 +73,9 @@ def main() -> None:
                 break
             llm.eval([token])
         text = llm.detokenize(out).decode("utf-8", errors="replace")
+        pieces = [llm.detokenize([t]).hex() for t in out]  # each token's bytes: a multi-byte character may span two
         cases.append({"prompt": prompt, "prompt_ids": prompt_ids, "greedy_ids": out, "text": text,
-                      "top2_margins": margins})
+                      "pieces_hex": pieces, "top2_margins": margins})
         print(f"{prompt!r} -> {text!r}", flush=True)
     doc = {
         "command": "python tests/data/gguf/make_gemma3_reference.py " + ("--f32 " if f32 else "") + "gemma-3-270m-q4_k_m.gguf",
