@@ -17,9 +17,9 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
-def ollama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def ollama_dir(tmp_path_factory: pytest.TempPathFactory, gemma3_gguf: Path) -> Path:
     root = tmp_path_factory.mktemp("ollama") / "models"
-    fx.build_ollama_store(root, tmp_path_factory.mktemp("ollama-ggufs"))
+    fx.build_ollama_store(root, tmp_path_factory.mktemp("ollama-ggufs"), gemma3=gemma3_gguf)
     return root
 
 
@@ -62,10 +62,24 @@ def test_import_ollama_lists_imports_and_the_imported_model_generates(system: Sy
         "options": {"num_predict": 3, "temperature": 0}})
     assert status == 200 and answer["done"] is True and 1 <= answer["eval_count"] <= 3, answer
 
+    # The real Gemma 3 file, with the layers Ollama's library gives it.
+    assert f"imported {fx.GEMMA3}" in lines
+    status, shown = http_json("POST", f"{system.url}/api/show", {"model": fx.GEMMA3})
+    assert status == 200 and shown["details"]["quantization_level"] == "Q4_K_M", shown
+    assert shown["model_info"]["ollama.template"] == \
+        "not executed (Go template); the chat template comes from the catalog (gemma)"
+    assert "top_k" in shown["parameters"] and "<end_of_turn>" in shown["parameters"]
+    assert shown["license"].startswith("Gemma Terms of Use")
+    status, answer = http_json("POST", f"{system.url}/api/generate", {
+        "model": fx.GEMMA3, "prompt": "The capital of France is", "raw": True, "stream": False,
+        "options": {"num_predict": 4, "temperature": 0}}, timeout=240)
+    assert status == 200 and answer["response"].startswith(" the capital of"), answer
+
     again = system.mlxctl("import-ollama", str(ollama_dir), fx.NO_TEMPLATE)
     assert again.returncode == 0 and f"already imported {fx.NO_TEMPLATE}" in again.stdout.splitlines()
 
-    for name in (fx.NO_TEMPLATE, "someuser/tiny:v1"):
+    for name in (fx.NO_TEMPLATE, "someuser/tiny:v1", fx.GEMMA3):
         http_json("POST", f"{system.url}/api/generate", {"model": name, "keep_alive": 0})  # unload first
-    removed = system.mlxctl("rm", fx.NO_TEMPLATE, fx.TINY_SHARED, "someuser/tiny:v1", "hf.co/tinyorg/tiny-gguf:q8_0")
+    removed = system.mlxctl("rm", fx.NO_TEMPLATE, fx.TINY_SHARED, "someuser/tiny:v1", "hf.co/tinyorg/tiny-gguf:q8_0",
+                            fx.GEMMA3)
     assert removed.returncode == 0, removed.stderr

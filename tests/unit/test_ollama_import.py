@@ -25,7 +25,6 @@ from mlxserve.services.store.recipes import CreateSpec
 from mlxserve.services.store.server import build_server
 from mlxserve.services.store.store import ModelStore
 from tests.fixtures import ollama_store as fx
-from tests.fixtures.gemma3 import find_gemma3_gguf
 from tests.unit.test_gguf import write_tiny_gguf
 
 
@@ -348,10 +347,11 @@ def test_a_folder_that_is_not_an_ollama_store_is_refused(tmp_path: Path) -> None
 # ----------------------------------------------------------------------------- the real Gemma 3 file
 
 
-@pytest.mark.skipif(find_gemma3_gguf(download=False) is None, reason="the Gemma 3 GGUF is not cached on this machine")
-def test_gemma3_in_an_ollama_store_is_listed_with_its_architecture_quant_and_catalog_template(tmp_path: Path) -> None:
+@pytest.mark.gemma3
+def test_gemma3_in_an_ollama_store_is_listed_with_its_architecture_quant_and_catalog_template(
+        tmp_path: Path, gemma3_gguf: Path) -> None:
     w = fx.OllamaStoreWriter(tmp_path / "ollama")
-    fx_gemma = find_gemma3_gguf(download=False)
+    fx_gemma = gemma3_gguf
     w.model(fx.GEMMA3, fx_gemma, template=fx.GEMMA_GO_TEMPLATE, params={"stop": ["<end_of_turn>"], "top_k": 64},
             config={"model_format": "gguf", "model_family": "gemma3", "model_type": "268.10M", "file_type": "Q4_K_M"})
     (gemma,) = ollama.scan(w.root)
