@@ -314,3 +314,22 @@ def test_q4_0_gguf_stays_quantized_and_loads_in_mlx_lm(tmp_path: Path) -> None:
     model, tokenizer = _load_view(out)
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True)
     assert model(mx.array([ids])).shape[1] == len(ids)
+
+
+def test_quantize_none_stores_a_quantized_gguf_as_float16_and_show_says_so(tmp_path: Path) -> None:
+    import mlx.core as mx
+
+    from mlxserve.services.store.recipes import CreateSpec
+
+    src = tmp_path / "tiny.gguf"
+    expected = write_tiny_gguf(src, quant="Q8_0")
+    store = ModelStore(tmp_path / "models")
+    store.create("tiny-f16", CreateSpec(from_path=src, quantize="none"))
+    view = store.resolve("tiny-f16").view_path
+    assert "quantization" not in json.loads((view / "config.json").read_text())
+    q = mx.load(str(view / "model.safetensors"))["model.layers.0.self_attn.v_proj.weight"]
+    assert q.dtype == mx.float16
+    assert np.abs(np.array(q.astype(mx.float32)) - expected["model.layers.0.self_attn.v_proj.weight"]).max() < 0.01
+    shown = store.show("tiny-f16")
+    assert shown.details.quantization_level == "Q8_0"  # the source's, as Ollama reports it
+    assert shown.model_info["mlxserve.quantization"] == "Q8_0 GGUF -> Q8_0 dequantized to float16; F32 stored as float16"

@@ -60,11 +60,12 @@ def float_dtype_for(gg: GGUFFile) -> str:
 
 
 def import_gguf(src: Path, out_dir: Path, progress: ProgressCallback = no_progress, *,
-                quantize: str = "auto") -> ImportResult:
+                quantize: str = "auto", float_dtype: str | None = None) -> ImportResult:
     """Convert the GGUF file `src` into an mlx-lm folder at `out_dir` (which must exist).
 
     `quantize`: "auto" keeps every ggml type that MLX can hold exactly as MLX affine quantization
-    and requantizes the rest (quants.REQUANT_BITS); "none" writes float16/bfloat16 weights.
+    and requantizes the rest (quants.REQUANT_BITS); "none" writes float weights, as `float_dtype`
+    ("float16", "bfloat16", "float32"; by default `float_dtype_for` the file).
     """
     if quantize not in MODES:
         raise InvalidArgument(f"GGUF import mode {quantize!r} is not one of {', '.join(MODES)}")
@@ -79,7 +80,7 @@ def import_gguf(src: Path, out_dir: Path, progress: ProgressCallback = no_progre
         progress(ProgressEvent("building tokenizer"))
         tok = tokenizer.build_tokenizer(gg)
 
-        weights = _convert_weights(gg, rules, out_dir, quantize, float_dtype_for(gg), progress)
+        weights = _convert_weights(gg, rules, out_dir, quantize, float_dtype or float_dtype_for(gg), progress)
         config = arch.config(gg)
         context_note = _cap_context(gg, config)
         eog = list(tok.special.get("eog") or [])

@@ -47,7 +47,7 @@ REQUANT_BITS: dict[str, int] = {"Q2_K": 5, "Q3_K": 6, "Q6_K": 8, "IQ4_NL": 6, "I
 SUPPORTED_TYPES: tuple[str, ...] = FLOAT_TYPES + tuple(EXACT_BITS) + tuple(REQUANT_BITS)
 
 MODES = ("auto", "none")
-FLOAT_DTYPES = ("float16", "bfloat16")
+FLOAT_DTYPES = ("float16", "bfloat16", "float32")
 # Rows are converted a chunk at a time so that temporaries stay small next to the output.
 _CHUNK_ELEMENTS = 1 << 20
 
@@ -306,7 +306,7 @@ def convert_tensor(gg: GGUFFile, name: str, mode: str = "auto", float_dtype: str
     """Convert one tensor. Mode "auto": floats stay as they are (F32, F16, BF16); Q4_0, Q4_1,
     Q5_0, Q5_1, Q8_0, Q4_K, Q5_K become MLX affine group-32 exactly; the other supported types
     are requantized at REQUANT_BITS; 1-D tensors come out float. Mode "none": every tensor is
-    dequantized exactly and tagged `float_dtype` ("float16" or "bfloat16"). Quantization groups
+    dequantized exactly and tagged `float_dtype` ("float16", "bfloat16" or "float32"). Quantization groups
     run along the last axis, so 3-D expert tensors work too."""
     if mode not in MODES:
         raise InvalidArgument(f"quantization mode {mode!r} is not one of {', '.join(MODES)}")
