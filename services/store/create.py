@@ -85,7 +85,7 @@ class CreatePipeline:
                     draft = self._draft_from_model(spec.from_model)
                 elif spec.from_path:
                     draft = self._draft_from_path(Path(spec.from_path).expanduser(), staging / "import", progress,
-                                                  gguf_mode=gguf_mode)
+                                                  gguf_mode=gguf_mode, source_digest=spec.source_digest)
                 else:
                     draft = self._draft_from_files(spec.files, staging, progress, gguf_mode=gguf_mode)
                 if quant:
@@ -99,7 +99,7 @@ class CreatePipeline:
         return summary
 
     def _draft_from_path(self, src: Path, out: Path, progress: ProgressCallback, label: str | None = None,
-                         *, gguf_mode: str = "auto") -> Draft:
+                         *, gguf_mode: str = "auto", source_digest: str | None = None) -> Draft:
         from .importers.gguf import import_gguf
         from .importers.hf import import_hf_folder
 
@@ -112,7 +112,7 @@ class CreatePipeline:
             if magic != b"GGUF":
                 raise InvalidArgument(f"source {label!r} is neither a GGUF file nor a model folder")
             out.mkdir(parents=True)
-            result = import_gguf(src, out, progress, quantize=gguf_mode)
+            result = import_gguf(src, out, progress, quantize=gguf_mode, source_digest=source_digest)
         elif src.is_dir():
             out.mkdir(parents=True)
             result = import_hf_folder(src, out, progress)

@@ -54,6 +54,9 @@ class CreateSpec:
     quantize: str | None = None              # "q4", "q8" (also "q4_0", "q8_0"), "none"; see `quantization`
     group_size: int | None = None
     model_info: dict[str, Any] = field(default_factory=dict)  # facts for `show`, merged into the model's model_info
+    # The sha256 of `from_path`, when the caller has just verified it (an Ollama blob is named by
+    # it): the importer then skips hashing the file again. Never taken from a client request.
+    source_digest: str | None = None
 
     def validate(self) -> None:
         """Raise InvalidArgument for a spec `create` cannot honour (before any work starts)."""

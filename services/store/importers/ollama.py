@@ -148,7 +148,7 @@ class OllamaModel:
             template = BY_NAME[self.catalog_template].template
         return CreateSpec(from_path=gguf, template=template, parameters=dict(self.parameters),
                           system=self.system, license=self.license, messages=list(self.messages),
-                          model_info=info)
+                          model_info=info, source_digest=self.gguf_digest)
 
 
 @dataclass(frozen=True)
@@ -567,13 +567,8 @@ def import_model(store: ModelStore, m: OllamaModel, *, force: bool = False, dry_
     except Exception as e:  # noqa: BLE001 - one model the converter trips on must not stop the others
         log.exception("ollama_import_failed", model=m.ollama_name)
         return skipped(f"the import failed ({type(e).__name__}: {e})")
-    # The importer hashed the file again as it read it: had the blob changed since it was
-    # verified, the model must not stand under this name.
-    _, _, manifest = store.get_manifest(m.name)
-    if manifest.annotations.get(ANN_SOURCE_DIGEST) != m.gguf_digest:
-        store.remove(m.name)
-        return skipped("its model blob changed while it was imported "
-                       f"(it now hashes to {manifest.annotations.get(ANN_SOURCE_DIGEST)})")
+    # The blob was verified just above and is handed over with its digest, so the importer does
+    # not hash gigabytes a second time; Ollama writes blobs once (by rename) and never in place.
     return ImportResult(m.ollama_name, m.name, IMPORTED, digest=summary.digest)
 
 

@@ -60,12 +60,14 @@ def float_dtype_for(gg: GGUFFile) -> str:
 
 
 def import_gguf(src: Path, out_dir: Path, progress: ProgressCallback = no_progress, *,
-                quantize: str = "auto", float_dtype: str | None = None) -> ImportResult:
+                quantize: str = "auto", float_dtype: str | None = None,
+                source_digest: str | None = None) -> ImportResult:
     """Convert the GGUF file `src` into an mlx-lm folder at `out_dir` (which must exist).
 
     `quantize`: "auto" keeps every ggml type that MLX can hold exactly as MLX affine quantization
     and requantizes the rest (quants.REQUANT_BITS); "none" writes float weights, as `float_dtype`
-    ("float16", "bfloat16", "float32"; by default `float_dtype_for` the file).
+    ("float16", "bfloat16", "float32"; by default `float_dtype_for` the file). `source_digest`:
+    the file's sha256 when the caller has just verified it, so it is not hashed twice.
     """
     if quantize not in MODES:
         raise InvalidArgument(f"GGUF import mode {quantize!r} is not one of {', '.join(MODES)}")
@@ -75,7 +77,7 @@ def import_gguf(src: Path, out_dir: Path, progress: ProgressCallback = no_progre
     try:
         arch = check_gguf(gg)
         rules = arch.rules(gg)
-        source_digest = _hash_source(src, progress)
+        source_digest = source_digest or _hash_source(src, progress)
 
         progress(ProgressEvent("building tokenizer"))
         tok = tokenizer.build_tokenizer(gg)
