@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,16 @@ class Settings:
     # username = "me"
     # password = "secret"
     registry_auth: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Where `pull` fetches bare names (Ollama's library: `gemma3:270m`) from: Ollama's registry, or
+    # a mirror of it as "host[:port]" (https) or "http://host[:port]" (plain http: an explicit choice).
+    # The names and where they are stored do not change with it.
+    default_registry: str = "registry.ollama.ai"
+    # The Hugging Face hub that hf.co/ORG/REPO names are pulled from: "" means $HF_ENDPOINT, else
+    # https://huggingface.co. An http:// endpoint (a local mirror) is an explicit choice.
+    hf_endpoint: str = ""
+    # A file holding a Hugging Face token (gated or private repos): "" means $HF_TOKEN, else the
+    # token `hf auth login` saved.
+    hf_token_file: str = field(default="", repr=False)
 
     @property
     def models_dir(self) -> Path:
@@ -251,7 +262,22 @@ def load_settings(overrides: Mapping[str, Any] | None = None, env: Mapping[str, 
     values["home"] = home if "home" not in values else values["home"]
     if values.get("cpu_float32", "auto") not in CPU_FLOAT32_CHOICES:
         raise InvalidArgument(f"config: cpu_float32 must be one of {', '.join(CPU_FLOAT32_CHOICES)}, got {values['cpu_float32']!r}")
+    if "default_registry" in values:
+        _check_endpoint("default_registry", values["default_registry"], bare_host=True)
+    if values.get("hf_endpoint"):
+        _check_endpoint("hf_endpoint", values["hf_endpoint"], bare_host=False)
     return Settings(**values)
+
+
+_ENDPOINT = re.compile(r"(?:(https?)://)?([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?/?")
+
+
+def _check_endpoint(name: str, value: str, *, bare_host: bool) -> None:
+    """`host[:port]` (when `bare_host`) or `http(s)://host[:port]`: where a pull goes."""
+    m = _ENDPOINT.fullmatch(value.strip())
+    if not m or (not bare_host and not m.group(1)) or (m.group(3) and not 0 < int(m.group(3)) < 65536):
+        form = "host[:port], https://host[:port] or http://host[:port]" if bare_host else "https://host[:port] or http://host[:port]"
+        raise InvalidArgument(f"config: {name} must be {form}, got {value!r}")
 
 
 def worker_memory_budget(env: Mapping[str, str] | None = None) -> int:

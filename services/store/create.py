@@ -90,6 +90,7 @@ class CreatePipeline:
                     draft = self._draft_from_files(spec.files, staging, progress, gguf_mode=gguf_mode)
                 if quant:
                     draft = self._quantized(draft, quant, staging, progress)
+                draft.annotations.update(spec.annotations)
                 self._apply_overrides(draft, spec, staging / "overrides")
                 summary = self._commit(mname, draft, progress)
             finally:

@@ -9,6 +9,7 @@ do: nothing in it is read or changed.
 Format history:
   0  blobs/, manifests/, views/ and tmp/ as first released, with no marker.
   1  the same layout with the marker.
+  2  bare names mean Ollama's library: manifests/mlxserve.local/ moved to manifests/registry.ollama.ai/.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from mlxserve.services.common.errors import InvalidArgument, Unsupported
 from .blobs import write_atomic
 
 FORMAT_FILE = "store-format.json"
-CURRENT = 1
+CURRENT = 2
 
 Migration = Callable[[Path], None]
 
@@ -33,8 +34,37 @@ def _adopt_unversioned(models_dir: Path) -> None:
     """0 -> 1: the layout is unchanged; writing the marker (done by the caller) is the migration."""
 
 
+OLD_DEFAULT_HOST = "mlxserve.local"
+NEW_DEFAULT_HOST = "registry.ollama.ai"
+
+
+def _bare_names_to_ollama_host(models_dir: Path) -> None:
+    """1 -> 2: the default host of bare names became Ollama's registry; move their manifests.
+
+    Each manifest file is renamed on its own (so a step interrupted halfway resumes); a name that
+    already exists under the new host keeps that manifest, and the old one stays where it was,
+    listed under its full name (mlxserve.local/library/NAME:TAG) instead of being lost.
+    """
+    log = logs.get_logger(component="store_format")
+    old_root = models_dir / "manifests" / OLD_DEFAULT_HOST
+    if not old_root.is_dir():
+        return
+    for path in sorted(p for p in old_root.rglob("*") if p.is_file()):
+        target = models_dir / "manifests" / NEW_DEFAULT_HOST / path.relative_to(old_root)
+        if target.exists():
+            log.warning("store_format_name_kept", manifest=str(path), reason=f"{target} exists")
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(target)
+    for folder in sorted((p for p in old_root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    if not any(old_root.iterdir()):
+        old_root.rmdir()
+
+
 # MIGRATIONS[n] turns format n into format n + 1.
-MIGRATIONS: dict[int, Migration] = {0: _adopt_unversioned}
+MIGRATIONS: dict[int, Migration] = {0: _adopt_unversioned, 1: _bare_names_to_ollama_host}
 
 
 def read_format(models_dir: Path) -> int | None:

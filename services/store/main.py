@@ -11,6 +11,7 @@ from mlxserve.services.common import lifecycle, logs, rpc
 from mlxserve.services.common.config import load_settings
 from mlxserve.services.common.errors import MlxServeError
 
+from . import transfer
 from .server import build_server
 from .store import ModelStore
 
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mlxserve-store: {e.message}", file=sys.stderr, flush=True)
         return e.exit_code
     store.clean_tmp()
-    server = build_server(store, settings.store_socket)
+    server = build_server(store, settings.store_socket, remotes=transfer.Remotes.from_settings(settings))
     server.start()
     rpc.secure_socket(settings.store_socket)
     log.info("store_listening", socket=str(settings.store_socket), models_dir=str(settings.models_dir))

@@ -30,6 +30,10 @@ ANN_CONVERTER = "io.mlxserve.converter"
 ANN_CONVERTER_VERSION = "io.mlxserve.converter.version"
 ANN_PARENT = "io.mlxserve.parent"              # "<name>@sha256:<hex>" of the model it derives from
 ANN_QUANTIZATION = "io.mlxserve.quantization"  # e.g. "affine bits=4 group_size=64" when quantized on create
+# Pulled and converted: the remote reference and the digest of what it named (an Ollama image's
+# manifest, a Hugging Face commit), so pulling it again knows whether anything changed.
+ANN_SOURCE_REF = "io.mlxserve.source.ref"
+ANN_SOURCE_MANIFEST = "io.mlxserve.source.manifest"
 
 _P = "application/vnd.mlxserve.model"
 # (filename pattern, media type), first match wins. config.json gets its own type so it is never

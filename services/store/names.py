@@ -13,9 +13,15 @@ from pathlib import Path
 
 from mlxserve.services.common.errors import InvalidArgument
 
-DEFAULT_HOST = "mlxserve.local"
+# A bare name means what it means to an Ollama user: Ollama's library. (Where `pull` fetches such a
+# name from is the `default_registry` setting; the name, and where it is stored, stay the same.)
+DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
+HF_HOST = "hf.co"  # the Hugging Face hub: hf.co/ORG/REPO[:QUANT]
+# Other spellings of the same hosts, stored under one name.
+HOST_ALIASES = {"ollama.com": DEFAULT_HOST, "www.ollama.com": DEFAULT_HOST,
+                "huggingface.co": HF_HOST, "www.huggingface.co": HF_HOST}
 
 MAX_HOST = 253
 MAX_PART = 80  # namespace, name, tag (Ollama's bounds)
@@ -128,7 +134,7 @@ def parse_name(text: str) -> ModelName:
         raise InvalidArgument(f"model name {text!r} has more than one ':' in its last part")
     host, namespace = DEFAULT_HOST, DEFAULT_NAMESPACE
     if len(parts) == 3:
-        host, namespace = parts[0], parts[1]
+        host, namespace = HOST_ALIASES.get(parts[0], parts[0]), parts[1]
     elif len(parts) == 2:
         namespace = parts[0]
     return ModelName(

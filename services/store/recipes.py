@@ -57,6 +57,9 @@ class CreateSpec:
     # The sha256 of `from_path`, when the caller has just verified it (an Ollama blob is named by
     # it): the importer then skips hashing the file again. Never taken from a client request.
     source_digest: str | None = None
+    # Provenance for the manifest (pull: where the model came from, the remote manifest's digest),
+    # set by in-process callers only, like source_digest.
+    annotations: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise InvalidArgument for a spec `create` cannot honour (before any work starts)."""

@@ -167,8 +167,9 @@ class _ChunkReader(io.RawIOBase):
 
 
 class StoreServicer(store_pb2_grpc.StoreServicer):
-    def __init__(self, store: ModelStore) -> None:
+    def __init__(self, store: ModelStore, remotes: transfer.Remotes | None = None) -> None:
         self.store = store
+        self.remotes = remotes or transfer.Remotes()
 
     def _relay(self, context: grpc.ServicerContext, what: str, work: Callable[[ProgressCallback, threading.Event], T],
                wrap: Callable[[common_pb2.Progress], Any] = lambda p: p) -> Generator[Any, None, T]:
@@ -236,14 +237,16 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
             # Relative to what? The store's working folder is no one's business: clients send absolute paths.
             raise InvalidArgument(f"pull: {request.name!r} looks like a file; give a model name, an absolute path or a URL")
         yield from self._relay(context, "pull", lambda progress, cancel: transfer.pull(
-            self.store, request.name, insecure=request.insecure, progress=progress, cancel=cancel))
+            self.store, request.name, insecure=request.insecure, progress=progress, cancel=cancel,
+            remotes=self.remotes))
 
     @rpc.rpc_method
     def Push(self, request: store_pb2.PushRequest, context: grpc.ServicerContext) -> Iterator[common_pb2.Progress]:
         if not request.name:
             raise InvalidArgument("push: a model name is required")
         yield from self._relay(context, "push", lambda progress, cancel: transfer.push(
-            self.store, request.name, insecure=request.insecure, progress=progress, cancel=cancel))
+            self.store, request.name, insecure=request.insecure, progress=progress, cancel=cancel,
+            remotes=self.remotes))
 
     @rpc.rpc_method
     def Pack(self, request: store_pb2.PackRequest, context: grpc.ServicerContext) -> Iterator[common_pb2.Progress]:
@@ -338,11 +341,12 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
             yield store_pb2.ImportOllamaEvent(ollama_name=m.ollama_name, result=ollama_result_pb(result))
 
 
-def build_server(store: ModelStore, socket_path: Path, max_workers: int = 16) -> grpc.Server:
+def build_server(store: ModelStore, socket_path: Path, max_workers: int = 16,
+                 remotes: transfer.Remotes | None = None) -> grpc.Server:
     """A started-ready (not yet started) gRPC server for `store` bound to a fresh unix socket."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="store-rpc"),
                          options=rpc.CHANNEL_OPTIONS)
-    store_pb2_grpc.add_StoreServicer_to_server(StoreServicer(store), server)
+    store_pb2_grpc.add_StoreServicer_to_server(StoreServicer(store, remotes), server)
     rpc.prepare_socket_path(socket_path)
     server.add_insecure_port(rpc.unix_target(socket_path))
     return server

@@ -17,7 +17,7 @@ import pytest
 from mlxserve.services.common.errors import Internal, InvalidArgument
 from mlxserve.services.store.credentials import Credentials, CredentialStore
 from mlxserve.services.store.store import ModelStore
-from mlxserve.services.store.transfer import pack, partial_path, pull, push
+from mlxserve.services.store.transfer import Remotes, pack, partial_path, pull, push
 from tests.fixtures.registry import Registry, auth_registry, put_model, registry, require_tool  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -294,6 +294,21 @@ def test_plain_http_registry_is_refused_without_insecure(registry: Registry, tmp
         pull(store_at(tmp_path / "other"), name)
 
 
-def test_pull_of_a_name_without_registry_host_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(InvalidArgument, match="names no registry"):
-        pull(store_at(tmp_path), "tiny:latest")
+def test_a_bare_name_is_pulled_from_the_default_registry_and_keeps_its_short_name(registry: Registry,
+                                                                                tmp_path: Path) -> None:
+    src = store_at(tmp_path / "src")
+    mirrored = f"{registry.host}/library/mirrored:v1"
+    put_model(src, mirrored, {"model.safetensors": os.urandom(4096), "config.json": b"{}"})
+    push(src, mirrored, insecure=True)
+    # default_registry written as http://... is plain http by choice: no --insecure needed.
+    dst = store_at(tmp_path / "dst")
+    summary = pull(dst, "mirrored:v1", remotes=Remotes(default_registry=f"http://{registry.host}"))
+    assert summary.name == "mirrored:v1" and [m.name for m in dst.list()] == ["mirrored:v1"]
+    assert dst.get_manifest("mirrored:v1")[1] == src.get_manifest(mirrored)[1]
+
+
+def test_pushing_a_bare_name_to_ollamas_registry_is_refused_saying_where_to_push(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    put_model(store, "mine:latest", {"config.json": b"{}"})
+    with pytest.raises(InvalidArgument, match="Ollama's registry.*mlxctl cp NAME"):
+        push(store, "mine:latest")

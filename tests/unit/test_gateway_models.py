@@ -251,7 +251,7 @@ def test_a_client_that_hangs_up_mid_pull_cancels_the_download_in_the_store(monke
 
     cancelled = threading.Event()
 
-    def slow_pull(store, ref, *, insecure, progress, cancel):  # noqa: ANN001 - the transfer.pull signature
+    def slow_pull(store, ref, *, insecure, progress, cancel, remotes):  # noqa: ANN001 - the transfer.pull signature
         progress(ProgressEvent("pulling manifest"))
         if cancel.wait(20):
             cancelled.set()

@@ -135,3 +135,20 @@ def test_store_entry_points_refuse_hostile_names_without_touching_the_disk(fuzz_
             continue
         assert result is False  # only has_blob of a well-formed, absent digest gets this far
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
+def test_bare_names_mean_ollamas_library_as_they_do_for_an_ollama_user() -> None:
+    for text in ("gemma3:270m", "library/gemma3:270m", "registry.ollama.ai/library/gemma3:270m",
+                 "ollama.com/library/gemma3:270m", "OLLAMA.COM/Library/Gemma3:270M"):
+        name = parse_name(text)
+        assert (name.host, name.namespace, name.name, name.tag) == ("registry.ollama.ai", "library", "gemma3", "270m")
+        assert name.display == "gemma3:270m"
+    assert parse_name("llama3.2").display == "llama3.2:latest"
+
+
+def test_hugging_face_names_keep_their_host_in_every_spelling() -> None:
+    for text in ("hf.co/mlx-community/Qwen3-0.6B-4bit", "huggingface.co/mlx-community/Qwen3-0.6B-4bit"):
+        name = parse_name(text)
+        assert (name.host, name.namespace, name.name) == ("hf.co", "mlx-community", "qwen3-0.6b-4bit")
+        assert name.display == "hf.co/mlx-community/qwen3-0.6b-4bit:latest"
+    assert parse_name("hf.co/unsloth/gemma-3-270m-it-GGUF:Q4_K_M").tag == "q4_k_m"

@@ -113,3 +113,43 @@ def test_the_store_service_exits_with_the_message_when_the_store_is_newer(tmp_pa
     assert proc.returncode == Unsupported.exit_code
     assert f"format {CURRENT + 5}" in proc.stderr and "Upgrade mlxserve" in proc.stderr
     assert not (home / "run" / "store.sock").exists()
+
+
+def _old_store_with(models: Path, names: dict[str, bytes]) -> None:
+    """A format-1 store whose bare names live under the old default host, mlxserve.local."""
+    (models / FORMAT_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (models / FORMAT_FILE).write_text(json.dumps({"format": 1}))
+    for rel, data in names.items():
+        path = models / "manifests" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def test_format_1_bare_names_move_to_ollamas_host_and_keep_their_short_names(tmp_path: Path) -> None:
+    from tests.unit.test_store import write_tiny_hf_folder
+
+    models = tmp_path / "models"
+    store = ModelStore(models)
+    store.create_from_path("smol:latest", write_tiny_hf_folder(tmp_path / "src"))
+    manifest = (models / "manifests" / "registry.ollama.ai" / "library" / "smol" / "latest").read_bytes()
+    # Put it back where a format-1 store kept it.
+    (models / "manifests" / "registry.ollama.ai").rename(models / "manifests" / "mlxserve.local")
+    (models / FORMAT_FILE).write_text(json.dumps({"format": 1}))
+
+    reopened = ModelStore(models)
+    assert reopened.format == 1 and marker(models)["format"] == CURRENT
+    assert [m.name for m in reopened.list()] == ["smol:latest"]
+    assert reopened.get_manifest("smol")[1] == manifest
+    assert not (models / "manifests" / "mlxserve.local").exists()
+
+
+def test_format_1_migration_keeps_both_when_a_name_exists_under_the_new_host(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    _old_store_with(models, {"mlxserve.local/library/a/latest": b"old", "registry.ollama.ai/library/a/latest": b"new",
+                             "mlxserve.local/me/b/v1": b"moved"})
+    ensure_format(models)
+    root = models / "manifests"
+    assert (root / "registry.ollama.ai/library/a/latest").read_bytes() == b"new"
+    assert (root / "mlxserve.local/library/a/latest").read_bytes() == b"old"  # kept, under its full name
+    assert (root / "registry.ollama.ai/me/b/v1").read_bytes() == b"moved"
+    assert not (root / "mlxserve.local/me").exists()

@@ -209,7 +209,7 @@ def test_a_client_that_goes_away_cancels_the_pull(served, monkeypatch: pytest.Mo
     seen: dict[str, bool] = {}
     stopped = threading.Event()
 
-    def slow_pull(store, ref, *, insecure, progress, cancel):  # noqa: ANN001 - the transfer.pull signature
+    def slow_pull(store, ref, *, insecure, progress, cancel, remotes):  # noqa: ANN001 - the transfer.pull signature
         progress(ProgressEvent("pulling manifest"))
         seen["cancelled"] = cancel.wait(10)
         stopped.set()

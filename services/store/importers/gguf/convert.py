@@ -71,7 +71,6 @@ def import_gguf(src: Path, out_dir: Path, progress: ProgressCallback = no_progre
     """
     if quantize not in MODES:
         raise InvalidArgument(f"GGUF import mode {quantize!r} is not one of {', '.join(MODES)}")
-    source = src.name
     progress(ProgressEvent("parsing GGUF header"))
     gg = read_gguf(src)
     try:

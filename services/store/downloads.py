@@ -1,0 +1,230 @@
+"""Resumable, verified blob downloads shared by every pull source (OCI and Ollama registries, the
+Hugging Face hub).
+
+A blob goes to `models/tmp/partial-sha256-<hex>` and is hashed as it arrives (a helper thread
+writes and hashes one chunk while the next is received); after an interruption the next pull
+hashes what the partial file holds and asks for the rest with an HTTP Range request. Only bytes
+whose sha256 matches are adopted into the store, so nothing unverified is ever visible. Threads
+of one store process that need the same blob share one download; store processes on the same
+folder take turns (a lock on the partial file). Progress follows Ollama's "pulling <digest>".
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+from mlxserve.services.common.errors import Cancelled, Internal, MlxServeError, Unavailable
+
+from .blobs import CHUNK
+from .layout import Throttle, short
+from .manifest import Descriptor
+from .progress import ProgressCallback, ProgressEvent
+
+if TYPE_CHECKING:
+    from .store import ModelStore
+
+__all__ = ["BlobSource", "PARTIAL_PREFIX", "fetch_blob", "partial_path"]
+
+
+class BlobResponse(Protocol):
+    """An HTTP response being read: 200 (the whole blob), 206 (from the offset asked) or 416."""
+
+    status: int
+    headers: object
+
+    def read(self, n: int = -1) -> bytes: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> BlobResponse: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class BlobSource(Protocol):
+    """Where a pull's blobs come from: `open(digest, offset)` starts reading one at `offset`."""
+
+    where: str  # for messages: "registry registry.ollama.ai", "the Hugging Face hub"
+
+    def open(self, digest: str, offset: int) -> BlobResponse: ...
+
+
+def _check_cancel(cancel: threading.Event | None, what: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(f"{what} cancelled")
+
+
+PARTIAL_PREFIX = "partial-sha256-"
+
+
+def partial_path(store: ModelStore, digest: str) -> Path:
+    """Where a download of `digest` accumulates until it is verified."""
+    return store.tmp_dir / (PARTIAL_PREFIX + digest.removeprefix("sha256:"))
+
+
+
+# ---------------------------------------------------------------------- shared downloads
+
+
+@dataclass
+class _Download:
+    """One blob download in flight; other pulls of the same blob wait on it."""
+
+    total: int
+    completed: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+_inflight: dict[tuple[str, str], _Download] = {}
+_inflight_lock = threading.Lock()
+
+
+def fetch_blob(store: ModelStore, source: BlobSource, desc: Descriptor,
+               progress: ProgressCallback, cancel: threading.Event | None) -> None:
+    """Make `desc` present in the store: skip, join a download in flight, or download it.
+
+    The bytes go to `models/tmp/partial-sha256-<hex>` (resumed with a Range request after an
+    interruption), hashed as they arrive, and are adopted as a blob only if they match.
+    """
+    status = f"pulling {short(desc.digest)}"
+    key = (str(store.models_dir.resolve()), desc.digest)
+    while True:
+        if store.blobs.exists(desc.digest):
+            progress(ProgressEvent(status, desc.digest, desc.size, desc.size))
+            return
+        with _inflight_lock:
+            download = _inflight.get(key)
+            owner = download is None
+            if owner:
+                download = _inflight[key] = _Download(desc.size)
+        assert download is not None
+        if owner:
+            try:
+                _download(store, source, desc, download, Throttle(progress, status, desc.digest, desc.size), cancel)
+            except BaseException as e:
+                download.error = e
+                raise
+            finally:
+                with _inflight_lock:
+                    del _inflight[key]
+                download.done.set()
+            return
+        # Another pull is fetching this blob: report its progress from our own thread.
+        progress(ProgressEvent(status, desc.digest, desc.size, download.completed))
+        while not download.done.wait(0.1):
+            _check_cancel(cancel, "pull")
+            progress(ProgressEvent(status, desc.digest, desc.size, download.completed))
+        if download.error is None or isinstance(download.error, Cancelled):
+            continue  # finished (the loop sees the blob), or its owner gave up: take over from its partial
+        err = download.error
+        if isinstance(err, MlxServeError):
+            raise type(err)(err.message) from err
+        raise Unavailable(f"download of {desc.digest} failed: {err}") from err
+
+
+def _download(store: ModelStore, source: BlobSource, desc: Descriptor, download: _Download,
+              report: Throttle, cancel: threading.Event | None) -> None:
+    partial = partial_path(store, desc.digest)
+    store.tmp_dir.mkdir(parents=True, exist_ok=True)
+    with open(partial, "a+b") as f:
+        # Another store process on the same folder would corrupt the partial file: take turns.
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        if store.blobs.exists(desc.digest):  # it finished while we waited for the lock
+            partial.unlink(missing_ok=True)
+            return
+        h = hashlib.sha256()
+        offset = os.fstat(f.fileno()).st_size
+        if offset > desc.size:
+            f.truncate(0)
+            offset = 0
+        # Hash the bytes we already have (read locally, never fetched again).
+        f.seek(0)
+        remaining = offset
+        while remaining:
+            chunk = f.read(min(CHUNK, remaining))
+            if not chunk:
+                break
+            h.update(chunk)
+            remaining -= len(chunk)
+        download.completed = offset
+        report(offset, force=True)
+        if offset < desc.size:
+            h = _receive(source, desc, f, h, offset, download, report, cancel)
+        f.flush()
+        os.fsync(f.fileno())
+        got = "sha256:" + h.hexdigest()
+        if got != desc.digest:
+            partial.unlink(missing_ok=True)
+            raise Internal(f"blob {desc.digest} from {source.where} failed verification (its bytes hash "
+                           f"to {got}); nothing was stored")
+        store.blobs.adopt(partial, desc.digest)
+    report(desc.size, force=True)
+
+
+def _write_and_hash(f: BinaryIO, h: "hashlib._Hash", chunk: bytes) -> None:
+    f.write(chunk)
+    h.update(chunk)
+
+
+def _receive(source: BlobSource, desc: Descriptor, f: BinaryIO, h: "hashlib._Hash", offset: int,
+             download: _Download, report: Throttle, cancel: threading.Event | None) -> "hashlib._Hash":
+    """Append the blob's bytes from `offset` to `f` (restarting if the server ignores Range).
+
+    Returns the hash state over the whole file.
+    """
+    resp = source.open(desc.digest, offset)
+    with resp:
+        if resp.status == 206:
+            content_range = resp.headers.get("Content-Range", "")
+            if not content_range.startswith(f"bytes {offset}-"):
+                raise Unavailable(f"{source.where} answered a Range request for {desc.digest} with "
+                                  f"{content_range!r}; remove the partial download and pull again")
+        elif offset > 0:
+            # 200: the server sent the whole blob (or 416: our partial is not a prefix); start over cleanly.
+            f.truncate(0)
+            h = hashlib.sha256()
+            download.completed = 0
+            if resp.status == 416:
+                resp.close()
+                return _receive(source, desc, f, h, 0, download, report, cancel)
+            offset = 0
+        f.seek(0, os.SEEK_END)
+        completed = offset
+        # Receive the next chunk while a helper thread writes and hashes the previous one
+        # (socket reads, file writes and sha256 all release the GIL).
+        with ThreadPoolExecutor(1, thread_name_prefix="pull-write") as writer:
+            pending: Future | None = None
+            try:
+                while True:
+                    _check_cancel(cancel, "pull")
+                    try:
+                        chunk = resp.read(CHUNK)
+                    except OSError as e:
+                        raise Unavailable(f"download of {desc.digest} from {source.where} broke off after "
+                                          f"{completed} bytes ({e}); pull again to resume") from e
+                    if pending is not None:
+                        pending.result()
+                        pending = None
+                        download.completed = completed
+                        report(completed)
+                    if not chunk:
+                        break
+                    completed += len(chunk)
+                    if completed > desc.size:
+                        raise Internal(f"{source.where} sent more than the {desc.size} bytes of {desc.digest}")
+                    pending = writer.submit(_write_and_hash, f, h, chunk)
+            finally:
+                if pending is not None:
+                    pending.result()  # never leave a write racing the caller's close
+        if completed < desc.size:
+            raise Unavailable(f"download of {desc.digest} from {source.where} ended after {completed} of "
+                              f"{desc.size} bytes; pull again to resume")
+    return h
