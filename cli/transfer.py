@@ -29,10 +29,12 @@ def pull_source(text: str) -> str:
 @exits_on_error
 def pull(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="[host[:port]/][namespace/]name[:tag], or an OCI image-layout tarball (path or URL)"),
+    name: str = typer.Argument(..., help="gemma3:270m (Ollama's library), hf.co/ORG/REPO[:QUANT] (Hugging Face), "
+                                         "host[:port]/namespace/name[:tag] (a registry), or a tarball (path or URL)"),
     insecure: bool = typer.Option(False, "--insecure", help="allow a registry over plain http://"),
 ) -> None:
-    """Pull a model from an OCI registry, or from a tarball that `mlxctl pack` wrote."""
+    """Pull a model: from Ollama's library by Ollama's names, from the Hugging Face hub (MLX or GGUF
+    repos), from an OCI registry, or from a tarball that `mlxctl pack` wrote."""
     backend = Backend(settings_from(ctx))
     run_progress(backend, "Pull", store_pb2.PullRequest(name=pull_source(name), insecure=insecure))
 

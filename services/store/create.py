@@ -85,7 +85,8 @@ class CreatePipeline:
                     draft = self._draft_from_model(spec.from_model)
                 elif spec.from_path:
                     draft = self._draft_from_path(Path(spec.from_path).expanduser(), staging / "import", progress,
-                                                  gguf_mode=gguf_mode, source_digest=spec.source_digest)
+                                                  gguf_mode=gguf_mode, source_digest=spec.source_digest,
+                                                  known=spec.source_digests)
                 else:
                     draft = self._draft_from_files(spec.files, staging, progress, gguf_mode=gguf_mode)
                 if quant:
@@ -100,7 +101,8 @@ class CreatePipeline:
         return summary
 
     def _draft_from_path(self, src: Path, out: Path, progress: ProgressCallback, label: str | None = None,
-                         *, gguf_mode: str = "auto", source_digest: str | None = None) -> Draft:
+                         *, gguf_mode: str = "auto", source_digest: str | None = None,
+                         known: dict[str, str] | None = None) -> Draft:
         from .importers.gguf import import_gguf
         from .importers.hf import import_hf_folder
 
@@ -116,7 +118,7 @@ class CreatePipeline:
             result = import_gguf(src, out, progress, quantize=gguf_mode, source_digest=source_digest)
         elif src.is_dir():
             out.mkdir(parents=True)
-            result = import_hf_folder(src, out, progress)
+            result = import_hf_folder(src, out, progress, known=known)
         else:
             raise InvalidArgument(f"source {label!r} is neither a file nor a folder")
         return Draft(files=dict(result.files), reuse={}, config=result.config, annotations={
@@ -139,7 +141,9 @@ class CreatePipeline:
             os.symlink(self.store.blobs.path(digest), src_dir / name)  # read in place: no copy of the upload
         src = src_dir / ggufs[0] if ggufs else src_dir
         label = ggufs[0] if ggufs else "uploaded files"
-        return self._draft_from_path(src, staging / "import", progress, label=label, gguf_mode=gguf_mode)
+        # The uploads are verified blobs already: a folder's files are linked, a GGUF not hashed again.
+        return self._draft_from_path(src, staging / "import", progress, label=label, gguf_mode=gguf_mode,
+                                     source_digest=files[ggufs[0]] if ggufs else None, known=dict(files))
 
     def _draft_from_model(self, base: str) -> Draft:
         found = self.store.find(parse_name(base))

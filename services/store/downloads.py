@@ -11,6 +11,7 @@ folder take turns (a lock on the partial file). Progress follows Ollama's "pulli
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -18,7 +19,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator, Protocol
 
 from mlxserve.services.common.errors import Cancelled, Internal, MlxServeError, Unavailable
 
@@ -30,7 +31,7 @@ from .progress import ProgressCallback, ProgressEvent
 if TYPE_CHECKING:
     from .store import ModelStore
 
-__all__ = ["BlobSource", "PARTIAL_PREFIX", "fetch_blob", "partial_path"]
+__all__ = ["BlobSource", "PARTIAL_PREFIX", "fetch_blob", "partial_path", "source_blob"]
 
 
 class BlobResponse(Protocol):
@@ -228,3 +229,44 @@ def _receive(source: BlobSource, desc: Descriptor, f: BinaryIO, h: "hashlib._Has
             raise Unavailable(f"download of {desc.digest} from {source.where} ended after {completed} of "
                               f"{desc.size} bytes; pull again to resume")
     return h
+
+
+# ---------------------------------------------------------------------- source blobs (pulled, then converted)
+
+_held: dict[tuple[str, str], int] = {}
+_held_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def source_blob(store: ModelStore, digest: str | None) -> Iterator[Callable[[], None]]:
+    """Hold a downloaded source blob (a GGUF a pull converts) while the pull uses it.
+
+    Yields `finished()`: call it once the blob has served (the model is committed, or the blob
+    was refused: fetching it again would not help). When the last holder in this process lets go
+    after `finished()`, the blob is deleted unless a manifest references it. An interrupted pull
+    (cancelled, network or disk error) never calls it, so the blob stays and the next pull neither
+    downloads nor verifies it again; gc collects it if no pull ever comes back.
+    """
+    if not digest:  # nothing was kept as a blob (e.g. a small file fetched into staging)
+        yield lambda: None
+        return
+    key = (str(store.models_dir.resolve()), digest)
+    with _held_lock:
+        _held[key] = _held.get(key, 0) + 1
+    done = False
+
+    def finished() -> None:
+        nonlocal done
+        done = True
+
+    try:
+        yield finished
+    finally:
+        with _held_lock:
+            _held[key] -= 1
+            last = _held[key] == 0
+            if last:
+                del _held[key]
+        if last and done:
+            with store.locked():
+                store.collect({digest})

@@ -57,6 +57,8 @@ class CreateSpec:
     # The sha256 of `from_path`, when the caller has just verified it (an Ollama blob is named by
     # it): the importer then skips hashing the file again. Never taken from a client request.
     source_digest: str | None = None
+    # The same for a folder's files (name -> sha256): they are linked into the model, not copied.
+    source_digests: dict[str, str] = field(default_factory=dict)
     # Provenance for the manifest (pull: where the model came from, the remote manifest's digest),
     # set by in-process callers only, like source_digest.
     annotations: dict[str, str] = field(default_factory=dict)

@@ -205,6 +205,7 @@ class RegistryClient:
         url = self._url(path_or_url)
         expect = tuple(expect)
         auth_tried: set[str] = set()
+        visited = [url]
         for _ in range(8):
             hdrs = {"User-Agent": USER_AGENT, **(headers or {})}
             same_host = urllib.parse.urlsplit(url).netloc == self.host
@@ -219,6 +220,11 @@ class RegistryClient:
                 if not location:
                     raise RegistryError(f"registry {self.host} redirected {what or url} without a Location")
                 url = urllib.parse.urljoin(url, location)
+                if url in visited:
+                    hops = " -> ".join(urllib.parse.urlsplit(u).netloc + urllib.parse.urlsplit(u).path
+                                       for u in [*visited[visited.index(url):], url])
+                    raise RegistryError(f"registry {self.host}: redirect loop for {what or url} ({hops})")
+                visited.append(url)
                 continue
             if resp.status == 401 and same_host:
                 challenge_header = resp.headers.get("WWW-Authenticate") or ""

@@ -154,6 +154,22 @@ def test_create_from_uploaded_folder_files(store: ModelStore, tiny: Path) -> Non
     assert _render(store, "uploaded", [{"role": "user", "content": "hi"}]).startswith("<|im_start|>user")
 
 
+def test_uploaded_files_become_the_model_without_being_written_again(store: ModelStore, tiny: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlxserve.services.store.importers import hf
+
+    files = {p.name: _upload(store, p) for p in sorted(tiny.iterdir())}
+    copied: list[str] = []
+    real_copy = hf.copy_with_digest
+    monkeypatch.setattr(hf, "copy_with_digest", lambda src, dst, *a: copied.append(dst.name) or real_copy(src, dst, *a))
+    blobs_before = store.blobs.all_digests()
+    store.create("linked", CreateSpec(files=files))
+    assert copied == []  # every uploaded file was linked from its blob, none copied
+    _, _, manifest = store.get_manifest("linked")
+    assert {layer.digest for layer in manifest.layers} == set(files.values())
+    assert store.blobs.all_digests() - blobs_before == {manifest.config.digest}
+
+
 def test_create_from_files_not_uploaded_is_refused(store: ModelStore) -> None:
     with pytest.raises(InvalidArgument, match="upload them first"):
         store.create("x", CreateSpec(files={"m.gguf": "sha256:" + "1" * 64}))

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from mlxserve import __version__
 from mlxserve.services.common.errors import InvalidArgument
@@ -76,8 +77,15 @@ def count_parameters(headers: list[dict[str, Any]], quantization: dict[str, Any]
     return total
 
 
-def import_hf_folder(src: Path, out_dir: Path, progress: ProgressCallback = no_progress) -> ImportResult:
-    """Copy an mlx-lm/Hugging Face folder's model files into `out_dir` and describe the model."""
+def import_hf_folder(src: Path, out_dir: Path, progress: ProgressCallback = no_progress, *,
+                     known: Mapping[str, str] | None = None) -> ImportResult:
+    """Copy an mlx-lm/Hugging Face folder's model files into `out_dir` and describe the model.
+
+    `known`: file name -> sha256 digest for files whose bytes were just verified and already sit
+    in the store (a pull's downloads, uploaded blobs): those are hard-linked, not copied, so the
+    weights are written once (the commit then finds each blob present and drops the link).
+    """
+    known = known or {}
     missing = [name for name in REQUIRED if not (src / name).is_file()]
     weights = sorted(p for p in src.glob("*.safetensors") if p.is_file())
     if not weights:
@@ -119,7 +127,11 @@ def import_hf_folder(src: Path, out_dir: Path, progress: ProgressCallback = no_p
             done += n
             progress(ProgressEvent(f"copying {p.relative_to(src)}", total=total, completed=done))
 
-        digest, _ = copy_with_digest(p, out_dir / title, copied)
+        digest = known.get(str(p.relative_to(src)))
+        if digest is not None and _link(p, out_dir / title):
+            copied(p.stat().st_size)
+        else:
+            digest, _ = copy_with_digest(p, out_dir / title, copied)
         files[title] = (out_dir / title, digest)
         listing.update(f"{title} {digest}\n".encode())
 
@@ -128,6 +140,15 @@ def import_hf_folder(src: Path, out_dir: Path, progress: ProgressCallback = no_p
     cfg = _model_config(src, config, quantization, params)
     return ImportResult(config=cfg, source_digest="sha256:" + listing.hexdigest(),
                         converter=f"{CONVERTER}/{__version__}", files=files)
+
+
+def _link(src: Path, dst: Path) -> bool:
+    """Hard-link `src` (followed through symlinks) at `dst`; False where the filesystem cannot."""
+    try:
+        os.link(src.resolve(), dst)
+        return True
+    except OSError:
+        return False
 
 
 def _sentence_transformers_files(src: Path) -> dict[str, Path]:

@@ -3,7 +3,9 @@
 Ollama keeps `blobs/sha256-<hex>` and `manifests/<host>/<namespace>/<model>/<tag>`: Docker
 schema-2 manifests whose layers carry `application/vnd.ollama.image.*` media types. The model
 layer is a GGUF, which `ModelStore.create` converts like any GGUF file; the params, system,
-license and messages layers become the new model's defaults. The template layer is a Go
+license and messages layers become the new model's defaults. Pulling from a registry that holds
+Ollama's format (ollama_registry.py) maps the layers with the same functions (parse_manifest,
+refusal, apply_config, apply_layer, read_gguf_header, OllamaModel.create_spec). The template layer is a Go
 template, which mlxserve does not execute: the GGUF's own chat template (or the catalog's) is
 used instead, and the model's model_info says which.
 
@@ -56,6 +58,11 @@ MEDIA_ADAPTER = f"{_M}.adapter"
 MEDIA_TENSOR = f"{_M}.tensor"          # safetensors-engine models: one layer per tensor
 # Ignored like Ollama ignores them: `.embed` (deprecated) and `.draft` (a speculative-decoding
 # helper, not needed to serve the model).
+MEDIA_EMBED = f"{_M}.embed"
+MEDIA_DRAFT = f"{_M}.draft"
+IGNORED_LAYERS = frozenset({MEDIA_EMBED, MEDIA_DRAFT})
+# The layers read into memory and mapped onto the model's defaults (apply_layer).
+SMALL_LAYERS = frozenset({MEDIA_PARAMS, MEDIA_SYSTEM, MEDIA_LICENSE, MEDIA_MESSAGES, MEDIA_TEMPLATE, MEDIA_PROMPT})
 MANIFEST_TYPES = (DOCKER_MANIFEST, MANIFEST_MEDIA_TYPE)
 
 # Bounds on what is read into memory: a real manifest is ~1 KB, a license ~30 KB.
@@ -231,42 +238,37 @@ def _read_model(root: Path, parts: tuple[str, ...], path: Path) -> OllamaModel:
         return m.skip(f"its manifest cannot be read ({e.strerror})")
     m.manifest_digest = "sha256:" + hashlib.sha256(data).hexdigest()
     try:
-        layers, config = _parse_manifest(data)
+        layers, config = parse_manifest(data)
     except ValueError as e:
         return m.skip(f"its manifest is damaged: {e}")
     m.size = sum(d["size"] for d in layers) + (config["size"] if config else 0)
-    _classify(m, layers)
+    refused = refusal(layers)
+    if refused is not None:
+        m.skip(refused)
     # Every layer is looked at even once a reason to skip is known, so that the listing still
     # shows what the model is; the first reason found is the one reported.
     if config is not None:
-        doc = _json_layer(root, config, m, dict)
-        m.quantization = str(doc.get("file_type") or "")
-        m.parameter_size = str(doc.get("model_type") or "")
+        data = _small_blob(root, config, m)
+        if data is not None:
+            apply_config(m, data)
     for desc in layers:
         media_type = desc["mediaType"]
         if media_type == MEDIA_MODEL:
-            m.gguf, m.gguf_digest = _blob(root, desc, m), _canonical(desc["digest"])
-        elif media_type == MEDIA_PARAMS:
-            _map_parameters(m, _json_layer(root, desc, m, dict))
-        elif media_type == MEDIA_MESSAGES:
-            _map_messages(m, _json_layer(root, desc, m, list))
-        elif media_type == MEDIA_SYSTEM:
-            m.system = _text_layer(root, desc, m)
-        elif media_type in (MEDIA_TEMPLATE, MEDIA_PROMPT):
-            m.go_template = _text_layer(root, desc, m)
-        elif media_type == MEDIA_LICENSE:
-            text = _text_layer(root, desc, m)
-            if text is not None:  # Ollama keeps one layer per LICENSE of the Modelfile
-                m.license = text if m.license is None else f"{m.license}\n\n{text}"
+            m.gguf, m.gguf_digest = _blob(root, desc, m), canonical(desc["digest"])
+        elif media_type in SMALL_LAYERS:
+            data = _small_blob(root, desc, m)
+            if data is not None:
+                apply_layer(m, desc, data)
         elif media_type in (MEDIA_PROJECTOR, MEDIA_ADAPTER):
             _blob(root, desc, m)  # a missing one is worth saying too, after the first reason
     if m.gguf is not None:
-        _read_gguf_header(m)
+        read_gguf_header(m)
     return m
 
 
-def _parse_manifest(data: bytes) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """(layers, config) of a schema-2 manifest; ValueError naming what is wrong."""
+def parse_manifest(data: bytes) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """(layers, config) of an Ollama image's schema-2 manifest, each descriptor checked (media
+    type, sha256 digest, size); ValueError naming what is wrong."""
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
@@ -291,23 +293,28 @@ def _parse_manifest(data: bytes) -> tuple[list[dict[str, Any]], dict[str, Any] |
     return layers, config
 
 
-def _classify(m: OllamaModel, layers: list[dict[str, Any]]) -> None:
-    """Skip what mlxserve cannot serve faithfully, saying why, before any blob is touched."""
+def refusal(layers: list[dict[str, Any]]) -> str | None:
+    """Why a model made of `layers` cannot be served faithfully (the first reason), or None.
+
+    Looks at media types only, so it is said before any blob is read or downloaded.
+    """
     kinds = [d["mediaType"] for d in layers]
     if MEDIA_PROJECTOR in kinds:
-        m.skip("it has a vision projector (a multimodal model); mlxserve imports text-only GGUF models")
-    elif MEDIA_ADAPTER in kinds:
-        m.skip("it has a LoRA adapter layer, which mlxserve does not apply; "
-               "create the model from merged weights instead")
-    elif MEDIA_TENSOR in kinds:
-        m.skip("it is stored as safetensors tensors (Ollama's newer engine format), not as a GGUF")
-    elif kinds.count(MEDIA_MODEL) > 1:
-        m.skip(f"it has {kinds.count(MEDIA_MODEL)} model layers; mlxserve imports models with one GGUF")
-    elif MEDIA_MODEL not in kinds:
-        m.skip("it has no model layer: a cloud model, or one whose weights are stored elsewhere")
+        return "it has a vision projector; vision models are not supported yet (mlxserve serves text-only GGUF models)"
+    if MEDIA_ADAPTER in kinds:
+        return ("it has a LoRA adapter layer, which mlxserve does not apply; "
+                "create the model from merged weights instead")
+    if MEDIA_TENSOR in kinds:
+        return "it is stored as safetensors tensors (Ollama's newer engine format), not as a GGUF"
+    if kinds.count(MEDIA_MODEL) > 1:
+        return f"it has {kinds.count(MEDIA_MODEL)} model layers; mlxserve imports models with one GGUF"
+    if MEDIA_MODEL not in kinds:
+        return "it has no model layer: a cloud model, or one whose weights are stored elsewhere"
+    return None
 
 
-def _canonical(digest: str) -> str:
+def canonical(digest: str) -> str:
+    """`sha256:<hex>`, lower-case, of a digest Ollama wrote as `sha256:` or `sha256-` (checked by parse_manifest)."""
     return "sha256:" + _OLLAMA_DIGEST.fullmatch(digest).group(1).lower()  # type: ignore[union-attr]
 
 
@@ -320,7 +327,7 @@ def _kind(desc: dict[str, Any]) -> str:
 def _blob(root: Path, desc: dict[str, Any], m: OllamaModel) -> Path | None:
     """The blob a layer names if it is a regular file inside the store of the size the manifest
     says; otherwise None, and the model is skipped saying which check failed."""
-    digest, what = _canonical(desc["digest"]), _kind(desc)
+    digest, what = canonical(desc["digest"]), _kind(desc)
     # Ollama writes sha256-<hex> (versions before 0.1.x wrote sha256:<hex>); the digest pattern
     # rules out anything else, so the path cannot leave blobs/ by its name, only through a link.
     hexdigest = digest.removeprefix("sha256:")
@@ -342,21 +349,56 @@ def _blob(root: Path, desc: dict[str, Any], m: OllamaModel) -> Path | None:
     return None
 
 
-def _text_layer(root: Path, desc: dict[str, Any], m: OllamaModel) -> str | None:
-    """A small layer's text, checked against its digest (hashed as read: it is small)."""
-    what = _kind(desc)
-    if desc["size"] > MAX_TEXT_LAYER_BYTES:
-        m.skip(f"its {what} layer has {desc['size']} bytes, more than the {MAX_TEXT_LAYER_BYTES} allowed")
+def _small_blob(root: Path, desc: dict[str, Any], m: OllamaModel) -> bytes | None:
+    """A small layer's bytes (bounded), checked against its digest (hashed as read: it is small)."""
+    if (reason := small_layer_too_big(desc)) is not None:
+        m.skip(reason)
         return None
     path = _blob(root, desc, m)
     if path is None:
         return None
     data = path.read_bytes()
     actual = "sha256:" + hashlib.sha256(data).hexdigest()
-    if actual != _canonical(desc["digest"]):
-        m.skip(f"its {what} blob {_canonical(desc['digest'])} does not match its digest "
+    if actual != canonical(desc["digest"]):
+        m.skip(f"its {_kind(desc)} blob {canonical(desc['digest'])} does not match its digest "
                f"(the content hashes to {actual}): damaged")
         return None
+    return data
+
+
+def small_layer_too_big(desc: dict[str, Any]) -> str | None:
+    """Why a config/params/system/... layer is not read (more than MAX_TEXT_LAYER_BYTES), or None."""
+    if desc["size"] > MAX_TEXT_LAYER_BYTES:
+        return f"its {_kind(desc)} layer has {desc['size']} bytes, more than the {MAX_TEXT_LAYER_BYTES} allowed"
+    return None
+
+
+def apply_config(m: OllamaModel, data: bytes) -> None:
+    """Ollama's config blob (ConfigV2: file_type, model_type...) -> what `m` reports."""
+    doc = _json(m, "config", data, dict)
+    m.quantization = str(doc.get("file_type") or "")
+    m.parameter_size = str(doc.get("model_type") or "")
+
+
+def apply_layer(m: OllamaModel, desc: dict[str, Any], data: bytes) -> None:
+    """One verified small layer (a media type in SMALL_LAYERS) -> `m`'s parameters, system,
+    license, messages or Go template; a layer that cannot be used skips `m` saying why."""
+    media_type = desc["mediaType"]
+    if media_type == MEDIA_PARAMS:
+        _map_parameters(m, _json(m, _kind(desc), data, dict))
+    elif media_type == MEDIA_MESSAGES:
+        _map_messages(m, _json(m, _kind(desc), data, list))
+    elif (text := _text(m, _kind(desc), data)) is None:
+        return
+    elif media_type == MEDIA_SYSTEM:
+        m.system = text
+    elif media_type in (MEDIA_TEMPLATE, MEDIA_PROMPT):
+        m.go_template = text
+    elif media_type == MEDIA_LICENSE:  # Ollama keeps one layer per LICENSE of the Modelfile
+        m.license = text if m.license is None else f"{m.license}\n\n{text}"
+
+
+def _text(m: OllamaModel, what: str, data: bytes) -> str | None:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -364,17 +406,17 @@ def _text_layer(root: Path, desc: dict[str, Any], m: OllamaModel) -> str | None:
         return None
 
 
-def _json_layer(root: Path, desc: dict[str, Any], m: OllamaModel, kind: type) -> Any:
-    text = _text_layer(root, desc, m)
+def _json(m: OllamaModel, what: str, data: bytes, kind: type) -> Any:
+    text = _text(m, what, data)
     if text is None:
         return kind()
     try:
         value = json.loads(text)
     except ValueError as e:
-        m.skip(f"its {_kind(desc)} layer is not valid JSON ({e})")
+        m.skip(f"its {what} layer is not valid JSON ({e})")
         return kind()
     if not isinstance(value, kind):
-        m.skip(f"its {_kind(desc)} layer is not a JSON {'object' if kind is dict else 'array'}")
+        m.skip(f"its {what} layer is not a JSON {'object' if kind is dict else 'array'}")
         return kind()
     return value
 
@@ -403,10 +445,11 @@ def _map_messages(m: OllamaModel, messages: list[Any]) -> None:
         m.skip(f"its messages layer cannot be used: {e}")
 
 
-def _read_gguf_header(m: OllamaModel) -> None:
-    """What the GGUF header tells: the architecture, whether the GGUF importer takes the file (its
-    own header-only check, so the listing and a dry run say what an import would), and which chat
-    template the model gets when the GGUF has none."""
+def read_gguf_header(m: OllamaModel) -> None:
+    """What the GGUF header at `m.gguf` tells: the architecture, whether the GGUF importer takes the
+    file (its own header-only check, so the listing and a dry run say what an import would), and
+    which chat template the model gets when the GGUF has none (call it after the small layers:
+    the Go template names the prompt format)."""
     # Imported here: mlxctl imports this module (for default_ollama_dir) and needs none of this.
     from .gguf.convert import FILE_TYPES, check_gguf
     from .gguf.reader import read_gguf
