@@ -430,6 +430,12 @@ class _Response:
         except http.client.HTTPException as e:  # IncompleteRead and kin: the connection broke
             raise ConnectionError(f"{type(e).__name__}: {e}") from e
 
+    def readinto(self, b: bytearray | memoryview) -> int:
+        try:
+            return self._resp.readinto(b)
+        except http.client.HTTPException as e:
+            raise ConnectionError(f"{type(e).__name__}: {e}") from e
+
     def close(self) -> None:
         self._resp.close()
         self._conn.close()
