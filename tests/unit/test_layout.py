@@ -106,3 +106,80 @@ def test_not_a_package_is_refused_clearly(tmp_path: Path) -> None:
         pull(ModelStore(tmp_path / "dst"), str(junk))
     with pytest.raises(NotFound):
         pull(ModelStore(tmp_path / "dst"), str(tmp_path / "absent.tar"))
+
+
+class _RangeServer:
+    """Serves one file with Range and If-Range (aiohttp's FileResponse), logging request headers."""
+
+    def __init__(self, path: Path) -> None:
+        import asyncio
+
+        from aiohttp import web
+
+        self.requests: list[dict[str, str]] = []
+        self.path = path
+        self.cut_once = True
+        ready = threading.Event()
+
+        async def serve(request: web.Request) -> web.StreamResponse:
+            self.requests.append(dict(request.headers))
+            if self.cut_once:  # the whole length promised, half sent, then the connection dropped
+                self.cut_once = False
+                data = self.path.read_bytes()
+                resp = web.StreamResponse(headers={"Content-Length": str(len(data)), "ETag": '"v1"'})
+                await resp.prepare(request)
+                await resp.write(data[:len(data) // 2])
+                request.transport.close()
+                return resp
+            return web.FileResponse(self.path, chunk_size=16384, headers={"ETag": '"v1"'})
+
+        async def start() -> None:
+            app = web.Application()
+            app.router.add_get("/{name}", serve)
+            self.runner = web.AppRunner(app, access_log=None)
+            await self.runner.setup()
+            site = web.TCPSite(self.runner, "127.0.0.1", 0)
+            await site.start()
+            self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}/{path.name}"
+            ready.set()
+
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=lambda: (self.loop.run_until_complete(start()), self.loop.run_forever()),
+                         daemon=True).start()
+        ready.wait(10)
+
+    def stop(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def test_a_tarball_url_pull_cut_short_resumes_where_it_stopped(tmp_path: Path) -> None:
+    from mlxserve.services.common.errors import Unavailable
+    from mlxserve.services.store.importers.oci_layout import package_partial
+
+    src = ModelStore(tmp_path / "big-src")  # bigger than a few read chunks, so a cut lands halfway
+    put_model(src, NAME, {"model.safetensors": os.urandom(12 << 20), "config.json": b'{"model_type": "llama"}'})
+    tarball = pack(src, NAME, tmp_path)
+    server = _RangeServer(tarball)
+    try:
+        dst = ModelStore(tmp_path / "dst")
+        with pytest.raises(Unavailable, match="pull again to resume"):
+            pull(dst, server.url, insecure=True)
+        partial = package_partial(dst, server.url)
+        kept = partial.stat().st_size
+        assert 0 < kept < tarball.stat().st_size and dst.list() == []
+
+        events = []
+        pull(dst, server.url, insecure=True, progress=events.append)
+        assert server.requests[-1]["Range"] == f"bytes={kept}-" and "If-Range" in server.requests[-1]
+        assert dst.get_manifest(NAME)[1] == src.get_manifest(NAME)[1]
+        assert not partial.exists() and [e.status for e in events][-1] == "success"
+        # A bad package is not kept for a resume: fetching the same bytes again would not help.
+        tarball.write_bytes(b"not a tarball any more")
+        with pytest.raises(InvalidArgument, match="not a tar archive"):
+            pull(dst, server.url, insecure=True)
+        assert not partial.exists()
+    finally:
+        server.stop()

@@ -1,8 +1,9 @@
 """Import a model from an OCI image-layout tarball (what `mlxctl pack` writes), by path or URL.
 
 The layout itself (oci-layout, index.json, blobs/sha256/<hex>) is described in ../layout.py.
-Unpacking streams the tarball once, verifies every blob it keeps against its name, and writes
-the manifest last, so nothing partial ever becomes visible.
+A URL's package is downloaded into models/tmp first, resumable like every pull; unpacking then
+reads the tarball once, verifies every blob it keeps against its name, and writes the manifest
+last, so nothing partial ever becomes visible.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import BinaryIO
 
-from mlxserve.services.common.errors import InvalidArgument, NotFound, Unavailable, Unsupported
+from mlxserve.services.common.errors import Cancelled, InvalidArgument, NotFound, Unavailable, Unsupported
 
 from ..blobs import CHUNK, check_digest
 from ..layout import (BLOB_ENTRY, MAX_MANIFEST_BYTES, MODEL_NAME, OCI_LAYOUT_VERSION, REF_NAME, Throttle, check_cancel,
@@ -38,22 +39,75 @@ def is_package_ref(ref: str) -> bool:
     return Path(ref).is_file()
 
 
-def _open_source(source: str, insecure: bool) -> tuple[BinaryIO, str]:
-    if source.startswith(("http://", "https://")):
-        if source.startswith("http://") and not insecure:
-            raise InvalidArgument(f"{source} is plain http; fetch packages over http:// only with --insecure")
+PACKAGE_PARTIAL = "partial-package-"  # models/tmp/partial-package-<sha256 of the URL>[.validator]
+
+
+def package_partial(store: ModelStore, url: str) -> Path:
+    """Where a package downloaded from `url` accumulates until it has been unpacked."""
+    return store.tmp_dir / (PACKAGE_PARTIAL + hashlib.sha256(url.encode()).hexdigest()[:40])
+
+
+def _fetch_package(store: ModelStore, url: str, insecure: bool, progress: ProgressCallback,
+                   cancel: threading.Event | None) -> Path:
+    """Download the package at `url` into models/tmp, resuming an earlier partial download.
+
+    A tarball carries no digest to check it against before it is read, so it is fetched whole
+    first (each blob in it is verified as it is unpacked); after an interruption the next pull asks
+    for the rest with a Range request, conditional (If-Range) on the ETag or Last-Modified the
+    first response gave, so a package that changed meanwhile is fetched again from the start.
+    """
+    if url.startswith("http://") and not insecure:
+        raise InvalidArgument(f"{url} is plain http; fetch packages over http:// only with --insecure")
+    partial = package_partial(store, url)
+    validator_file = partial.with_name(partial.name + ".validator")
+    offset = partial.stat().st_size if partial.exists() else 0
+    validator = validator_file.read_text() if offset and validator_file.exists() else ""
+    headers = {"Range": f"bytes={offset}-", "If-Range": validator} if offset and validator else {}
+    try:
+        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60)  # noqa: S310
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            raise NotFound(f"package {url} not found (404)") from e
+        raise Unavailable(f"fetching package {url} failed: {e.code} {e.reason}") from e
+    except (urllib.error.URLError, OSError) as e:
+        raise Unavailable(f"cannot fetch package {url}: {getattr(e, 'reason', e)}") from e
+    with resp, open(partial, "ab") as f:
+        if resp.status != 206:  # the whole package: the server ignored Range, or it changed
+            f.truncate(0)
+            offset = 0
+            validator_file.write_text(resp.headers.get("ETag") or resp.headers.get("Last-Modified") or "")
+        length = resp.headers.get("Content-Length")
+        total = offset + int(length) if length and length.isdigit() else 0
+        report = Throttle(progress, "pulling package", "", total)
+        done = offset
+        report(done, force=True)
         try:
-            return urllib.request.urlopen(source, timeout=60), source  # noqa: S310 - scheme checked above
-        except urllib.error.HTTPError as e:
-            if e.code == 404:
-                raise NotFound(f"package {source} not found (404)") from e
-            raise Unavailable(f"fetching package {source} failed: {e.code} {e.reason}") from e
-        except (urllib.error.URLError, OSError) as e:
-            raise Unavailable(f"cannot fetch package {source}: {getattr(e, 'reason', e)}") from e
+            while chunk := resp.read(CHUNK):
+                check_cancel(cancel, "pull")
+                f.write(chunk)
+                done += len(chunk)
+                report(done)
+        except OSError as e:
+            raise Unavailable(f"download of package {url} broke off after {done} bytes ({e}); "
+                              "pull again to resume") from e
+        if total and done != total:
+            raise Unavailable(f"download of package {url} ended after {done} of {total} bytes; pull again to resume")
+        f.flush()
+        os.fsync(f.fileno())
+    report(done, force=True)
+    return partial
+
+
+def _open_source(store: ModelStore, source: str, insecure: bool, progress: ProgressCallback,
+                 cancel: threading.Event | None) -> tuple[BinaryIO, str, Path | None]:
+    """The package as a stream, its name for messages, and its partial download (URLs) or None."""
+    if source.startswith(("http://", "https://")):
+        partial = _fetch_package(store, source, insecure, progress, cancel)
+        return open(partial, "rb"), source, partial
     path = Path(source).expanduser()
     if not path.is_file():
         raise NotFound(f"package {source!r} not found (not a file)")
-    return open(path, "rb"), str(path)
+    return open(path, "rb"), str(path), None
 
 
 def _stage_member(f: BinaryIO, dest: Path, expected: str, size: int, report: Throttle,
@@ -96,7 +150,28 @@ def unpack(store: ModelStore, source: str, *, insecure: bool = False, progress: 
     its digest; the manifest is written last.
     """
     tag_hint = parse_name(name).tag if name else None
-    stream, where = _open_source(source, insecure)
+    stream, where, partial = _open_source(store, source, insecure, progress, cancel)
+    try:
+        with stream:
+            summary = _unpack_stream(store, stream, where, tag_hint, name, progress, cancel)
+    except (Unavailable, Cancelled, OSError):
+        raise  # the download (if any) stays for the next pull
+    except BaseException:
+        _drop_partial(partial)  # a bad package: fetching the same bytes again would not help
+        raise
+    _drop_partial(partial)
+    progress(ProgressEvent("success"))
+    return summary
+
+
+def _drop_partial(partial: Path | None) -> None:
+    if partial is not None:
+        partial.unlink(missing_ok=True)
+        partial.with_name(partial.name + ".validator").unlink(missing_ok=True)
+
+
+def _unpack_stream(store: ModelStore, stream: BinaryIO, where: str, tag_hint: str | None, name: str | None,
+                   progress: ProgressCallback, cancel: threading.Event | None) -> ModelSummary:
     progress(ProgressEvent("pulling manifest"))
     staging = Path(tempfile.mkdtemp(dir=store.tmp_dir, prefix="create-unpack-"))  # clean_tmp removes create-*
     try:
@@ -165,5 +240,4 @@ def unpack(store: ModelStore, source: str, *, insecure: bool = False, progress: 
         summary = store.put_manifest(target, data)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    progress(ProgressEvent("success"))
     return summary
