@@ -219,6 +219,11 @@ class ModelStore:
         out.sort(key=lambda s: (s.modified_at, s.name), reverse=True)
         return out
 
+    def summary_of(self, name: str) -> ModelSummary:
+        """What `list` reports for one model."""
+        found = self.find(parse_name(name))
+        return self.summary(found.name, found.path, found.data, Manifest.from_bytes(found.data))
+
     def show(self, name: str) -> ModelShow:
         """Everything `show` reports about one model."""
         found = self.find(parse_name(name))

@@ -24,12 +24,13 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlxserve.services.common.errors import Cancelled, Internal, InvalidArgument
+from mlxserve.services.common.errors import Cancelled, Internal, InvalidArgument, NotFound, Unavailable
 
 from .credentials import CredentialStore, Credentials, resolve_credentials
 from .downloads import BlobResponse, fetch_blob, partial_path
 from .importers.oci_layout import is_package_ref, unpack
 from .layout import Throttle, model_manifest, pack, short
+from .manifest import ANN_SOURCE_REF
 from .names import DEFAULT_HOST, HF_HOST, ModelName, parse_name
 from .progress import ProgressCallback, ProgressEvent, no_progress
 from .registry import OCI_MANIFEST, RegistryClient
@@ -114,8 +115,24 @@ def pull(store: ModelStore, ref: str, *, insecure: bool = False, progress: Progr
     reference = mname.digest or mname.tag
     where = f"{host}/{repo}:{reference}"
 
+    local = _local_annotations(store, target) if not mname.digest else None
+    if local is not None and mname.host == DEFAULT_HOST and ANN_SOURCE_REF not in local:
+        # A bare name made here (create, import), never pulled: Ollama's library has nothing for
+        # it to be brought up to date with, and overwriting it with a namesake would lose it.
+        progress(ProgressEvent(f"{target.display} was created here, not pulled: nothing to pull"))
+        progress(ProgressEvent("success"))
+        return store.summary_of(target.full)
     progress(ProgressEvent("pulling manifest"))
-    data, media_type, registry_digest = client.get_manifest(repo, reference)
+    try:
+        data, media_type, registry_digest = client.get_manifest(repo, reference)
+    except Unavailable as e:
+        if local is None:
+            raise
+        # Scripts pull to make sure a model is there: it is. Say that it could not be checked.
+        progress(ProgressEvent(f"could not reach {host} to check for a newer {target.display} ({e.message}); "
+                               "keeping the local copy"))
+        progress(ProgressEvent("success"))
+        return store.summary_of(target.full)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     if mname.digest and digest != mname.digest:
         raise Internal(f"{where}: the registry sent a manifest whose digest is {digest}")
@@ -140,6 +157,15 @@ def pull(store: ModelStore, ref: str, *, insecure: bool = False, progress: Progr
     summary = store.put_manifest(target.full, data)
     progress(ProgressEvent("success"))
     return summary
+
+
+def _local_annotations(store: ModelStore, name: ModelName) -> dict[str, str] | None:
+    """The manifest annotations of `name` if the store holds it, else None."""
+    try:
+        _, _, manifest = store.get_manifest(name.full)
+    except NotFound:
+        return None
+    return dict(manifest.annotations)
 
 
 # ---------------------------------------------------------------------- push

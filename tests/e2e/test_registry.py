@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mlxserve.services.common.errors import Internal, InvalidArgument
+from mlxserve.services.common.errors import Internal, InvalidArgument, Unavailable
 from mlxserve.services.store.credentials import Credentials, CredentialStore
 from mlxserve.services.store.store import ModelStore
 from mlxserve.services.store.transfer import Remotes, pack, partial_path, pull, push
@@ -312,3 +312,26 @@ def test_pushing_a_bare_name_to_ollamas_registry_is_refused_saying_where_to_push
     put_model(store, "mine:latest", {"config.json": b"{}"})
     with pytest.raises(InvalidArgument, match="Ollama's registry.*mlxctl cp NAME"):
         push(store, "mine:latest")
+
+
+def test_pulling_a_bare_name_made_here_succeeds_without_asking_any_registry(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    put_model(store, "made-here:latest", {"config.json": b"{}"})
+    before = store.get_manifest("made-here")[1]
+    events = []
+    # default_registry points nowhere that answers: no connection is attempted at all.
+    summary = pull(store, "made-here", progress=events.append, remotes=Remotes(default_registry="http://127.0.0.1:9"))
+    assert summary.name == "made-here:latest" and events[-1].status == "success"
+    assert "created here, not pulled" in events[0].status and store.get_manifest("made-here")[1] == before
+
+
+def test_pulling_a_present_model_whose_registry_is_unreachable_keeps_it_and_says_so(tmp_path: Path) -> None:
+    store = store_at(tmp_path / "dst")
+    name = "127.0.0.1:9/library/kept:v1"  # a registry on a port nothing listens on
+    put_model(store, name, {"config.json": b"{}"})
+    with pytest.raises(Unavailable):
+        pull(store_at(tmp_path / "empty"), name, insecure=True)  # absent: an error, as before
+    events = []
+    summary = pull(store, name, insecure=True, progress=events.append)
+    assert summary.name == name and events[-1].status == "success"
+    assert any("could not reach 127.0.0.1:9" in e.status and "keeping the local copy" in e.status for e in events)
