@@ -20,6 +20,7 @@ from mlxserve import __version__
 from mlxserve.services.common.errors import Internal, InvalidArgument, NotFound
 
 from .blobs import digest_of_file, remove_tree, write_atomic
+from .gotemplate import bos_token_added, is_go_template, jinja_syntax_error, to_jinja, tool_parser_for
 from .manifest import (
     ANN_CONVERTER,
     ANN_CONVERTER_VERSION,
@@ -192,8 +193,10 @@ class CreatePipeline:
         tok_config = self._read_draft_json(draft, "tokenizer_config.json")
         template = cfg.template
         if spec.template is not None:
-            template = spec.template
-            cfg.model_info["mlxserve.chat_template"] = "given at create (TEMPLATE)" if template else "none"
+            template, note, parser = self._given_template(draft, tok_config, spec.template)
+            cfg.model_info["mlxserve.chat_template"] = note
+            if parser:  # mlx-lm reads it from tokenizer_config.json; it cannot infer it from the converted text
+                tok_config = {**tok_config, "tool_parser_type": parser}
         elif not template and not embedding:
             tokenizer = self._draft_path(draft, "tokenizer.json")
             tokens = tokenizer.read_text(errors="replace") if tokenizer else ""
@@ -231,6 +234,26 @@ class CreatePipeline:
                 (out / "LICENSE").write_text(spec.license)
                 draft.files["LICENSE"] = (out / "LICENSE", None)
         cfg.capabilities = capabilities(template, embedding=embedding, vision="vision" in cfg.capabilities)
+
+    def _given_template(self, draft: Draft, tok_config: dict[str, Any], template: str) -> tuple[str, str, str | None]:
+        """For a TEMPLATE given at create: the Jinja template to store, what `show` says of it, and
+        the mlx-lm tool parser its tool calls need (None: leave the source's).
+
+        An Ollama Go template is converted to Jinja here, or refused naming what cannot be
+        converted; a Jinja template must compile. Either way a template that cannot render is
+        never stored (it would fail every chat instead).
+        """
+        if not template:
+            return "", "none", None
+        if is_go_template(template):
+            tokenizer = self._draft_path(draft, "tokenizer.json")
+            bos = bos_token_added(tok_config, tokenizer.read_text(errors="replace") if tokenizer else "")
+            note = "given at create (TEMPLATE): an Ollama Go template, converted to Jinja"
+            return to_jinja(template, bos_token=bos), note, tool_parser_for(template)
+        error = jinja_syntax_error(template)
+        if error:
+            raise InvalidArgument(f"the template is neither a Jinja chat template ({error}) nor an Ollama Go template")
+        return template, "given at create (TEMPLATE)", None
 
     def _read_draft_json(self, draft: Draft, title: str) -> dict[str, Any]:
         path = self._draft_path(draft, title)

@@ -125,7 +125,8 @@ def test_a_modelfile_recipe_reads_paths_from_its_folder_and_request_fields_overr
         name="pirate", recipe=recipe, recipe_format="modelfile", base_dir=str(tmp_path), template="{{ .Prompt }}"))
     assert events[-1].status == "success"
     shown = call(stub.Show, store_pb2.ShowRequest(name="pirate"))
-    assert shown.system == "You are a pirate." and shown.template == "{{ .Prompt }}"
+    # The request's template wins over the recipe's; an Ollama Go template is stored converted to Jinja.
+    assert shown.system == "You are a pirate." and shown.template.startswith("{#- Converted by mlxserve")
     assert "num_ctx" in shown.parameters and "temperature" in shown.parameters
 
     with pytest.raises(InvalidArgument, match="absolute"):
