@@ -253,7 +253,9 @@ def server_version(cfg: BenchConfig) -> str:
     req = urllib.request.Request(f"{cfg.url}/api/version", headers=cfg.headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
-            return str(json.loads(resp.read()).get("version", ""))
+            doc = json.loads(resp.read())
+            # mlxserve's own version; `version` is the Ollama API level it speaks (what Ollama clients check).
+            return str(doc.get("mlxserve_version") or doc.get("version", ""))
     except (OSError, ValueError):
         return ""
 

@@ -22,6 +22,7 @@ from .backends import Backends
 from .openapi import openapi_json
 from .responses import dialect_of, dumps, error_response, http_error_response
 from .streams import GenerationCore, TokenRouter
+from .validation import IGNORED, IGNORED_HEADER, ignored_header
 
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
@@ -68,9 +69,22 @@ async def root(request: web.Request) -> web.Response:
     return web.Response(text="mlxserve is running")
 
 
+# The Ollama release whose API this server implements, reported as `version` because clients gate
+# features on it (Codex --oss needs >= 0.13.4). 0.13.5 is the last release before 0.14, which added
+# image generation on /api/generate and Anthropic's /v1/messages, which are not served here; it has
+# what is: /v1/responses (0.13.3), logprobs on /api/generate and /api/chat, tool call ids.
+OLLAMA_API_VERSION = "0.13.5"
+
+
 async def version(request: web.Request) -> web.Response:
-    """GET /api/version"""
-    return web.json_response({"version": __version__}, dumps=dumps)
+    """GET /api/version: the Ollama API level in `version`, this server's own version in `mlxserve_version`."""
+    return web.json_response({"version": OLLAMA_API_VERSION, "mlxserve_version": __version__}, dumps=dumps)
+
+
+async def _add_ignored_header(request: web.Request, response: web.StreamResponse) -> None:
+    fields = request.get(IGNORED)
+    if fields:
+        response.headers[IGNORED_HEADER] = ignored_header(fields)
 
 
 def create_app(settings: Settings, *, backends: Backends | None = None, router: TokenRouter | None = None) -> web.Application:
@@ -95,6 +109,7 @@ def create_app(settings: Settings, *, backends: Backends | None = None, router: 
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
     app.on_response_prepare.append(_add_request_id_header)
+    app.on_response_prepare.append(_add_ignored_header)
     app.on_response_prepare.append(security.cors_headers(settings))
     app.router.add_get("/", root)
     app.router.add_get("/api/version", version)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import grpc
+import msgspec
 from aiohttp import web
 
 from mlxserve.services.common import logs, rpc
@@ -25,8 +26,9 @@ from mlxserve.v1 import common_pb2, store_pb2
 
 from . import state
 from .native import details_json
+from .request_types import CopyRequest, CreateMessage, CreateRequest, ModelRef, Options, ShowRequest, TransferRequest
 from .responses import NATIVE, NDJSON_HEADERS, dumps, http_error_response, ndjson_line, stream_chunks
-from .validation import Body, BadField, UnsupportedField, read_json_object
+from .validation import BadField, UnsupportedField, decode, note_ignored, read_json_object
 
 log = logs.get_logger(component="models_api")
 
@@ -34,18 +36,18 @@ BLOB_CHUNK_BYTES = 1 << 20
 MAX_BLOB_BYTES = 1 << 40          # 1 TiB: far beyond any one weight file, short of runaway uploads
 DISK_RESERVE_BYTES = 256 << 20    # what an upload must leave free on the store's disk
 _DIGEST = re.compile(r"sha256[:-]([0-9a-f]{64})")
-_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-CREATE_ROLES = ("system", "user", "assistant")
 
 
 # -- request parsing ---------------------------------------------------------------------------------
 
+# Modelfile parameters the runtime uses (the options of request_types.Options); the others Ollama knows
+# (num_thread, num_gpu, mirostat, ...) are stored with the model and do nothing here.
+RUNTIME_PARAMETERS = frozenset(f.encode_name for f in msgspec.structs.fields(Options))
 
-def model_field(body: Body) -> str:
+
+def model_field(body: ModelRef | ShowRequest | TransferRequest | CreateRequest) -> str:
     """Ollama's model name, given as `model` (or the older `name`)."""
-    model = body.str("model")
-    name = body.str("name")
-    value = model or name or ""
+    value = body.model or body.name or ""
     if not value.strip():
         raise BadField("model", "'model' is required")
     return value
@@ -65,75 +67,61 @@ def registry_name(text: str) -> str:
     return text
 
 
-def parse_files(files: dict[str, Any] | None) -> dict[str, str]:
+def parse_files(files: dict[str, str] | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, digest in (files or {}).items():
-        if not _FILE_NAME.fullmatch(name) or ".." in name:
+        if ".." in name:
             raise BadField("files", f"'files': invalid file name {name[:100]!r} (a plain file name such as 'model.gguf')")
-        if not isinstance(digest, str):
-            raise BadField(f"files.{name}", f"'files.{name}' must be a digest string")
         out[name] = parse_digest(digest, f"files.{name}")
     return out
 
 
-def parse_license(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
+def parse_license(value: str | list[str] | None) -> str | None:
+    if value is None or isinstance(value, str):
         return value
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return "\n\n".join(value)  # Ollama keeps several licenses; they are shown one after another
-    raise BadField("license", "'license' must be a string or an array of strings")
+    return "\n\n".join(value)  # Ollama keeps several licenses; they are shown one after another
 
 
-def parse_create_messages(items: list[Any] | None) -> list[store_pb2.ModelMessage]:
+def parse_create_messages(items: list[CreateMessage] | None) -> list[store_pb2.ModelMessage]:
     out = []
-    for i, item in enumerate(items or []):
-        if not isinstance(item, dict):
-            raise BadField(f"messages[{i}]", f"'messages[{i}]' must be an object")
-        msg = Body(item, prefix=f"messages[{i}].")
-        role = msg.str("role", required=True) or ""
-        if role not in CREATE_ROLES:
-            raise BadField(msg.name("role"), f"'{msg.name('role')}' must be one of {', '.join(CREATE_ROLES)}; got {role!r}")
-        content = msg.str("content", default="") or ""
-        msg.refuse(("images", "tool_calls", "thinking"))
-        msg.finish()
-        out.append(store_pb2.ModelMessage(role=role, content=content))
+    for i, m in enumerate(items or []):
+        for key in ("images", "tool_calls", "thinking"):
+            if getattr(m, key):
+                raise UnsupportedField(f"messages[{i}].{key}", f"'messages[{i}].{key}' is not supported in a model's messages")
+        out.append(store_pb2.ModelMessage(role=m.role, content=m.content or ""))
     return out
 
 
-def parse_create(data: dict[str, Any]) -> tuple[store_pb2.CreateRequest, bool]:
-    """An Ollama /api/create body → (CreateRequest, stream)."""
-    body = Body(data)
-    name = model_field(body)
-    stream = bool(body.bool("stream", default=True))
-    req = store_pb2.CreateRequest(name=name)
+def parse_create(data: dict[str, Any]) -> tuple[store_pb2.CreateRequest, bool, list[str]]:
+    """An Ollama /api/create body → (CreateRequest, stream, the fields ignored)."""
+    body, ignored = decode(data, CreateRequest)
+    req = store_pb2.CreateRequest(name=model_field(body))
     for legacy in ("modelfile", "path"):
-        if body.raw(legacy) is not None:
+        if getattr(body, legacy) is not None:
             raise UnsupportedField(legacy, f"'{legacy}' is Ollama's old create API; send 'from', 'files', 'template', "
                                            "'system', 'parameters' and the other fields instead")
-    body.refuse(("adapters",), allowed=lambda v: not v)
-    from_ = body.str("from")
-    files = parse_files(body.object("files"))
-    if not from_ and not files:
+    if body.adapters:
+        raise UnsupportedField("adapters", "'adapters' is not supported: LoRA adapters cannot be applied here yet")
+    files = parse_files(body.files)
+    if not body.from_ and not files:
         raise BadField("from", "either 'from' (a model) or 'files' (uploaded blobs) is required")
-    if from_:
-        req.from_model = from_
+    if body.from_:
+        req.from_model = body.from_
     req.files.update(files)
     for key in ("template", "system"):
-        value = body.str(key)
+        value = getattr(body, key)
         if value is not None:
             setattr(req, key, value)
-    license_ = parse_license(body.raw("license"))
+    license_ = parse_license(body.license)
     if license_ is not None:
         req.license = license_
-    parameters = body.object("parameters")
-    if parameters:
-        req.parameters_json = json.dumps(parameters)
-    req.messages.extend(parse_create_messages(body.list("messages")))
-    req.quantize = body.str("quantize", default="") or ""
-    body.finish()
-    return req, stream
+    if body.parameters:
+        req.parameters_json = json.dumps(body.parameters)
+        # Kept with the model (`mlxctl show` lists them, an export carries them), but not used by this runtime.
+        ignored += [f"parameters.{key}" for key in body.parameters if key not in RUNTIME_PARAMETERS]
+    req.messages.extend(parse_create_messages(body.messages))
+    req.quantize = body.quantize or ""
+    return req, body.stream is not False, ignored
 
 
 # -- progress streams ---------------------------------------------------------------------------------
@@ -196,49 +184,46 @@ def _metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
 
 async def pull(request: web.Request) -> web.StreamResponse:
     """POST /api/pull {model, insecure, stream}: NDJSON progress, ending with {"status": "success"}."""
-    body = Body(await read_json_object(request))
+    body, ignored = decode(await read_json_object(request), TransferRequest)
     name = registry_name(model_field(body))
-    insecure = bool(body.bool("insecure", default=False))
-    stream = bool(body.bool("stream", default=True))
-    body.finish()
-    call = _store(request).Pull(store_pb2.PullRequest(name=name, insecure=insecure), metadata=_metadata(request))
+    note_ignored(request, ignored)
+    call = _store(request).Pull(store_pb2.PullRequest(name=name, insecure=bool(body.insecure)), metadata=_metadata(request))
+    stream = body.stream is not False
     return await relay_progress(request, call, stream)
 
 
 async def push(request: web.Request) -> web.StreamResponse:
     """POST /api/push {model, insecure, stream}: NDJSON progress, ending with {"status": "success"}."""
-    body = Body(await read_json_object(request))
+    body, ignored = decode(await read_json_object(request), TransferRequest)
     name = registry_name(model_field(body))
-    insecure = bool(body.bool("insecure", default=False))
-    stream = bool(body.bool("stream", default=True))
-    body.finish()
-    call = _store(request).Push(store_pb2.PushRequest(name=name, insecure=insecure), metadata=_metadata(request))
+    note_ignored(request, ignored)
+    call = _store(request).Push(store_pb2.PushRequest(name=name, insecure=bool(body.insecure)), metadata=_metadata(request))
+    stream = body.stream is not False
     return await relay_progress(request, call, stream)
 
 
 async def create(request: web.Request) -> web.StreamResponse:
     """POST /api/create in Ollama's current shape (from, files, template, system, parameters, ...)."""
-    req, stream = parse_create(await read_json_object(request))
+    req, stream, ignored = parse_create(await read_json_object(request))
+    note_ignored(request, ignored)
     call = _store(request).Create(req, metadata=_metadata(request))
     return await relay_progress(request, call, stream)
 
 
 async def copy(request: web.Request) -> web.Response:
     """POST /api/copy {source, destination}: 200 with an empty body; 404 for an unknown source."""
-    body = Body(await read_json_object(request))
-    source = body.str("source", required=True) or ""
-    destination = body.str("destination", required=True) or ""
-    body.finish()
-    await rpc.call("store", _store(request).Copy, store_pb2.CopyRequest(source=source, destination=destination),
+    body, ignored = decode(await read_json_object(request), CopyRequest)
+    note_ignored(request, ignored)
+    await rpc.call("store", _store(request).Copy, store_pb2.CopyRequest(source=body.source, destination=body.destination),
                    timeout=60.0, request_id=state.request_id(request))
     return web.Response(status=200)
 
 
 async def delete(request: web.Request) -> web.Response:
     """DELETE /api/delete {model}: 200 with an empty body; 404 for an unknown model."""
-    body = Body(await read_json_object(request))
+    body, ignored = decode(await read_json_object(request), ModelRef)
     name = model_field(body)
-    body.finish()
+    note_ignored(request, ignored)
     await rpc.call("store", _store(request).Remove, store_pb2.RemoveRequest(name=name), timeout=60.0,
                    request_id=state.request_id(request))
     return web.Response(status=200)
@@ -247,13 +232,12 @@ async def delete(request: web.Request) -> web.Response:
 async def show(request: web.Request) -> web.Response:
     """POST /api/show {model, verbose}: details, model_info, parameters, template, system, license, ...
 
-    `verbose` is accepted: Ollama uses it to add the tokenizer's full vocabulary to model_info,
-    which this store does not keep there, so both answers are the same.
+    `verbose: true` is ignored and named: Ollama uses it to add the tokenizer's full vocabulary to
+    model_info, which this store does not keep there, so both answers are the same.
     """
-    body = Body(await read_json_object(request))
+    body, ignored = decode(await read_json_object(request), ShowRequest)
     name = model_field(body)
-    body.bool("verbose", default=False)
-    body.finish()
+    note_ignored(request, ignored + (["verbose"] if body.verbose else []))
     s = await rpc.call("store", _store(request).Show, store_pb2.ShowRequest(name=name), timeout=30.0,
                        request_id=state.request_id(request))
     out: dict[str, Any] = {}

@@ -7,6 +7,7 @@ import json
 import time
 from typing import Any, AsyncIterator, Callable
 
+import msgspec
 from aiohttp import web
 
 from mlxserve.services.common import logs, rpc
@@ -15,19 +16,20 @@ from mlxserve.v1 import common_pb2, store_pb2, supervisor_pb2, worker_pb2
 from mlxserve.v1.frames import TokenEvent, TokenLogprob, ToolCall
 
 from . import state
+from .request_types import ChatRequest, GenerateRequest, NativeMessage, NativeToolCall, Options
 from .responses import NDJSON_HEADERS, dumps, ndjson_line, stream_chunks
+from .sampling import from_options
 from .streams import Collected, Generation, GenerationRequest
-from .validation import (Body, BadField, UnsupportedField, is_neutral, parse_arguments, parse_keep_alive, parse_ollama_format,
-                         parse_tools, parse_top_logprobs, read_json_object)
+from .tools import chat_tools, tool_call
+from .validation import (UnsupportedField, check_top_logprobs, decode, model_name, note_ignored, parse_arguments, parse_keep_alive,
+                         parse_ollama_format, read_json_object)
 
 log = logs.get_logger(component="native")
 
-CHAT_ROLES = ("system", "user", "assistant", "tool")
-# Fields Ollama knows that this server cannot honour: refused, unless neutral, with what to do instead.
-GENERATE_UNSUPPORTED = {
+# Fields of Ollama's API that this server cannot honour, refused unless empty, with what to do instead.
+GENERATE_REFUSED = {
     "images": "'images' is not supported: no model served here takes images (there are no vision models yet)",
     "suffix": "'suffix' (fill-in-the-middle) is not supported: no model served here has an infill template",
-    "context": "'context' (Ollama's deprecated token context) is not supported: send the conversation to /api/chat instead",
     "template": "'template' per request is not supported: create a model with the template (/api/create, 'template')",
 }
 
@@ -40,140 +42,92 @@ def created_at() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + (f".{digits}" if digits else "") + "Z"
 
 
-def parse_options(options: dict[str, Any] | None) -> worker_pb2.SamplingOptions:
-    """Ollama `options` → SamplingOptions. Keys we do not know are ignored (as Ollama does), and logged."""
-    out = worker_pb2.SamplingOptions()
-    if not options:
-        return out
-    body = Body(options, prefix="options.")
-    values: dict[str, Any] = {
-        "temperature": body.number("temperature", minimum=0.0),
-        "top_p": body.number("top_p", minimum=0.0, maximum=1.0),
-        "top_k": body.int("top_k", minimum=0),
-        "min_p": body.number("min_p", minimum=0.0, maximum=1.0),
-        "seed": body.int("seed", bits=64),
-        "num_predict": body.int("num_predict"),
-        "num_ctx": body.int("num_ctx", minimum=1),
-        "repeat_penalty": body.number("repeat_penalty", minimum=0.0),
-        "repeat_last_n": body.int("repeat_last_n", minimum=-1),
-        "presence_penalty": body.number("presence_penalty", minimum=-2.0, maximum=2.0),
-        "frequency_penalty": body.number("frequency_penalty", minimum=-2.0, maximum=2.0),
-    }
-    for key, value in values.items():
-        if value is not None:
-            setattr(out, key, value)
-    out.stop.extend(body.stop("stop"))
-    ignored = sorted(set(options) - body.seen)
-    if ignored:
-        log.info("options_ignored", keys=ignored)
-    return out
+class _WithOptions(msgspec.Struct):
+    options: Options | None = None
 
 
-def parse_common(body: Body) -> tuple[str, bool, worker_pb2.SamplingOptions, float | None]:
-    """Fields /api/generate and /api/chat share: model, stream, options, keep_alive."""
-    model = body.str("model", required=True) or ""
-    if not model.strip():
-        raise BadField("model", "'model' is required")
-    stream = body.bool("stream", default=True)
-    options = parse_options(body.object("options"))
-    keep_alive = parse_keep_alive(body.raw("keep_alive"))
-    return model, bool(stream), options, keep_alive
+def parse_options(data: dict[str, Any] | None) -> worker_pb2.SamplingOptions:
+    """Ollama `options` as a JSON object → SamplingOptions (unknown keys are ignored, as Ollama does)."""
+    body, _ = decode({"options": data}, _WithOptions)
+    return from_options(body.options)
 
 
-def parse_outputs(body: Body, req: GenerationRequest) -> None:
-    """Fields both routes share that shape the output: format, think, logprobs, truncate."""
-    req.format = parse_ollama_format(body)
-    req.think = parse_think(body)
-    req.logprobs = bool(body.bool("logprobs", default=False))
-    req.top_logprobs = parse_top_logprobs(body, req.logprobs)
-    req.truncate = body.bool("truncate")
+def think_value(value: bool | str | None) -> bool | None:
+    """Ollama's `think`: true/false, or an effort level ("high", "medium", "low"), which switches thinking on
+    (the templates here take no level)."""
+    return value if value is None or isinstance(value, bool) else True
 
 
-def parse_think(body: Body) -> bool | None:
-    """Ollama's `think`: true/false (the effort levels some models take are not supported)."""
-    value = body.raw("think")
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value in ("high", "medium", "low"):
-        raise UnsupportedField("think", f"'think': {value!r} (a reasoning effort level) is not supported; use true or false")
-    raise BadField("think", "'think' must be true or false")
+def common_request(body: GenerateRequest | ChatRequest, request_id: str, ignored: list[str]) -> GenerationRequest:
+    """The fields /api/generate and /api/chat share: model, options, keep_alive, format, think, logprobs, truncate."""
+    req = GenerationRequest(model=model_name(body.model), request_id=request_id, options=from_options(body.options),
+                            keep_alive_s=parse_keep_alive(body.keep_alive), ignored=ignored)
+    req.format = parse_ollama_format(body.format)
+    req.think = think_value(body.think)
+    req.logprobs = bool(body.logprobs)
+    req.top_logprobs = check_top_logprobs(body.top_logprobs, req.logprobs)
+    req.truncate = body.truncate
+    return req
 
 
 def parse_generate(data: dict[str, Any], request_id: str) -> tuple[GenerationRequest, bool]:
     """A /api/generate body → (request, stream); raises BadField/UnsupportedField (400)."""
-    body = Body(data)
-    model, stream, options, keep_alive = parse_common(body)
-    req = GenerationRequest(
-        model=model, request_id=request_id, options=options, keep_alive_s=keep_alive,
-        prompt=body.str("prompt", default="") or "", system=body.str("system", default="") or "",
-        raw=bool(body.bool("raw", default=False)),
-    )
-    parse_outputs(body, req)
-    if body.list("tools"):
+    body, ignored = decode(data, GenerateRequest)
+    req = common_request(body, request_id, ignored)
+    req.prompt, req.system, req.raw = body.prompt or "", body.system or "", bool(body.raw)
+    req.context = list(body.context or [])
+    req.want_context = True
+    if body.tools:
         raise UnsupportedField("tools", "'tools' is for /api/chat; /api/generate does not take tools")
-    for key, message in GENERATE_UNSUPPORTED.items():
-        if not is_neutral(body.raw(key)):
+    for key, message in GENERATE_REFUSED.items():
+        if getattr(body, key):
             raise UnsupportedField(key, message)
-    body.finish()
-    return req, stream
+    return req, body.stream is not False
 
 
-def parse_tool_calls(items: list[Any] | None, where: str) -> str:
-    """An assistant message's Ollama tool calls ([{function: {name, arguments}}]) → tool_calls_json."""
-    calls: list[dict[str, Any]] = []
-    for j, item in enumerate(items or []):
-        name = f"{where}[{j}]"
-        fn = item.get("function") if isinstance(item, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise BadField(f"{name}.function.name", f"'{name}.function.name' must be a non-empty string")
-        call: dict[str, Any] = {"name": fn["name"], "arguments": parse_arguments(fn.get("arguments") or {}, f"{name}.function.arguments")}
-        if isinstance(item.get("id"), str) and item["id"]:
-            call["id"] = item["id"]
-        calls.append(call)
-    return json.dumps(calls, ensure_ascii=False) if calls else ""
+def parse_tool_calls(calls: list[NativeToolCall] | None, where: str) -> list[worker_pb2.ToolCall]:
+    """An assistant message's Ollama tool calls ([{function: {name, arguments}}]) → ToolCall."""
+    return [tool_call(c.id, c.function.name, parse_arguments(c.function.arguments, f"{where}[{j}].function.arguments"))
+            for j, c in enumerate(calls or [])]
 
 
-def parse_messages(items: list[Any] | None) -> list[worker_pb2.ChatMessage]:
+def parse_messages(items: list[NativeMessage] | None) -> list[worker_pb2.ChatMessage]:
     """Ollama chat messages → ChatMessage (tool calls, tool results and thinking included); images are refused."""
     out: list[worker_pb2.ChatMessage] = []
-    for i, item in enumerate(items or []):
-        if not isinstance(item, dict):
-            raise BadField(f"messages[{i}]", f"'messages[{i}]' must be an object")
-        msg = Body(item, prefix=f"messages[{i}].")
-        role = msg.str("role", required=True) or ""
-        if role not in CHAT_ROLES:
-            raise BadField(msg.name("role"), f"'{msg.name('role')}' must be one of {', '.join(CHAT_ROLES)}; got {role!r}")
+    for i, m in enumerate(items or []):
+        if m.images:
+            raise UnsupportedField(f"messages[{i}].images", f"'messages[{i}].images' is not supported: no model served "
+                                                             "here takes images (there are no vision models yet)")
         out.append(worker_pb2.ChatMessage(
-            role=role, content=msg.str("content", default="") or "", thinking=msg.str("thinking", default="") or "",
-            tool_calls_json=parse_tool_calls(msg.list("tool_calls"), msg.name("tool_calls")),
-            tool_name=msg.str("tool_name", default="") or "", tool_call_id=msg.str("tool_call_id", default="") or "",
+            role=m.role, content=m.content or "", thinking=m.thinking or "",
+            tool_calls=parse_tool_calls(m.tool_calls, f"messages[{i}].tool_calls"),
+            tool_name=m.tool_name or "", tool_call_id=m.tool_call_id or "",
         ))
-        if not is_neutral(msg.raw("images")):
-            raise UnsupportedField(msg.name("images"), f"'{msg.name('images')}' is not supported: no model served here "
-                                                       "takes images (there are no vision models yet)")
-        msg.finish()
     return out
 
 
 def parse_chat(data: dict[str, Any], request_id: str) -> tuple[GenerationRequest, bool]:
-    """A /api/chat body → (request, stream); raises BadField/UnsupportedField (400)."""
-    body = Body(data)
-    model, stream, options, keep_alive = parse_common(body)
-    messages = parse_messages(body.list("messages"))
-    req = GenerationRequest(model=model, request_id=request_id, options=options, keep_alive_s=keep_alive, messages=messages)
-    parse_outputs(body, req)
-    req.tools_json = parse_tools(body)
-    body.finish()
-    return req, stream
+    """A /api/chat body → (request, stream); raises BadField/UnsupportedField (400).
+
+    Ollama's chat has no tool_choice: the model decides (some clients send one anyway; like every
+    unknown field it is ignored and named).
+    """
+    body, ignored = decode(data, ChatRequest)
+    req = common_request(body, request_id, ignored)
+    req.messages = parse_messages(body.messages)
+    req.tools, strict = chat_tools(body.tools)
+    req.ignored += strict  # arguments are constrained only when a call is forced, which this API cannot ask
+    return req, body.stream is not False
 
 
 def final_fields(gen: Generation) -> dict[str, Any]:
-    """The counters of Ollama's last chunk (durations in nanoseconds).
+    """The counters of Ollama's last chunk (durations in nanoseconds), and /api/generate's `context`.
 
     Ollama has no "tool_calls" done reason: a turn that called tools simply stopped.
     """
     s = gen.stats
-    return {
+    context = {"context": gen.context} if gen.req.want_context else {}
+    return {**context,
         "done_reason": "stop" if gen.done_reason == "tool_calls" else gen.done_reason,
         "total_duration": gen.total_duration_ns(),
         "load_duration": gen.load_duration_ns,
@@ -185,14 +139,17 @@ def final_fields(gen: Generation) -> dict[str, Any]:
 
 
 def tool_calls_json(calls: list[ToolCall]) -> list[dict[str, Any]]:
-    """Ollama's shape: arguments as an object."""
+    """Ollama's shape: arguments as an object; the call's id when the worker gave one (Ollama >= 0.12.10)."""
     out = []
     for call in calls:
         try:
             arguments = json.loads(call.arguments or "{}")
         except ValueError:  # the worker parsed it; keep what it said rather than drop the call
             arguments = call.arguments
-        out.append({"function": {"name": call.name, "arguments": arguments}})
+        entry: dict[str, Any] = {"function": {"name": call.name, "arguments": arguments}}
+        if call.id:
+            entry["id"] = call.id
+        out.append(entry)
     return out
 
 
@@ -241,16 +198,18 @@ def event_piece(piece: Piece, req: GenerationRequest, event: TokenEvent) -> dict
 async def respond(request: web.Request, req: GenerationRequest, stream: bool, piece: Piece) -> web.StreamResponse:
     """Run one generation and render it as Ollama does: NDJSON chunks, or one JSON object."""
     core = state.core(request)
+    note_ignored(request, req.ignored)
     if not (req.messages if req.is_chat else req.prompt):
         # Ollama's "load the model" request: nothing to generate.
+        timing: dict[str, Any] = {}
         if req.keep_alive_s == 0:
             await core.unload(req.model, req.request_id)
             reason = "unload"
         else:
-            await core.load(req.model, req.request_id, req.keep_alive_s)
-            reason = "load"
+            lease = await core.load(req.model, req.request_id, req.keep_alive_s)
+            reason, timing = "load", {"load_duration": int(lease.load_duration_s * 1e9)}
         return web.json_response({"model": req.model, "created_at": created_at(), **piece(req, "", "", [], []), "done": True,
-                                  "done_reason": reason}, dumps=dumps)
+                                  "done_reason": reason, **timing}, dumps=dumps)
 
     gen = await core.start(req)
     try:

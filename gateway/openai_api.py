@@ -16,233 +16,184 @@ from mlxserve.v1 import store_pb2, worker_pb2
 from mlxserve.v1.frames import TokenLogprob, ToolCall
 
 from . import state
+from .request_types import ChatCompletionRequest, CompletionRequest, ContentPart, OpenAIMessage, OpenAIToolCall, ResponseFormat
 from .responses import dumps, openai_error_body, sse_event, stream_chunks
+from .sampling import openai_sampling
 from .streams import Generation, GenerationRequest
-from .validation import (Body, BadField, UnsupportedField, is_neutral, parse_arguments, parse_tools, parse_top_logprobs,
-                         read_json_object, schema_text)
+from .tools import MODES, ToolPlan, chat_choice, chat_tools, function_tool, tool_call
+from .validation import (BadField, UnsupportedField, check_top_logprobs, decode, model_name, note_ignored, parse_arguments,
+                         parse_keep_alive, read_json_object, schema_text)
 
 log = logs.get_logger(component="openai")
 
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
-
-# Parameters accepted only with the value that asks for nothing (what many SDKs send by default).
-_NEUTRAL_VALUES: dict[str, Any] = {
-    "functions": is_neutral,
-    "store": is_neutral,
-    "metadata": is_neutral,
-    "function_call": lambda v: v is None or v == "none",
-    "parallel_tool_calls": lambda v: v is None or isinstance(v, bool),  # calls are returned as the model makes them
-    "modalities": lambda v: v is None or v == ["text"],
-    "service_tier": lambda v: v in (None, "auto", "default"),
-}
-# `reasoning_effort` only switches thinking on or off: the templates take no effort level.
-REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high")
-MAX_LOGIT_BIAS = 100.0
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool", "function": "tool"}
+# Content parts that carry text: the user's, the assistant's earlier output, a refusal.
+TEXT_PARTS = ("text", "input_text", "output_text", "refusal", "reasoning_text", "summary_text")
+# Advisory fields: bookkeeping for the caller or the provider (logs, caches, tiers); nothing for a local server to do.
+ADVISORY = ("user", "metadata", "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
+            "service_tier", "client_metadata")
 
 
-def parse_content(value: Any, where: str) -> str:
-    """Message content: a string, null, or a list of text parts (other part types are refused)."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if not isinstance(value, list):
-        raise BadField(where, f"'{where}' must be a string or an array of content parts")
+def parse_content(value: str | list[ContentPart] | None, where: str) -> str:
+    """Message content: a string, null, or text parts (image, audio and file parts are refused)."""
+    if value is None or isinstance(value, str):
+        return value or ""
     texts: list[str] = []
     for j, part in enumerate(value):
-        name = f"{where}[{j}]"
-        if not isinstance(part, dict):
-            raise BadField(name, f"'{name}' must be an object")
-        body = Body(part, prefix=f"{name}.")
-        kind = body.str("type", required=True)
-        if kind != "text":
-            raise UnsupportedField(f"{name}.type", f"content parts of type {kind!r} are not supported yet ('{name}.type')")
-        texts.append(body.str("text", required=True) or "")
-        body.finish()
+        if part.type not in TEXT_PARTS:
+            raise UnsupportedField(f"{where}[{j}].type", f"content parts of type {part.type!r} are not supported "
+                                                        f"('{where}[{j}].type'): no model served here takes them")
+        texts.append(part.text if part.text is not None else part.refusal or "")
     return "".join(texts)
 
 
-def parse_tool_calls(items: list[Any] | None, where: str) -> tuple[str, dict[str, str]]:
-    """An assistant message's OpenAI tool_calls → (tool_calls_json, {call id: function name})."""
-    calls: list[dict[str, Any]] = []
-    names: dict[str, str] = {}
+def parse_tool_calls(items: list[OpenAIToolCall] | None, where: str) -> list[worker_pb2.ToolCall]:
+    """An assistant message's tool_calls (function calls; arguments as JSON text) → ToolCall."""
+    calls: list[worker_pb2.ToolCall] = []
     for j, item in enumerate(items or []):
-        name = f"{where}[{j}]"
-        if not isinstance(item, dict):
-            raise BadField(name, f"'{name}' must be an object")
-        call = Body(item, prefix=f"{name}.")
-        kind = call.str("type", default="function")
-        if kind != "function":
-            raise UnsupportedField(f"{name}.type", f"tool calls of type {kind!r} are not supported ('{name}.type')")
-        call_id = call.str("id", default="") or ""
-        fn = Body(call.object("function") or {}, prefix=f"{name}.function.")
-        fn_name = fn.str("name", required=True) or ""
-        arguments = parse_arguments(fn.raw("arguments") or "{}", fn.name("arguments"))
-        fn.finish()
-        call.finish()
-        entry: dict[str, Any] = {"name": fn_name, "arguments": arguments}
-        if call_id:
-            entry["id"] = call_id
-            names[call_id] = fn_name
-        calls.append(entry)
-    return (json.dumps(calls, ensure_ascii=False) if calls else ""), names
+        at = f"{where}[{j}]"
+        if item.type != "function":
+            raise UnsupportedField(f"{at}.type", f"tool calls of type {item.type!r} are not supported ('{at}.type')")
+        if item.function is None:
+            raise BadField(f"{at}.function", f"'{at}.function' is required")
+        calls.append(tool_call(item.id, item.function.name, parse_arguments(item.function.arguments, f"{at}.function.arguments")))
+    return calls
 
 
-def parse_messages(items: list[Any] | None) -> list[worker_pb2.ChatMessage]:
-    """OpenAI messages → ChatMessage: assistant tool_calls and reasoning, tool results by tool_call_id."""
-    if not items:
-        raise BadField("messages", "'messages' must be a non-empty array")
+def parse_messages(items: list[OpenAIMessage]) -> list[worker_pb2.ChatMessage]:
+    """OpenAI messages → ChatMessage: names, assistant tool calls (and legacy function_call) and reasoning,
+    tool results by tool_call_id (or, for the legacy function role, by name)."""
     out: list[worker_pb2.ChatMessage] = []
     call_names: dict[str, str] = {}  # tool results name the function their call asked for
-    for i, item in enumerate(items):
+    for i, m in enumerate(items):
         where = f"messages[{i}]"
-        if not isinstance(item, dict):
-            raise BadField(where, f"'{where}' must be an object")
-        msg = Body(item, prefix=f"{where}.")
-        role = msg.str("role", required=True) or ""
-        if role not in ROLES:
-            raise BadField(msg.name("role"), f"'{msg.name('role')}' must be one of {', '.join(ROLES)}; got {role!r}")
-        message = worker_pb2.ChatMessage(role=ROLES[role], content=parse_content(msg.raw("content"), msg.name("content")))
-        if role == "assistant":
-            message.tool_calls_json, names = parse_tool_calls(msg.list("tool_calls"), msg.name("tool_calls"))
-            call_names.update(names)
-            message.thinking = msg.str("reasoning_content", default="") or ""
-        if role == "tool":
-            message.tool_call_id = msg.str("tool_call_id", required=True) or ""
-            message.tool_name = call_names.get(message.tool_call_id, "")
-        unused = ("name", "function_call", "audio", "refusal")
-        unused += () if role == "assistant" else ("tool_calls", "reasoning_content")
-        unused += () if role == "tool" else ("tool_call_id",)
-        msg.refuse(unused)
-        msg.finish()
+        message = worker_pb2.ChatMessage(role=ROLES[m.role], content=parse_content(m.content, f"{where}.content"),
+                                         name=m.name or "")
+        if m.audio:
+            raise UnsupportedField(f"{where}.audio", f"'{where}.audio' is not supported: no model served here takes audio")
+        if m.role == "assistant":
+            message.tool_calls.extend(parse_tool_calls(m.tool_calls, f"{where}.tool_calls"))
+            if m.function_call is not None:  # legacy: one call, no id
+                message.tool_calls.append(tool_call("", m.function_call.name, parse_arguments(
+                    m.function_call.arguments, f"{where}.function_call.arguments")))
+            call_names.update({c.id: c.name for c in message.tool_calls if c.id})
+            message.thinking = m.reasoning_content or m.reasoning or ""
+            if not message.content and m.refusal:
+                message.content = m.refusal
+        elif m.role == "tool":
+            if not m.tool_call_id:
+                raise BadField(f"{where}.tool_call_id", f"'{where}.tool_call_id' is required")
+            message.tool_call_id = m.tool_call_id
+            message.tool_name = call_names.get(m.tool_call_id, "")
+        elif m.role == "function":  # legacy: the result of a function_call, by the function's name
+            if not m.name:
+                raise BadField(f"{where}.name", f"'{where}.name' is required for the function role")
+            message.tool_name, message.name = m.name, ""
         out.append(message)
     return out
 
 
-def parse_response_format(body: Body) -> str:
-    """`response_format` → SubmitRequest.format: text → "", json_object → "json", json_schema → the schema."""
-    value = body.object("response_format")
-    if not value:
+def parse_response_format(value: ResponseFormat | None) -> str:
+    """`response_format` → SubmitRequest.format: text → "", json_object → "json", json_schema → the schema.
+
+    Output is always constrained to the schema, so `strict` (true or false) is honoured either way.
+    """
+    if value is None or value.type == "text":
         return ""
-    rf = Body(value, prefix="response_format.")
-    kind = rf.str("type", required=True)
-    if kind == "text":
-        rf.finish()
-        return ""
-    if kind == "json_object":
-        rf.finish()
+    if value.type == "json_object":
         return "json"
-    if kind != "json_schema":
-        raise BadField("response_format.type", "'response_format.type' must be one of text, json_object, json_schema")
-    spec = Body(rf.object("json_schema") or {}, prefix="response_format.json_schema.")
-    spec.str("name")
-    spec.str("description")
-    spec.bool("strict")  # output is always constrained to the schema, strict or not
-    schema = spec.object("schema")
-    spec.finish()
-    rf.finish()
+    schema = value.json_schema.schema if value.json_schema is not None else None
     return schema_text(schema) if schema else "json"
 
 
-def parse_logit_bias(body: Body) -> dict[int, float]:
-    """`logit_bias`: {"token id": bias in -100..100}."""
-    value = body.object("logit_bias")
-    out: dict[int, float] = {}
-    for key, bias in (value or {}).items():
-        where = f"logit_bias.{key}"
-        if not (isinstance(key, str) and key.strip().isdigit()) or int(key) >= 2**31:
-            raise BadField("logit_bias", f"'logit_bias' keys must be token ids; got {key!r}")
-        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
-            raise BadField("logit_bias", f"'{where}' must be a number between -100 and 100")
-        out[int(key)] = float(bias)
-    return out
-
-
-def parse_sampling(body: Body, *, max_key_wins: str | None = None) -> worker_pb2.SamplingOptions:
-    """Sampling parameters both OpenAI generation routes take."""
-    options = worker_pb2.SamplingOptions()
-    values = {
-        "temperature": body.number("temperature", minimum=0.0, maximum=2.0),
-        "top_p": body.number("top_p", minimum=0.0, maximum=1.0),
-        "seed": body.int("seed", bits=64),
-        "presence_penalty": body.number("presence_penalty", minimum=-2.0, maximum=2.0),
-        "frequency_penalty": body.number("frequency_penalty", minimum=-2.0, maximum=2.0),
-    }
-    max_tokens = body.int(max_key_wins, minimum=1) if max_key_wins else None
-    legacy_max = body.int("max_tokens", minimum=1)
-    values["num_predict"] = max_tokens if max_tokens is not None else legacy_max
-    for key, value in values.items():
-        if value is not None:
-            setattr(options, key, value)
-    options.stop.extend(body.stop("stop"))
-    for token, bias in parse_logit_bias(body).items():
-        options.logit_bias[token] = bias
-    return options
-
-
-def parse_stream(body: Body) -> tuple[bool, bool]:
+def parse_stream(body: ChatCompletionRequest | CompletionRequest) -> tuple[bool, bool]:
     """(stream, include_usage)."""
-    stream = bool(body.bool("stream", default=False))
-    include_usage = False
-    stream_options = body.object("stream_options")
-    if stream_options:
-        if not stream:
-            raise BadField("stream_options", "'stream_options' is only allowed when 'stream' is true")
-        so = Body(stream_options, prefix="stream_options.")
-        include_usage = bool(so.bool("include_usage", default=False))
-        so.finish()
-    return stream, include_usage
+    stream = bool(body.stream)
+    if body.stream_options is not None and not stream:
+        raise BadField("stream_options", "'stream_options' is only allowed when 'stream' is true")
+    return stream, bool(body.stream_options and body.stream_options.include_usage)
 
 
-def parse_n(body: Body) -> None:
-    n = body.int("n")
+def parse_n(n: int | None) -> None:
     if n not in (None, 1):
         raise UnsupportedField("n", "'n' must be 1: one choice per request is supported")
 
 
-def parse_tool_choice(body: Body) -> bool:
-    """Whether the tools go to the model: "auto"/unset yes, "none" no; forcing a call is not supported."""
-    choice = body.raw("tool_choice")
-    if choice in (None, "auto"):
-        return True
-    if choice == "none":
-        return False
-    raise UnsupportedField("tool_choice", "'tool_choice' must be \"auto\" or \"none\"; forcing a tool call is not supported")
+def parse_think(effort: str | None) -> bool | None:
+    """`reasoning_effort` only switches thinking on or off: the templates take no effort level."""
+    return None if effort is None else effort != "none"
+
+
+def extensions(body: Any, req: GenerationRequest) -> None:
+    """The local-server extensions every /v1/* generation route honours (sampling ones are in openai_sampling)."""
+    if body.chat_template_kwargs:
+        req.chat_template_kwargs_json = json.dumps(body.chat_template_kwargs, ensure_ascii=False, separators=(",", ":"))
+    req.keep_alive_s = parse_keep_alive(body.keep_alive)
+
+
+def log_advisory(body: Any) -> None:
+    given = {key: getattr(body, key) for key in ADVISORY if getattr(body, key, None)}
+    if given:
+        log.debug("openai_advisory_fields", **{k: v if isinstance(v, str) else "<object>" for k, v in given.items()})
+
+
+def parse_tools(body: ChatCompletionRequest) -> tuple[ToolPlan, worker_pb2.ToolChoice]:
+    """tools / tool_choice / parallel_tool_calls, or the legacy functions / function_call → (plan, the worker's ToolChoice)."""
+    if body.tools and body.functions:
+        raise BadField("functions", "send 'tools' or the legacy 'functions', not both")
+    plan = ToolPlan()
+    if body.functions:
+        plan.tools = [function_tool(fn) for fn in body.functions]
+        plan.strict = [f"functions[{i}].strict" for i, fn in enumerate(body.functions) if fn.strict]
+        plan.single = True  # a legacy answer holds one function_call
+        fc = body.function_call
+        if isinstance(fc, str):
+            plan.mode = MODES[fc]
+        elif fc is not None:
+            plan.force(fc.name, "function_call.name")
+        return plan, plan.choice("function_call")
+    if body.function_call is not None:
+        raise BadField("function_call", "'function_call' needs the legacy 'functions'; with 'tools', send 'tool_choice'")
+    plan.tools, plan.strict = chat_tools(body.tools)
+    chat_choice(plan, body.tool_choice)
+    plan.single = body.parallel_tool_calls is False
+    return plan, plan.choice("tool_choice")
 
 
 def parse_chat_completion(data: dict[str, Any], request_id: str) -> tuple[GenerationRequest, bool, bool]:
     """A /v1/chat/completions body → (request, stream, include_usage); raises BadField/UnsupportedField (400)."""
-    body = Body(data)
-    model = body.str("model", required=True) or ""
-    if not model.strip():
-        raise BadField("model", "'model' is required")
-    messages = parse_messages(body.list("messages"))
+    body, ignored = decode(data, ChatCompletionRequest)
     stream, include_usage = parse_stream(body)
-    parse_n(body)
-    options = parse_sampling(body, max_key_wins="max_completion_tokens")
-    user = body.str("user")
-    if user:
-        log.info("openai_user", user=user)
-    req = GenerationRequest(model=model, request_id=request_id, options=options, messages=messages)
-    req.format = parse_response_format(body)
-    tools = parse_tools(body)
-    req.tools_json = tools if parse_tool_choice(body) else ""
-    req.logprobs = bool(body.bool("logprobs", default=False))
-    req.top_logprobs = parse_top_logprobs(body, req.logprobs)
-    effort = body.str("reasoning_effort")
-    if effort is not None:
-        if effort not in REASONING_EFFORTS:
-            raise BadField("reasoning_effort", f"'reasoning_effort' must be one of {', '.join(REASONING_EFFORTS)}")
-        req.think = effort != "none"
-    for key, allowed in _NEUTRAL_VALUES.items():
-        body.refuse((key,), allowed=allowed)
-    body.finish()
+    parse_n(body.n)
+    if body.audio or (body.modalities and "audio" in body.modalities):
+        raise UnsupportedField("audio" if body.audio else "modalities", "audio output is not supported: "
+                               "no model served here speaks; ask for modalities [\"text\"]")
+    max_key = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    req = GenerationRequest(model=model_name(body.model), request_id=request_id, messages=parse_messages(body.messages),
+                            options=openai_sampling(body, max_tokens=max_tokens, max_key=max_key), ignored=ignored)
+    extensions(body, req)
+    req.format = parse_response_format(body.response_format)
+    plan, req.tool_choice = parse_tools(body)
+    req.tools, req.max_tool_calls = plan.tools, plan.limit
+    req.legacy_function_call = bool(body.functions)
+    req.logprobs = bool(body.logprobs)
+    req.top_logprobs = check_top_logprobs(body.top_logprobs, req.logprobs)
+    req.think = parse_think(body.reasoning_effort)
+    # Accepted, and not honoured: no effect on what a local model can do, so named rather than refused.
+    req.ignored += plan.ignored()
+    req.ignored += [key for key in ("web_search_options", "prediction", "moderation") if getattr(body, key)]
+    if body.verbosity not in (None, "medium"):
+        req.ignored.append("verbosity")
+    if body.store:
+        req.ignored.append("store")  # nothing is kept: there is nothing to list or distill later
+    log_advisory(body)
     return req, stream, include_usage
 
 
 def finish_reason(gen: Generation, called_tools: bool = False) -> str:
     if gen.done_reason == "tool_calls" or called_tools:
-        return "tool_calls"
+        return "function_call" if gen.req.legacy_function_call else "tool_calls"
     return "length" if gen.done_reason == "length" else "stop"
 
 
@@ -259,6 +210,11 @@ def tool_call_json(call: ToolCall, index: int | None = None) -> dict[str, Any]:
     out.update({"id": call.id or f"call_{secrets.token_hex(12)}", "type": "function",
                 "function": {"name": call.name, "arguments": call.arguments or "{}"}})
     return out
+
+
+def function_call_json(call: ToolCall) -> dict[str, Any]:
+    """The legacy `function_call` (requests that sent `functions`): name and arguments, no id."""
+    return {"name": call.name, "arguments": call.arguments or "{}"}
 
 
 def logprob_entries(items: list[TokenLogprob]) -> list[dict[str, Any]]:
@@ -279,6 +235,7 @@ def sse_response_headers() -> dict[str, str]:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """POST /v1/chat/completions"""
     req, stream, include_usage = parse_chat_completion(await read_json_object(request), state.request_id(request))
+    note_ignored(request, req.ignored)
     gen = await state.core(request).start(req)
     try:
         head = {"id": f"chatcmpl-{secrets.token_hex(12)}", "created": int(time.time()), "model": req.model,
@@ -288,7 +245,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             message: dict[str, Any] = {"role": "assistant", "content": out.content or (None if out.tool_calls else "")}
             if out.reasoning:
                 message["reasoning_content"] = out.reasoning
-            if out.tool_calls:
+            if out.tool_calls and req.legacy_function_call:
+                message["function_call"] = function_call_json(out.tool_calls[0])
+            elif out.tool_calls:
                 message["tool_calls"] = [tool_call_json(c) for c in out.tool_calls]
             return web.json_response({
                 **head, "object": "chat.completion",
@@ -312,7 +271,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                     d["reasoning_content"] = event.thinking
                 if event.text:
                     d["content"] = event.text
-                if event.tool_calls:
+                if event.tool_calls and req.legacy_function_call:
+                    d["function_call"] = function_call_json(event.tool_calls[0])
+                    calls += 1
+                elif event.tool_calls:
                     d["tool_calls"] = [tool_call_json(c, calls + k) for k, c in enumerate(event.tool_calls)]
                     calls += len(event.tool_calls)
                 logprobs = list(event.logprobs) if req.logprobs else []
@@ -328,43 +290,34 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         await gen.close()
 
 
-MAX_COMPLETION_LOGPROBS = 20
-
-
 def parse_completion(data: dict[str, Any], request_id: str) -> tuple[GenerationRequest, bool, bool]:
     """A /v1/completions body → (request, stream, include_usage); the prompt goes through the template, as Ollama does."""
-    body = Body(data)
-    model = body.str("model", required=True) or ""
-    if not model.strip():
-        raise BadField("model", "'model' is required")
-    prompt = body.raw("prompt")
+    body, ignored = decode(data, CompletionRequest)
+    prompt = body.prompt
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
     if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
         raise UnsupportedField("prompt", "'prompt' with several prompts is not supported; send one per request")
     if isinstance(prompt, list):
         raise UnsupportedField("prompt", "'prompt' as token ids is not supported; send text")
-    if not isinstance(prompt, str) or not prompt:
+    if not prompt:
         raise BadField("prompt", "'prompt' must be a non-empty string")
     stream, include_usage = parse_stream(body)
-    parse_n(body)
-    best_of = body.int("best_of")
-    if best_of not in (None, 1):
+    parse_n(body.n)
+    if body.best_of not in (None, 1):
         raise UnsupportedField("best_of", "'best_of' must be 1")
-    if body.bool("echo"):
-        raise UnsupportedField("echo", "'echo' is not supported")
-    body.refuse(("suffix",))
-    options = parse_sampling(body)
-    logprobs = body.int("logprobs", minimum=0)
-    if logprobs is not None and logprobs > MAX_COMPLETION_LOGPROBS:
-        raise BadField("logprobs", f"'logprobs' must be at most {MAX_COMPLETION_LOGPROBS}")
-    user = body.str("user")
-    if user:
-        log.info("openai_user", user=user)
-    body.finish()
-    req = GenerationRequest(model=model, request_id=request_id, options=options, prompt=prompt)
-    req.logprobs = logprobs is not None
-    req.top_logprobs = logprobs or 0
+    if body.suffix:
+        raise UnsupportedField("suffix", "'suffix' (fill-in-the-middle) is not supported: no model served here has an "
+                                         "infill template")
+    if body.echo and body.logprobs is not None:
+        raise UnsupportedField("echo", "'echo' with 'logprobs' is not supported: the prompt's logprobs are not computed")
+    req = GenerationRequest(model=model_name(body.model), request_id=request_id, prompt=prompt, ignored=ignored,
+                            options=openai_sampling(body, max_tokens=body.max_tokens, max_key="max_tokens"))
+    extensions(body, req)
+    req.logprobs = body.logprobs is not None
+    req.top_logprobs = body.logprobs or 0
+    req.echo = bool(body.echo)
+    log_advisory(body)
     return req, stream, include_usage
 
 
@@ -384,17 +337,22 @@ def completion_logprobs(req: GenerationRequest, items: list[TokenLogprob], offse
 async def completions(request: web.Request) -> web.StreamResponse:
     """POST /v1/completions (legacy text completion)."""
     req, stream, include_usage = parse_completion(await read_json_object(request), state.request_id(request))
+    note_ignored(request, req.ignored)
     gen = await state.core(request).start(req)
     try:
         head = {"id": f"cmpl-{secrets.token_hex(12)}", "object": "text_completion", "created": int(time.time()),
                 "model": req.model, "system_fingerprint": f"fp_{gen.lease.digest[:12] or 'mlxserve'}"}
+        echoed = req.prompt if req.echo else ""
         if not stream:
             out = await gen.collect()
             return web.json_response({**head, "choices": [{
-                "text": out.content, "index": 0, "logprobs": completion_logprobs(req, out.logprobs, 0),
+                "text": echoed + out.content, "index": 0, "logprobs": completion_logprobs(req, out.logprobs, 0),
                 "finish_reason": finish_reason(gen)}], "usage": usage(gen)}, dumps=dumps)
+
         async def chunks() -> AsyncIterator[bytes]:
             offset = 0
+            if echoed:
+                yield sse_event({**head, "choices": [{"text": echoed, "index": 0, "logprobs": None, "finish_reason": None}]})
             async for event in gen.events():
                 if event.text or (req.logprobs and event.logprobs):
                     lp = completion_logprobs(req, list(event.logprobs), offset)

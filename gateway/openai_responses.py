@@ -10,12 +10,12 @@ Responses events (`event: <type>` + `data: {..., "sequence_number": n}`).
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+import msgspec
 from aiohttp import web
 
 from mlxserve.services.common import logs
@@ -24,35 +24,32 @@ from mlxserve.v1 import worker_pb2
 from mlxserve.v1.frames import TokenEvent, TokenLogprob, ToolCall
 
 from . import state
-from .openai_api import REASONING_EFFORTS, parse_tool_choice, sse_response_headers
+from .openai_api import extensions, log_advisory, parse_content, sse_response_headers
+from .request_types import FunctionDef, Reasoning, ResponsesItem, ResponsesRequest, ResponsesTool, TextConfig
 from .responses import dumps, stream_chunks
+from .sampling import openai_sampling
 from .streams import Generation, GenerationRequest
-from .validation import (Body, BadField, UnsupportedField, is_neutral, parse_arguments, parse_top_logprobs, read_json_object,
-                         schema_text)
+from .tools import NONE, ToolPlan, function_tool, responses_choice, tool_call
+from .validation import (BadField, UnsupportedField, check_top_logprobs, decode, drop_under, model_name, note_ignored,
+                         parse_arguments, read_json_object, schema_text)
 
 log = logs.get_logger(component="openai_responses")
 
 INPUT_ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
-TEXT_PART_TYPES = ("input_text", "output_text", "text")
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
-# Fields that need responses kept on the server: refused whenever they ask for it.
-STATEFUL: dict[str, Any] = {
-    "previous_response_id": lambda v: v is None,
-    "conversation": lambda v: v is None,
-    "store": lambda v: v is None or v is False,
-    "background": lambda v: v is None or v is False,
-}
-# Accepted only with the value that asks for nothing.
-_NEUTRAL_VALUES: dict[str, Any] = {
-    "metadata": is_neutral,
-    "max_tool_calls": lambda v: v is None,
-    "prompt": lambda v: v is None,
-    "service_tier": lambda v: v in (None, "auto", "default"),
-    "parallel_tool_calls": lambda v: v is None or isinstance(v, bool),  # calls are returned as the model makes them
-}
+# `include` items that need nothing from us: reasoning.encrypted_content asks for reasoning items that the
+# client can send back; ours carry their text in the clear (encrypted_content is null), and the rest
+# name outputs of hosted tools that never run here (so there is nothing to include).
+INCLUDE_EMPTY = ("reasoning.encrypted_content", "file_search_call.results", "web_search_call.results",
+                 "web_search_call.action.sources", "message.input_image.image_url", "computer_call_output.output.image_url",
+                 "code_interpreter_call.outputs")
+# Fields that need responses kept on the server (or run later): refused whenever they ask for it.
+STATEFUL = ("previous_response_id", "conversation", "background", "prompt")
 
 
 def _stateful_message(key: str) -> str:
+    if key == "prompt":
+        return "'prompt' (a stored prompt template) needs prompts kept on the server, and this server keeps none: send 'instructions' and 'input' instead"
     return (f"'{key}' needs responses stored on the server, and this server keeps none: "
             "send the whole conversation in 'input' instead")
 
@@ -67,253 +64,189 @@ class ResponseSettings:
     top_p: float | None = None
     text_format: dict[str, Any] = field(default_factory=lambda: {"type": "text"})
     tools: list[dict[str, Any]] = field(default_factory=list)
-    tool_choice: str = "auto"
+    tool_choice: Any = "auto"
+    parallel_tool_calls: bool = True
     truncation: str = "disabled"
     effort: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    encrypted_reasoning: bool = False  # include: reasoning.encrypted_content (null here: the text is in the clear)
 
 
 # -- request parsing -------------------------------------------------------------------------------------
 
 
-def parse_text_content(value: Any, where: str) -> str:
-    """An input item's content: a string or a list of text parts (input_text/output_text); images and files are refused."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if not isinstance(value, list):
-        raise BadField(where, f"'{where}' must be a string or an array of content parts")
-    texts = []
-    for j, part in enumerate(value):
-        name = f"{where}[{j}]"
-        if not isinstance(part, dict):
-            raise BadField(name, f"'{name}' must be an object")
-        body = Body(part, prefix=f"{name}.")
-        kind = body.str("type", required=True)
-        if kind not in TEXT_PART_TYPES:
-            raise UnsupportedField(f"{name}.type", f"content parts of type {kind!r} are not supported ('{name}.type'); "
-                                                   "send input_text")
-        texts.append(body.str("text", required=True) or "")
-        body.refuse(("annotations", "logprobs"), allowed=lambda v: True)  # echoes of earlier output: nothing to honour
-        body.finish()
-    return "".join(texts)
-
-
-def parse_reasoning_text(item: Body) -> str:
+def parse_reasoning_text(item: ResponsesItem) -> str:
     """A reasoning item sent back as input: its reasoning text (or its summary) becomes the turn's thinking."""
-    texts = []
-    for key in ("content", "summary"):
-        for j, part in enumerate(item.list(key) or []):
-            where = f"{item.name(key)}[{j}]"
-            if not isinstance(part, dict) or not isinstance(part.get("text"), str):
-                raise BadField(where, f"'{where}' must be an object with a 'text' string")
-            texts.append(part["text"])
-        if texts:
-            break
-    item.raw("encrypted_content")
-    return "\n".join(texts)
+    for parts in (item.content, item.summary):
+        if isinstance(parts, list):
+            texts = [p.text for p in parts if p.text]
+            if texts:
+                return "\n".join(texts)
+    return ""
 
 
-def parse_input(value: Any) -> list[worker_pb2.ChatMessage]:
-    """`input` → chat messages: a string is one user message; items are messages, function calls and their outputs."""
+def parse_input(value: str | list[ResponsesItem], ignored: list[str]) -> list[worker_pb2.ChatMessage]:
+    """`input` → chat messages: a string is one user message; items are messages, function calls and their outputs.
+
+    Items of hosted tools (web_search_call, ...) are dropped and named in `ignored`: they ran
+    elsewhere, and this server runs none.
+    """
     if isinstance(value, str):
-        if not value:
-            raise BadField("input", "'input' must not be empty")
         return [worker_pb2.ChatMessage(role="user", content=value)]
-    if not isinstance(value, list) or not value:
-        raise BadField("input", "'input' must be a non-empty string or a non-empty array of input items")
     out: list[worker_pb2.ChatMessage] = []
     call_names: dict[str, str] = {}
     thinking = ""  # a reasoning item belongs to the assistant turn after it
-    for i, raw in enumerate(value):
+    for i, item in enumerate(value):
         where = f"input[{i}]"
-        if not isinstance(raw, dict):
-            raise BadField(where, f"'{where}' must be an object")
-        item = Body(raw, prefix=f"{where}.")
-        kind = item.str("type", default="message")
-        item.str("id")
-        item.str("status")
+        kind = item.type
         if kind == "message":
-            role = item.str("role", required=True) or ""
-            if role not in INPUT_ROLES:
-                raise BadField(item.name("role"), f"'{item.name('role')}' must be one of {', '.join(INPUT_ROLES)}; got {role!r}")
-            content = parse_text_content(item.raw("content"), item.name("content"))
-            msg = worker_pb2.ChatMessage(role=INPUT_ROLES[role], content=content)
-            if role == "assistant" and thinking:
+            if item.role is None:
+                raise BadField(f"{where}.role", f"'{where}.role' is required")
+            msg = worker_pb2.ChatMessage(role=INPUT_ROLES[item.role], content=parse_content(item.content, f"{where}.content"))
+            if item.role == "assistant" and thinking:
                 msg.thinking, thinking = thinking, ""
-            item.raw("phase")
             out.append(msg)
         elif kind == "function_call":
-            call_id = item.str("call_id", required=True) or ""
-            name = item.str("name", required=True) or ""
-            arguments = parse_arguments(item.raw("arguments") or "{}", item.name("arguments"))
-            call_names[call_id] = name
-            call = {"id": call_id, "name": name, "arguments": arguments}
-            one_call = json.dumps([call], ensure_ascii=False)
+            if not item.call_id or not item.name:
+                key = f"{where}.call_id" if not item.call_id else f"{where}.name"
+                raise BadField(key, f"'{key}' is required")
+            call_names[item.call_id] = item.name
+            call = tool_call(item.call_id, item.name, parse_arguments(item.arguments, f"{where}.arguments"))
             prev = out[-1] if out else None
-            if prev is not None and prev.role == "assistant" and prev.tool_calls_json:  # parallel calls: one assistant turn
-                prev.tool_calls_json = json.dumps(json.loads(prev.tool_calls_json) + [call], ensure_ascii=False)
-            elif prev is not None and prev.role == "assistant" and not thinking:
-                prev.tool_calls_json = one_call
+            if prev is not None and prev.role == "assistant" and (prev.tool_calls or not thinking):
+                prev.tool_calls.append(call)  # parallel calls, or the calls of the message just before: one turn
             else:
-                out.append(worker_pb2.ChatMessage(role="assistant", thinking=thinking, tool_calls_json=one_call))
+                out.append(worker_pb2.ChatMessage(role="assistant", thinking=thinking, tool_calls=[call]))
                 thinking = ""
         elif kind == "function_call_output":
-            call_id = item.str("call_id", required=True) or ""
-            output = item.raw("output")
-            text = output if isinstance(output, str) else parse_text_content(output, item.name("output"))
-            out.append(worker_pb2.ChatMessage(role="tool", content=text, tool_call_id=call_id,
-                                              tool_name=call_names.get(call_id, "")))
+            if not item.call_id:
+                raise BadField(f"{where}.call_id", f"'{where}.call_id' is required")
+            text = parse_content(item.output, f"{where}.output")
+            out.append(worker_pb2.ChatMessage(role="tool", content=text, tool_call_id=item.call_id,
+                                              tool_name=call_names.get(item.call_id, item.name or "")))
         elif kind == "reasoning":
             thinking = parse_reasoning_text(item)
+        elif kind == "item_reference":
+            raise UnsupportedField(f"{where}.type", f"'{where}': item_reference needs items stored on the server, and this "
+                                                    "server keeps none: send the items themselves")
         else:
-            raise UnsupportedField(item.name("type"), f"input items of type {kind!r} are not supported ('{item.name('type')}')")
-        item.finish()
+            ignored[:] = drop_under(ignored, where)
+            ignored.append(where)
+            log.debug("input_item_dropped", item=where, type=kind)
     if thinking:  # reasoning with no turn after it: keep it on an assistant turn of its own
         out.append(worker_pb2.ChatMessage(role="assistant", thinking=thinking))
     return out
 
 
-def parse_text_format(body: Body) -> tuple[str, dict[str, Any]]:
-    """`text.format` → (SubmitRequest.format, the format echoed back): text, json_object or json_schema."""
-    text = body.object("text")
-    if not text:
+def parse_text_format(text: TextConfig | None, ignored: list[str]) -> tuple[str, dict[str, Any]]:
+    """`text.format` → (SubmitRequest.format, the format echoed back): text, json_object or json_schema.
+
+    Output is always constrained to the schema, so `strict` is honoured either way; `verbosity` is
+    a hint this server cannot follow (named as ignored unless "medium").
+    """
+    if text is None:
         return "", {"type": "text"}
-    tb = Body(text, prefix="text.")
-    tb.refuse(("verbosity",), allowed=lambda v: v in (None, "medium"))
-    fmt = tb.object("format")
-    tb.finish()
-    if not fmt:
+    if text.verbosity not in (None, "medium"):
+        ignored.append("text.verbosity")
+    fmt = text.format
+    if fmt is None or fmt.type == "text":
         return "", {"type": "text"}
-    fb = Body(fmt, prefix="text.format.")
-    kind = fb.str("type", required=True)
-    if kind in ("text", "json_object"):
-        fb.finish()
-        return ("" if kind == "text" else "json"), {"type": kind}
-    if kind != "json_schema":
-        raise BadField("text.format.type", "'text.format.type' must be one of text, json_object, json_schema")
-    name = fb.str("name", required=True)
-    description = fb.str("description")
-    strict = fb.bool("strict")  # output is always constrained to the schema, strict or not
-    schema = fb.object("schema")
-    if schema is None:
+    if fmt.type == "json_object":
+        return "json", {"type": "json_object"}
+    if not fmt.name:
+        raise BadField("text.format.name", "'text.format.name' is required for json_schema")
+    if fmt.schema is None:
         raise BadField("text.format.schema", "'text.format.schema' is required for json_schema")
-    fb.finish()
-    echo: dict[str, Any] = {"type": "json_schema", "name": name, "schema": schema, "strict": strict}
-    if description is not None:
-        echo["description"] = description
-    return (schema_text(schema) if schema else "json"), echo
+    echo: dict[str, Any] = {"type": "json_schema", "name": fmt.name, "schema": fmt.schema, "strict": fmt.strict}
+    if fmt.description is not None:
+        echo["description"] = fmt.description
+    return (schema_text(fmt.schema) if fmt.schema else "json"), echo
 
 
-def parse_function_tools(body: Body) -> tuple[str, list[dict[str, Any]]]:
-    """Responses function tools ({type, name, description, parameters, strict}) → (chat tools JSON, the tools echoed)."""
-    tools = body.list("tools") or []
-    chat_tools = []
-    for i, raw in enumerate(tools):
+def parse_tools(tools: list[ResponsesTool] | None, ignored: list[str]) -> tuple[ToolPlan, list[dict[str, Any]]]:
+    """Function tools reach the model; hosted tools (web_search, file_search, namespace, mcp, custom, ...) are
+    dropped from what it sees and named in `ignored`. Returns the plan and the function tools echoed back."""
+    plan = ToolPlan()
+    echoed: list[dict[str, Any]] = []
+    for i, tool in enumerate(tools or []):
         where = f"tools[{i}]"
-        if not isinstance(raw, dict):
-            raise BadField(where, f"'{where}' must be an object")
-        tool = Body(raw, prefix=f"{where}.")
-        kind = tool.str("type", required=True)
-        if kind != "function":
-            raise UnsupportedField(f"{where}.type", f"tools of type {kind!r} are not supported ('{where}.type'); use \"function\"")
-        name = tool.str("name", required=True) or ""
-        if not name:
+        if tool.type != "function":
+            ignored[:] = drop_under(ignored, where)
+            ignored.append(where)
+            log.debug("hosted_tool_dropped", tool=where, type=tool.type)
+            continue
+        if not tool.name:
             raise BadField(f"{where}.name", f"'{where}.name' must be a non-empty string")
-        fn: dict[str, Any] = {"name": name}
-        description = tool.str("description")
-        if description is not None:
-            fn["description"] = description
-        parameters = tool.object("parameters")
-        if parameters is not None:
-            fn["parameters"] = parameters
-        tool.bool("strict")  # the call's arguments are whatever the model wrote; parsed, not constrained
-        tool.finish()
-        chat_tools.append({"type": "function", "function": fn})
-    return (json.dumps(chat_tools, ensure_ascii=False, separators=(",", ":")) if chat_tools else ""), list(tools)
+        plan.tools.append(function_tool(FunctionDef(name=tool.name, description=tool.description, parameters=tool.parameters)))
+        if tool.strict:
+            plan.strict.append(f"{where}.strict")
+        echoed.append(msgspec.to_builtins(tool))
+    return plan, echoed
 
 
-def parse_reasoning(body: Body) -> tuple[bool | None, str | None]:
-    """`reasoning.effort` switches thinking on or off (the templates take no effort level); summaries are not made."""
-    value = body.object("reasoning")
-    if not value:
+def parse_reasoning(reasoning: Reasoning | None, ignored: list[str]) -> tuple[bool | None, str | None]:
+    """`reasoning.effort` switches thinking on or off (the templates take no effort level); summaries are
+    not made (a summary asked for is named as ignored: the reasoning itself comes back instead)."""
+    if reasoning is None:
         return None, None
-    rb = Body(value, prefix="reasoning.")
-    effort = rb.str("effort")
-    if effort is not None and effort not in REASONING_EFFORTS:
-        raise BadField("reasoning.effort", f"'reasoning.effort' must be one of {', '.join(REASONING_EFFORTS)}")
-    rb.refuse(("summary", "generate_summary"), allowed=lambda v: v in (None, "auto"))
-    rb.finish()
+    for key in ("summary", "generate_summary"):
+        if getattr(reasoning, key) not in (None, "none"):
+            ignored.append(f"reasoning.{key}")
+    effort = reasoning.effort
     return (None if effort is None else effort != "none"), effort
 
 
-def parse_include(body: Body) -> bool:
-    """`include`: only output logprobs can be included; returns whether they are asked for."""
-    items = body.list("include") or []
-    for i, item in enumerate(items):
-        if item != LOGPROBS_INCLUDE:
-            raise UnsupportedField(f"include[{i}]", f"'include[{i}]': {item!r} is not supported; only {LOGPROBS_INCLUDE!r} is")
-    return bool(items)
+def parse_include(items: list[str] | None, ignored: list[str]) -> bool:
+    """`include`: output logprobs are included when asked; the known items we cannot produce stay empty;
+    unknown items are named as ignored. Returns whether logprobs are asked for."""
+    logprobs = False
+    for i, item in enumerate(items or []):
+        if item == LOGPROBS_INCLUDE:
+            logprobs = True
+        elif item not in INCLUDE_EMPTY:
+            ignored.append(f"include[{i}]")
+    return logprobs
 
 
 def parse_responses_request(data: dict[str, Any], request_id: str) -> tuple[GenerationRequest, bool, ResponseSettings]:
     """A /v1/responses body → (request, stream, what the response echoes); raises BadField/UnsupportedField (400)."""
-    body = Body(data)
-    for key, allowed in STATEFUL.items():
-        if not allowed(body.raw(key)):
+    body, ignored = decode(data, ResponsesRequest)
+    for key in STATEFUL:
+        if getattr(body, key) not in (None, False):
             raise UnsupportedField(key, _stateful_message(key))
-    model = body.str("model", required=True) or ""
-    if not model.strip():
-        raise BadField("model", "'model' is required")
-    echo = ResponseSettings()
-    messages = parse_input(body.raw("input"))
-    echo.instructions = body.str("instructions")
-    if echo.instructions:
-        messages.insert(0, worker_pb2.ChatMessage(role="system", content=echo.instructions))
-    stream = bool(body.bool("stream", default=False))
-    stream_options = body.object("stream_options")
-    if stream_options:
-        if not stream:
-            raise BadField("stream_options", "'stream_options' is only allowed when 'stream' is true")
-        so = Body(stream_options, prefix="stream_options.")
-        so.bool("include_obfuscation")  # padding against length side channels; a local server sends none
-        so.finish()
-    options = worker_pb2.SamplingOptions()
-    echo.max_output_tokens = body.int("max_output_tokens", minimum=1)
-    echo.temperature = body.number("temperature", minimum=0.0, maximum=2.0)
-    echo.top_p = body.number("top_p", minimum=0.0, maximum=1.0)
-    if echo.max_output_tokens is not None:
-        options.num_predict = echo.max_output_tokens
-    if echo.temperature is not None:
-        options.temperature = echo.temperature
-    if echo.top_p is not None:
-        options.top_p = echo.top_p
-    req = GenerationRequest(model=model, request_id=request_id, options=options, messages=messages)
-    req.format, echo.text_format = parse_text_format(body)
-    tools_json, echo.tools = parse_function_tools(body)
-    use_tools = parse_tool_choice(body)
-    echo.tool_choice = "auto" if use_tools else "none"
-    req.tools_json = tools_json if use_tools else ""
-    req.think, echo.effort = parse_reasoning(body)
-    req.logprobs = parse_include(body)
-    top = body.int("top_logprobs", minimum=0)
-    if top:
-        req.logprobs = True
-    req.top_logprobs = parse_top_logprobs(body, req.logprobs)
-    truncation = body.str("truncation")
-    if truncation not in (None, "auto", "disabled"):
-        raise BadField("truncation", "'truncation' must be \"auto\" or \"disabled\"")
-    if truncation is not None:
-        echo.truncation = truncation
-        req.truncate = truncation == "auto"
-    for key in ("user", "safety_identifier", "prompt_cache_key"):
-        value = body.str(key)  # identifiers for the caller's bookkeeping: logged, nothing to do
-        if value:
-            log.info("openai_identifier", field=key, value=value)
-    for key, allowed in _NEUTRAL_VALUES.items():
-        body.refuse((key,), allowed=allowed)
-    body.finish()
-    return req, stream, echo
+    echo = ResponseSettings(instructions=body.instructions, max_output_tokens=body.max_output_tokens,
+                            temperature=body.temperature, top_p=body.top_p, metadata=body.metadata or {})
+    messages = parse_input(body.input, ignored)
+    if body.instructions:
+        messages.insert(0, worker_pb2.ChatMessage(role="system", content=body.instructions))
+    if body.stream_options is not None and not body.stream:
+        raise BadField("stream_options", "'stream_options' is only allowed when 'stream' is true")
+    req = GenerationRequest(model=model_name(body.model), request_id=request_id, messages=messages, ignored=ignored,
+                            options=openai_sampling(body, max_tokens=body.max_output_tokens, max_key="max_output_tokens"))
+    extensions(body, req)
+    req.format, echo.text_format = parse_text_format(body.text, ignored)
+    plan, echo.tools = parse_tools(body.tools, ignored)
+    responses_choice(plan, body.tool_choice)
+    plan.single = body.parallel_tool_calls is False
+    if body.max_tool_calls is not None:
+        plan.max_calls = body.max_tool_calls
+        if body.max_tool_calls == 0:
+            plan.mode = NONE
+    req.tools, req.tool_choice, req.max_tool_calls = plan.tools, plan.choice("tool_choice"), plan.limit
+    ignored += plan.ignored()
+    echo.tool_choice = msgspec.to_builtins(body.tool_choice) if body.tool_choice is not None else "auto"
+    echo.parallel_tool_calls = body.parallel_tool_calls is not False
+    req.think, echo.effort = parse_reasoning(body.reasoning, ignored)
+    req.logprobs = parse_include(body.include, ignored) or bool(body.top_logprobs)
+    echo.encrypted_reasoning = "reasoning.encrypted_content" in (body.include or [])
+    req.top_logprobs = check_top_logprobs(body.top_logprobs, req.logprobs)
+    if body.truncation is not None:
+        echo.truncation = body.truncation
+        req.truncate = body.truncation == "auto"
+    if body.store:
+        ignored.append("store")  # nothing is kept: the answer is the same, it just cannot be fetched again
+    log_advisory(body)
+    return req, bool(body.stream), echo
 
 
 # -- rendering ---------------------------------------------------------------------------------------------
@@ -344,9 +277,14 @@ def function_call_item(call: ToolCall, item_id: str, status: str = "completed") 
             "name": call.name, "arguments": call.arguments or "{}"}
 
 
-def reasoning_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
+def reasoning_item(item_id: str, text: str, status: str = "completed", *, encrypted: bool = False) -> dict[str, Any]:
+    """A reasoning output item; with `encrypted` (include: reasoning.encrypted_content) its encrypted_content is
+    null: the reasoning is in `content`, in the clear, and a client sends the item back as it is."""
     content = [{"type": "reasoning_text", "text": text}] if text else []
-    return {"id": item_id, "type": "reasoning", "status": status, "summary": [], "content": content}
+    item = {"id": item_id, "type": "reasoning", "status": status, "summary": [], "content": content}
+    if encrypted:
+        item["encrypted_content"] = None
+    return item
 
 
 def message_item(item_id: str, content: list[dict[str, Any]], status: str) -> dict[str, Any]:
@@ -376,11 +314,11 @@ class ResponseBuilder:
             "error": {"code": "server_error", "message": error.message} if error is not None else None,
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
             "instructions": e.instructions, "max_output_tokens": e.max_output_tokens, "model": self.req.model,
-            "output": list(self.output), "parallel_tool_calls": True, "previous_response_id": None,
+            "output": list(self.output), "parallel_tool_calls": e.parallel_tool_calls, "previous_response_id": None,
             "reasoning": {"effort": e.effort, "summary": None}, "store": False,
             "temperature": e.temperature, "top_p": e.top_p, "text": {"format": e.text_format},
             "tool_choice": e.tool_choice, "tools": e.tools, "truncation": e.truncation,
-            "usage": usage_json(gen) if gen is not None else None, "metadata": {}, "user": None,
+            "usage": usage_json(gen) if gen is not None else None, "metadata": e.metadata, "user": None,
         }
 
     @staticmethod
@@ -391,7 +329,7 @@ class ResponseBuilder:
         """The non-streamed response: reasoning, then the message, then function calls."""
         status = self.final_status(gen)
         if thinking:
-            self.output.append(reasoning_item(new_id("rs"), thinking))
+            self.output.append(reasoning_item(new_id("rs"), thinking, encrypted=self.echo.encrypted_reasoning))
         if text or not calls:
             self.output.append(message_item(new_id("msg"), [text_part(text, logprobs)], status))
         self.output.extend(function_call_item(c, new_id("fc")) for c in calls)
@@ -416,7 +354,7 @@ class ResponseBuilder:
         text = "".join(self._text)
         if item["type"] == "reasoning":
             part = {"type": "reasoning_text", "text": text}
-            done = reasoning_item(item["id"], text)
+            done = reasoning_item(item["id"], text, encrypted=self.echo.encrypted_reasoning)
             out = (self.event("response.reasoning_text.done", item_id=item["id"], output_index=index, content_index=0, text=text)
                    + self.event("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part))
         else:
@@ -494,6 +432,7 @@ class ResponseBuilder:
 async def create_response(request: web.Request) -> web.StreamResponse:
     """POST /v1/responses"""
     req, stream, echo = parse_responses_request(await read_json_object(request), state.request_id(request))
+    note_ignored(request, req.ignored)
     gen = await state.core(request).start(req)
     try:
         builder = ResponseBuilder(req, echo)

@@ -40,7 +40,7 @@ STREAMED_BODY_ROUTES = {"/api/blobs/{digest}"}
 
 CORS_METHODS = "GET, POST, PUT, DELETE, HEAD, OPTIONS"
 CORS_HEADERS = ("Authorization", "Content-Type", "Accept", "User-Agent", "X-Requested-With", "X-Request-Id")
-CORS_EXPOSE = "X-Request-Id, Retry-After"
+CORS_EXPOSE = "X-Request-Id, Retry-After, X-Mlxserve-Ignored"
 CORS_MAX_AGE_S = 600
 
 log = logs.get_logger(component="security")

@@ -135,7 +135,8 @@ class GenerationRequest:
     """One generation, dialect-free: chat `messages` or a `prompt`, plus sampling options.
 
     The output controls mirror SubmitRequest: `format` is "" / "json" / a JSON schema as text,
-    `tools_json` a JSON list of tool definitions, `think`/`truncate` None for the model's default.
+    `tools` and `tool_choice` the typed tools, `think`/`truncate` None for the model's default.
+    `ignored` names the request's fields that the server ignores (the X-Mlxserve-Ignored header).
     """
 
     model: str
@@ -147,11 +148,19 @@ class GenerationRequest:
     raw: bool = False
     keep_alive_s: float | None = None
     format: str = ""
-    tools_json: str = ""
+    tools: list[worker_pb2.Tool] = field(default_factory=list)
+    tool_choice: worker_pb2.ToolChoice = field(default_factory=worker_pb2.ToolChoice)
+    max_tool_calls: int | None = None     # calls past this many are dropped (parallel_tool_calls false, max_tool_calls)
+    chat_template_kwargs_json: str = ""
+    context: list[int] = field(default_factory=list)  # /api/generate: token ids the prompt continues
+    want_context: bool = False            # /api/generate: answer with `context` (prompt + output token ids)
     think: bool | None = None
     logprobs: bool = False
     top_logprobs: int = 0
     truncate: bool | None = None
+    legacy_function_call: bool = False    # OpenAI's legacy `functions`: answer with `function_call`
+    echo: bool = False                    # OpenAI completions' `echo`: the answer starts with the prompt
+    ignored: list[str] = field(default_factory=list)
 
     @property
     def is_chat(self) -> bool:
@@ -190,7 +199,10 @@ class Generation:
         self.stream = stream
         self.started_ns = started_ns
         self.prompt_tokens = 0
+        self.prompt_token_ids: list[int] = []  # with want_context
+        self.output_token_ids: list[int] = []
         self.generated_tokens = 0
+        self.tool_calls_sent = 0
         self.final: TokenEvent | None = None
         self._closed = False
 
@@ -201,7 +213,13 @@ class Generation:
 
     @property
     def load_duration_ns(self) -> int:
+        """Time spent getting the model ready for this request (see GenerationCore.acquire)."""
         return int(self.lease.load_duration_s * 1e9)
+
+    @property
+    def context(self) -> list[int]:
+        """Ollama's `context`: the prompt's token ids (an earlier context included), then the output's."""
+        return self.prompt_token_ids + self.output_token_ids
 
     @property
     def done_reason(self) -> str:
@@ -211,14 +229,15 @@ class Generation:
     def stats(self) -> Stats:
         """Counters for the final chunk, with fallbacks when the worker sent none."""
         s = (self.final.stats if self.final else None) or Stats()
-        # prompt_eval_count counts evaluated tokens only: 0 is real when the whole prompt was cached.
-        evaluated = s.prompt_eval_count if (s.prompt_eval_count or s.cached_tokens) else (s.prompt_tokens or self.prompt_tokens)
+        # prompt_eval_count counts every prompt token, cached ones too, as current Ollama does (clients
+        # report it as the input tokens); the cached share stays in cached_tokens.
+        prompt_tokens = s.prompt_tokens or self.prompt_tokens
         return Stats(
-            prompt_eval_count=evaluated,
+            prompt_eval_count=prompt_tokens,
             prompt_eval_duration=s.prompt_eval_duration,
             eval_count=s.eval_count or self.generated_tokens,
             eval_duration=s.eval_duration,
-            prompt_tokens=s.prompt_tokens or self.prompt_tokens,
+            prompt_tokens=prompt_tokens,
             cached_tokens=s.cached_tokens,
             truncated_messages=s.truncated_messages,
         )
@@ -249,6 +268,10 @@ class Generation:
                 if event.done_reason not in ("error", "cancel"):
                     self.core.metrics.first_token(self.model, (self.first_output_ns - self.started_ns) / 1e9)
             self.generated_tokens += len(event.token_ids)
+            if self.req.want_context:
+                self.output_token_ids.extend(event.token_ids)
+            if event.tool_calls and self.req.max_tool_calls is not None:
+                event = self._limit_calls(event)
             if event.done:
                 self.final = event
                 if event.done_reason == "error":
@@ -258,6 +281,17 @@ class Generation:
                 yield event
                 return
             yield event
+
+    def _limit_calls(self, event: TokenEvent) -> TokenEvent:
+        """Drop the calls past the request's limit: the worker is told (ToolChoice.single), and this holds
+        whatever a model emits."""
+        room = max(0, (self.req.max_tool_calls or 0) - self.tool_calls_sent)
+        calls = list(event.tool_calls)
+        self.tool_calls_sent += min(room, len(calls))
+        if len(calls) <= room:
+            return event
+        log.info("tool_calls_dropped", model=self.model, dropped=len(calls) - room, limit=self.req.max_tool_calls)
+        return msgspec.structs.replace(event, tool_calls=calls[:room])
 
     async def collect(self) -> Collected:
         """All the output at once (non-streaming responses)."""
@@ -329,6 +363,15 @@ class GenerationCore:
         self._background: set[asyncio.Task] = set()
 
     async def acquire(self, model: str, request_id: str, keep_alive_s: float | None) -> supervisor_pb2.AcquireResponse:
+        """A lease on the model's worker. Its `load_duration_s` becomes the time this call took: getting the
+        model ready for the request, as Ollama measures it (starting the worker, or waiting for another
+        request's load, or just the scheduling when it was warm), never 0."""
+        started = time.monotonic()
+        lease = await self._acquire(model, request_id, keep_alive_s)
+        lease.load_duration_s = max(lease.load_duration_s, time.monotonic() - started)
+        return lease
+
+    async def _acquire(self, model: str, request_id: str, keep_alive_s: float | None) -> supervisor_pb2.AcquireResponse:
         req = supervisor_pb2.AcquireRequest(model=model, request_id=request_id)
         if keep_alive_s is not None:
             req.keep_alive_s = keep_alive_s
@@ -412,7 +455,9 @@ class GenerationCore:
         submit = worker_pb2.SubmitRequest(
             request_id=submit_id, reply_to=self.router.address, options=req.options, is_chat=req.is_chat,
             prompt=req.prompt, system=req.system, raw=req.raw, messages=req.messages or [],
-            format=req.format, tools_json=req.tools_json, logprobs=req.logprobs, top_logprobs=req.top_logprobs,
+            format=req.format, tools=req.tools, tool_choice=req.tool_choice, logprobs=req.logprobs,
+            top_logprobs=req.top_logprobs, chat_template_kwargs_json=req.chat_template_kwargs_json,
+            context=req.context, want_prompt_tokens=req.want_context,
         )
         if req.think is not None:
             submit.think = req.think
@@ -421,7 +466,8 @@ class GenerationCore:
         if logs.debug_enabled():
             log.debug("submit", model=gen.model, submit_id=submit_id, worker=lease.worker_address, is_chat=req.is_chat,
                       messages=len(req.messages or []), prompt_chars=len(req.prompt), options=MessageToDict(req.options),
-                      format=bool(req.format), tools=bool(req.tools_json), think=req.think, keep_alive_s=req.keep_alive_s,
+                      format=bool(req.format), tools=[t.name for t in req.tools],
+                      tool_choice=MessageToDict(req.tool_choice), context=len(req.context), think=req.think, keep_alive_s=req.keep_alive_s,
                       load_duration_s=round(lease.load_duration_s, 3))
         try:
             resp = await rpc.call("worker", self.backends.worker(lease.worker_address).Submit, submit,
@@ -436,15 +482,20 @@ class GenerationCore:
                 raise _WorkerUnreachable(f"the worker for model '{gen.model}' is not answering: {e.message}") from None
             raise
         gen.prompt_tokens = resp.prompt_tokens
+        gen.prompt_token_ids = list(resp.prompt_token_ids)
         return gen
 
     async def embed(self, model: str, request_id: str, keep_alive_s: float | None, inputs: list[str], *,
-                    truncate: bool | None = None, dimensions: int = 0) -> tuple[worker_pb2.EmbedResponse, supervisor_pb2.AcquireResponse]:
-        """Lease the model's worker, embed `inputs`, release; returns the worker's answer and the lease."""
+                    token_inputs: list[list[int]] | None = None, truncate: bool | None = None, dimensions: int = 0,
+                    num_ctx: int | None = None) -> tuple[worker_pb2.EmbedResponse, supervisor_pb2.AcquireResponse]:
+        """Lease the model's worker, embed `inputs` (texts, or token-id lists), release; returns the worker's answer and the lease."""
         lease = await self.acquire(model, request_id, keep_alive_s)
-        req = worker_pb2.EmbedRequest(request_id=f"{request_id}.{secrets.token_hex(4)}", inputs=inputs, dimensions=dimensions)
+        req = worker_pb2.EmbedRequest(request_id=f"{request_id}.{secrets.token_hex(4)}", inputs=inputs, dimensions=dimensions,
+                                      token_inputs=[worker_pb2.TokenIds(ids=ids) for ids in token_inputs or []])
         if truncate is not None:
             req.truncate = truncate
+        if num_ctx is not None:
+            req.num_ctx = num_ctx
         try:
             resp = await rpc.call("worker", self.backends.worker(lease.worker_address).Embed, req,
                                   timeout=self.settings.request_timeout, request_id=request_id)

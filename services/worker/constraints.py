@@ -7,6 +7,10 @@ it with the tokens so far (the prompt, then each sampled token) and the row's lo
 newest sampled token to its grammar matcher and sets every token the grammar forbids to -inf. Once
 the JSON is complete the grammar allows only EOS, so the request ends with done_reason "stop" and
 the text always parses (and validates), whatever the model's weights.
+
+A schema's objects are closed (`close_objects`): one that lists properties and leaves
+`additionalProperties` unset takes no other keys, as in Ollama. `compile_grammar` turns any
+llguidance grammar into a `Constraint`; tool_calls.py uses it to force tool calls.
 """
 
 from __future__ import annotations
@@ -58,7 +62,10 @@ def llg_tokenizer(tokenizer: Any) -> llguidance.LLTokenizer:
 
 
 def grammar_for_format(format: str) -> str:
-    """The llguidance grammar for a request's `format`; InvalidArgument says what is wrong with it."""
+    """The llguidance grammar for a request's `format`; InvalidArgument says what is wrong with it.
+
+    A schema's objects are closed (see `close_objects`), as Ollama closes them.
+    """
     if format == "json":
         schema_text = ANY_JSON_OBJECT
     else:
@@ -68,11 +75,95 @@ def grammar_for_format(format: str) -> str:
             raise InvalidArgument(f'format must be "json" or a JSON schema; it is not valid JSON ({e})') from None
         if not isinstance(schema, dict):
             raise InvalidArgument('format must be "json" or a JSON schema object')
-        schema_text = format
+        schema_text = json.dumps(close_objects(schema))
     try:
         return llguidance.LLMatcher.grammar_from_json_schema(schema_text, defaults=_JSON_DEFAULTS)
     except ValueError as e:
         raise InvalidArgument(f"invalid JSON schema in format: {e}") from None
+
+
+# Keywords whose value is one subschema, a list of them, or a map of name -> subschema.
+_ONE = ("additionalProperties", "items", "additionalItems", "contains", "not", "if", "then", "else",
+        "propertyNames", "unevaluatedProperties", "unevaluatedItems")
+_MANY = ("anyOf", "oneOf", "prefixItems")
+_NAMED = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+
+
+def close_objects(schema: Any) -> Any:
+    """A copy of `schema` in which an object schema that lists `properties` and says nothing of
+    `additionalProperties` forbids other keys, at every depth (properties, items, anyOf, $defs...).
+
+    Pydantic's `model_json_schema()` leaves additionalProperties out, and a model would otherwise
+    add keys until it is cut off; Ollama (llama.cpp's schema converter) treats such objects as
+    closed too. An explicit `additionalProperties` (true, or a schema) is kept, and so is an
+    object without `properties` (`{"type": "object"}`: any object). The branches of an `allOf`
+    that combines several objects stay open, or no object could satisfy them all; the
+    definitions such branches refer to stay open for the same reason.
+    """
+    keep_open = set()
+    _find_combined_refs(schema, keep_open)
+    return _close(schema, keep_open, close_here=True)
+
+
+def _is_open_object(schema: dict) -> bool:
+    kind = schema.get("type")
+    is_object = kind is None or kind == "object" or (isinstance(kind, list) and "object" in kind)
+    return (is_object and isinstance(schema.get("properties"), dict)
+            and "additionalProperties" not in schema and "unevaluatedProperties" not in schema)
+
+
+def _combines(schema: dict) -> bool:
+    """An allOf whose parts are merged with each other (or with the schema's own properties)."""
+    parts = schema.get("allOf")
+    return isinstance(parts, list) and (len(parts) > 1 or "properties" in schema)
+
+
+def _find_combined_refs(schema: Any, refs: set[str]) -> None:
+    if isinstance(schema, list):
+        for item in schema:
+            _find_combined_refs(item, refs)
+    elif isinstance(schema, dict):
+        if _combines(schema):
+            refs.update(p["$ref"] for p in schema["allOf"] if isinstance(p, dict) and isinstance(p.get("$ref"), str))
+        for key, value in schema.items():
+            if key not in ("enum", "const", "default", "examples"):
+                _find_combined_refs(value, refs)
+
+
+def _close(schema: Any, keep_open: set[str], *, close_here: bool, pointer: str = "#") -> Any:
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    if close_here and pointer not in keep_open and _is_open_object(schema):
+        out["additionalProperties"] = False
+    for key in _ONE:
+        if isinstance(schema.get(key), dict):
+            out[key] = _close(schema[key], keep_open, close_here=True, pointer=f"{pointer}/{key}")
+        elif key == "items" and isinstance(schema.get(key), list):  # draft-7 tuple items
+            out[key] = [_close(s, keep_open, close_here=True) for s in schema[key]]
+    for key in _MANY:
+        if isinstance(schema.get(key), list):
+            out[key] = [_close(s, keep_open, close_here=True) for s in schema[key]]
+    if isinstance(schema.get("allOf"), list):
+        merged = _combines(schema)
+        out["allOf"] = [_close(s, keep_open, close_here=not merged) for s in schema["allOf"]]
+    for key in _NAMED:
+        if isinstance(schema.get(key), dict):
+            out[key] = {name: _close(s, keep_open, close_here=True, pointer=f"{pointer}/{key}/{name}")
+                        for name, s in schema[key].items()}
+    return out
+
+
+def compile_grammar(grammar: str, tokenizer: Any, what: str) -> "Constraint":
+    """A fresh `Constraint` for an llguidance grammar; InvalidArgument names `what` was invalid."""
+    lltok = llg_tokenizer(tokenizer)
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, lltok)
+    if is_error:
+        raise InvalidArgument(f"invalid {what}: {'; '.join(messages)}")
+    matcher = llguidance.LLMatcher(lltok, grammar, log_level=0)
+    if matcher.is_error():
+        raise InvalidArgument(f"invalid {what}: {matcher.get_error()}")
+    return Constraint(matcher, lltok)
 
 
 class Constraint:
@@ -149,12 +240,4 @@ def build_constraint(format: str, tokenizer: Any) -> Constraint | None:
     """
     if not format:
         return None
-    grammar = grammar_for_format(format)
-    lltok = llg_tokenizer(tokenizer)
-    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, lltok)
-    if is_error:
-        raise InvalidArgument(f"invalid JSON schema in format: {'; '.join(messages)}")
-    matcher = llguidance.LLMatcher(lltok, grammar, log_level=0)
-    if matcher.is_error():
-        raise InvalidArgument(f"invalid JSON schema in format: {matcher.get_error()}")
-    return Constraint(matcher, lltok)
+    return compile_grammar(grammar_for_format(format), tokenizer, "JSON schema in format")

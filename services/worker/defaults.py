@@ -3,7 +3,8 @@
 The store writes them into the model's view as `mlxserve-defaults.json`; the worker reads them
 once at load. As in Ollama: the model's SYSTEM is used when the request brings no system message
 (chat) or no `system` (generate); its MESSAGEs come before the request's messages, after the
-system message; its PARAMETERs are option defaults, and a request option replaces the model's
+system message (except in a prompt that continues a `context`, which holds them already); its
+PARAMETERs are option defaults, and a request option replaces the model's
 value for that key outright (a request's `stop` list replaces the model's). Raw prompts take
 options only: no template, so no system and no messages.
 """
@@ -42,14 +43,15 @@ class ModelDefaults:
     options: SamplingOptions = field(default_factory=SamplingOptions)
     ignored: tuple[str, ...] = ()  # parameters the model sets that this worker does not implement
 
-    def apply(self, request: GenerationRequest) -> GenerationRequest:
+    def apply(self, request: GenerationRequest, *, templated: bool = True) -> GenerationRequest:
         """The request as the model runs it: defaults filled in where the request leaves them.
 
         A templated generate becomes the one-turn chat it renders as (system, the model's
         messages, then the prompt as the user's turn), so both paths template the same way.
+        `templated=False` (a plain prompt to a model without a template) takes options only, as raw.
         """
         options = merge_options(request.options, self.options)
-        if request.raw:
+        if request.raw or not templated:
             return dataclasses.replace(request, options=options)
         if request.is_chat:
             turns = list(request.messages)
@@ -62,7 +64,9 @@ class ModelDefaults:
         system = turns[:lead]
         if not system and self.system and not any(m.role == "system" for m in turns):
             system = [ChatMessage("system", self.system)]
-        messages = (*system, *self.messages, *turns[lead:])
+        # A prompt that continues a `context` already has the model's opening messages in it.
+        opening = () if request.context else self.messages
+        messages = (*system, *opening, *turns[lead:])
         return dataclasses.replace(request, is_chat=True, messages=messages, prompt="", system="", options=options)
 
 

@@ -282,12 +282,9 @@ class EmbeddingRunner:
         self.dimensions = self.model.config.hidden_size
         self._full = Tokenizer.from_file(str(self.model_path / "tokenizer.json"))
         # tokenizer.json may carry its own padding/truncation (MiniLM's: fixed 128): we pad per
-        # batch ourselves and truncate to max_seq_length only when the request allows it.
+        # batch ourselves and truncate (`_cut`) only when the request allows it.
         self._full.no_padding()
         self._full.no_truncation()
-        self._cut = Tokenizer.from_file(str(self.model_path / "tokenizer.json"))
-        self._cut.no_padding()
-        self._cut.enable_truncation(self.context_length)
         self.max_queue = max_queue
         self.max_batch_tokens = max_batch_tokens
         self.device = "gpu" if mx.default_device().type == mx.DeviceType.gpu else "cpu"
@@ -302,27 +299,75 @@ class EmbeddingRunner:
 
     # --- any thread -------------------------------------------------------------------------
 
-    def tokenize(self, inputs: Sequence[str], truncate: bool | None = None) -> list[list[int]]:
-        """Token ids per input with the model's special tokens; over-long inputs are cut to
-        max_seq_length unless `truncate` is False, which makes them an InvalidArgument."""
+    def tokenize(self, inputs: Sequence[str], truncate: bool | None = None, limit: int | None = None) -> list[list[int]]:
+        """Token ids per input with the model's special tokens. An input over `limit` tokens (the
+        model's max_seq_length when None) is cut to it, special tokens kept, unless `truncate` is
+        False, which makes it an InvalidArgument."""
+        limit = self.context_length if limit is None else limit
         encodings: list[Encoding] = self._full.encode_batch(list(inputs))
         out: list[list[int]] = []
         for i, (text, enc) in enumerate(zip(inputs, encodings)):
             ids = enc.ids
-            if len(ids) > self.context_length:
+            if len(ids) > limit:
                 if truncate is False:
-                    raise InvalidArgument(f"input {i} is {len(ids)} tokens, longer than the model's maximum of "
-                                          f"{self.context_length} (truncate is false)")
-                ids = self._cut.encode(text).ids
+                    raise InvalidArgument(f"input {i} is {len(ids)} tokens, longer than {self._limit_name(limit)} "
+                                          "(truncate is false)")
+                ids = self._cut(text, limit)
             out.append(ids)
         return out
 
-    def embed(self, inputs: Sequence[str], *, truncate: bool | None = None, dimensions: int = 0) -> EmbedResult:
-        """Embed `inputs` (blocking until the engine thread has run them); thread-safe."""
+    def _cut(self, text: str, limit: int) -> list[int]:
+        """`text`'s tokens cut to `limit` as Hugging Face truncation cuts them: the text's own
+        tokens shortened, then the special tokens ([CLS] ... [SEP]) added around them."""
+        body = self._full.encode(text, add_special_tokens=False)
+        body.truncate(max(0, limit - self._full.num_special_tokens_to_add(False)))
+        return self._full.post_process(body).ids[:limit]
+
+    def _limit_name(self, limit: int) -> str:
+        if limit == self.context_length:
+            return f"the model's maximum of {limit}"
+        return f"num_ctx ({limit})"
+
+    def check_tokens(self, token_inputs: Sequence[Sequence[int]], truncate: bool | None, limit: int) -> list[list[int]]:
+        """Token-id inputs as they are (validated against the vocabulary), cut to `limit` unless
+        `truncate` is False, which makes a longer one an InvalidArgument."""
+        vocab = self.model.config.vocab_size
+        out = []
+        for i, ids in enumerate(token_inputs):
+            if not ids:
+                raise InvalidArgument(f"input {i} is an empty list of token ids")
+            for j, token in enumerate(ids):
+                if not 0 <= token < vocab:
+                    raise InvalidArgument(f"input {i}, position {j}: token id {token} is not in the model's vocabulary "
+                                          f"(0 to {vocab - 1})")
+            if len(ids) > limit:
+                if truncate is False:
+                    raise InvalidArgument(f"input {i} is {len(ids)} tokens, longer than {self._limit_name(limit)} "
+                                          "(truncate is false)")
+                ids = ids[:limit]
+            out.append(list(ids))
+        return out
+
+    def embed(self, inputs: Sequence[str], *, truncate: bool | None = None, dimensions: int = 0,
+              token_inputs: Sequence[Sequence[int]] = (), num_ctx: int | None = None) -> EmbedResult:
+        """Embed `inputs` (texts) or `token_inputs` (token-id lists, embedded as they are: no special
+        tokens added), blocking until the engine thread has run them; thread-safe.
+
+        Inputs longer than min(num_ctx, the model's maximum) are cut to it, unless `truncate` is
+        False: then InvalidArgument names the first such input and its length.
+        """
         started = time.perf_counter()
         if dimensions < 0 or dimensions > self.dimensions:
             raise InvalidArgument(f"dimensions must be between 1 and {self.dimensions} (0 for all), got {dimensions}")
-        sequences = self.tokenize(inputs, truncate)
+        if inputs and token_inputs:
+            raise InvalidArgument("send either texts or token ids to embed, not both")
+        if num_ctx is not None and num_ctx <= 0:
+            raise InvalidArgument(f"num_ctx must be positive, got {num_ctx}")
+        limit = self.context_length if num_ctx is None else min(num_ctx, self.context_length)
+        if token_inputs:
+            sequences = self.check_tokens(token_inputs, truncate, limit)
+        else:
+            sequences = self.tokenize(inputs, truncate, limit)
         prompt_tokens = sum(len(s) for s in sequences)
         if not sequences:
             return EmbedResult([], 0, int((time.perf_counter() - started) * 1e9))

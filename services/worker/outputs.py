@@ -1,13 +1,10 @@
-"""Tools and thinking, worker side: what the chat template is given, and what the output becomes.
+"""Tools and thinking, output side: what the model's streamed text becomes.
 
-In: `template_kwargs` turns a request's tools and `think` into chat-template arguments (refusing
-a capability the model's template lacks), and `template_message` turns a chat message, with its
-tool calls, tool result or earlier reasoning, into the dict Hugging Face templates expect.
-
-Out: an `OutputParser` per request splits the streamed text into content, thinking (between the
+An `OutputParser` per request splits the streamed text into content, thinking (between the
 tokenizer's think markers) and tool calls (between its tool-call markers, parsed with the
 mlx-lm tool parser the tokenizer was loaded with). It holds back text that may be the start of a
-marker, so a marker split across deltas is never shown as content.
+marker, so a marker split across deltas is never shown as content. (What the template is given
+lives in prompts.py.)
 """
 
 from __future__ import annotations
@@ -19,126 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlxserve.services.common import logs
-from mlxserve.services.common.errors import InvalidArgument, Unsupported
 from mlxserve.v1.frames import ToolCall
 
 log = logs.get_logger()
-
-
-# -- template inputs ----------------------------------------------------------------------------
-
-
-def template_text(tokenizer: Any) -> str:
-    """The model's chat template as text ("" when it has none; all named templates joined)."""
-    template = getattr(tokenizer, "chat_template", None)
-    if isinstance(template, dict):
-        return "\n".join(str(t) for t in template.values())
-    if isinstance(template, list):  # [{"name": ..., "template": ...}] in some tokenizer configs
-        return "\n".join(str(t.get("template", "")) for t in template if isinstance(t, dict))
-    return template if isinstance(template, str) else ""
-
-
-def supports_tools(template: str) -> bool:
-    """As Ollama (and the store's capabilities) decide it: the template mentions `tools`."""
-    return "tools" in template
-
-
-def supports_thinking(template: str) -> bool:
-    """The template can reason: it writes `<think>` or takes `enable_thinking`."""
-    return "<think>" in template or "enable_thinking" in template
-
-
-def parse_tools(tools_json: str) -> list[dict]:
-    """The request's tool definitions (a JSON list of objects; "" means none)."""
-    if not tools_json:
-        return []
-    try:
-        tools = json.loads(tools_json)
-    except ValueError as e:
-        raise InvalidArgument(f"tools is not valid JSON: {e}") from e
-    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
-        raise InvalidArgument("tools must be a list of tool definition objects")
-    return tools
-
-
-def template_kwargs(request: Any, tokenizer: Any, template: str | None = None, *, model_name: str = "") -> dict:
-    """Chat-template keyword arguments for `request`'s tools and think switch.
-
-    `request` carries `tools_json` (JSON list, "" for none) and `think` (None: the template's
-    default). Raises Unsupported when tools are asked of a template that does not render them, or
-    thinking (`think=True`) of one that cannot reason; `think=False` on such a model is what it
-    does anyway, so it is accepted, as Ollama does.
-    """
-    template = template_text(tokenizer) if template is None else template
-    who = f"model '{model_name}'" if model_name else "this model"
-    kwargs: dict[str, Any] = {}
-    tools = parse_tools(getattr(request, "tools_json", ""))
-    if tools:
-        if not supports_tools(template):
-            raise Unsupported(f"{who} does not support tools")
-        kwargs["tools"] = tools
-    think = getattr(request, "think", None)
-    if think is not None:
-        if supports_thinking(template):
-            # mlx-lm's TokenizerWrapper renames this for templates that call it `thinking`.
-            kwargs["enable_thinking"] = bool(think)
-        elif think:
-            raise Unsupported(f"{who} does not support thinking")
-    return kwargs
-
-
-def _arguments_object(arguments: Any) -> Any:
-    """Templates render `arguments | tojson`, so a JSON string (OpenAI's shape) becomes an object."""
-    if isinstance(arguments, str):
-        try:
-            return json.loads(arguments) if arguments.strip() else {}
-        except ValueError as e:
-            raise InvalidArgument(f"tool call arguments are not valid JSON: {e}") from e
-    return arguments
-
-
-def template_message(
-    role: str, content: str, *, thinking: str = "", tool_calls_json: str = "", tool_name: str = "", tool_call_id: str = "",
-) -> dict:
-    """One chat message as Hugging Face chat templates read it.
-
-    `tool_calls_json` is a JSON list of `{"name", "arguments"}` (or OpenAI's `{"id", "function":
-    {...}}`); each becomes `{"type": "function", "id", "function": {"name", "arguments": object}}`.
-    A tool result gets `name` and `tool_call_id`; earlier reasoning goes in as `reasoning_content`
-    (Qwen3, DeepSeek) and `thinking` (gpt-oss), whichever the template reads.
-    """
-    message: dict[str, Any] = {"role": role, "content": content}
-    if thinking:
-        message["reasoning_content"] = thinking
-        message["thinking"] = thinking
-    if tool_calls_json:
-        try:
-            calls = json.loads(tool_calls_json)
-        except ValueError as e:
-            raise InvalidArgument(f"tool_calls is not valid JSON: {e}") from e
-        if not isinstance(calls, list):
-            raise InvalidArgument("tool_calls must be a list")
-        converted = []
-        for call in calls:
-            function = call.get("function", call) if isinstance(call, dict) else None
-            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-                raise InvalidArgument("each entry of tool_calls needs a function name")
-            entry: dict[str, Any] = {
-                "type": "function",
-                "function": {"name": function["name"], "arguments": _arguments_object(function.get("arguments", {}))},
-            }
-            if isinstance(call.get("id"), str) and call["id"]:
-                entry["id"] = call["id"]
-            converted.append(entry)
-        message["tool_calls"] = converted
-    if tool_name:
-        message["name"] = tool_name
-    if tool_call_id:
-        message["tool_call_id"] = tool_call_id
-    return message
-
-
-# -- output parsing -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -245,6 +125,10 @@ class OutputParser:
         buf = self._buffer
         if self._state == _TOOL:
             end = self._tool_markers[1]
+            if not end:  # Mistral's [TOOL_CALLS] has no closing marker: the calls run to the end
+                self._tool_text += buf
+                self._buffer = ""
+                return False
             at = buf.find(end)
             if at < 0:
                 keep = _held_prefix(buf, [end])

@@ -2,38 +2,78 @@
 
 Plain Python over the tokenizer (no MLX), so it runs on the caller's thread: Submit can answer
 with the prompt length before the engine thread ever sees the request.
+
+The template's inputs are built here too: `template_tools` turns the request's tools into the
+OpenAI/Hugging Face shape templates iterate over, `template_message` turns a chat message (its
+tool calls, tool result, author name or earlier reasoning) into the dict templates read, and
+`template_kwargs` adds the think switch and the request's extra template variables, refusing a
+capability the model's template lacks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mlxserve.services.common.errors import InvalidArgument, Unsupported
+from mlxserve.v1.frames import ToolCall
 
-from .outputs import template_kwargs, template_message
 from .sampling import SamplingOptions
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit, which Ollama shares
+TOOL_CHOICE_MODES = ("auto", "none", "required")
+
+# apply_chat_template's own parameters: not template variables, and some would change what is
+# rendered behind the request's back (another template, tokenized output, no generation prompt).
+_TEMPLATE_CONTROLS = frozenset({
+    "chat_template", "continue_final_message", "tokenize", "sanitize_control_tokens", "padding", "truncation",
+    "max_length", "return_tensors", "return_dict", "return_assistant_tokens_mask", "tokenizer_kwargs",
+})
+# The request's own variables: its values win over chat_template_kwargs.
+_REQUEST_VARIABLES = frozenset({"messages", "conversation", "conversations", "tools", "add_generation_prompt"})
 
 
 @dataclass(frozen=True)
 class ChatMessage:
     role: str
     content: str
-    thinking: str = ""          # assistant reasoning from an earlier turn
-    tool_calls_json: str = ""   # assistant turn: JSON list of the calls it made
-    tool_name: str = ""         # tool turn: the tool that answered
-    tool_call_id: str = ""      # tool turn: the call it answers
+    thinking: str = ""                      # assistant reasoning from an earlier turn
+    tool_calls: tuple[ToolCall, ...] = ()   # assistant turn: the calls it made (arguments: JSON object text)
+    tool_name: str = ""                     # tool turn: the tool that answered
+    tool_call_id: str = ""                  # tool turn: the call it answers
+    name: str = ""                          # the author's name (OpenAI `name`), for templates that show it
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A function the model may call; `parameters` is its arguments' JSON Schema (None: takes none)."""
+
+    name: str
+    description: str = ""
+    parameters: Any = None
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    """auto: the model decides; none: tools stay out of the prompt; required: it must call one of
+    `allowed` (every tool when empty), once when `single`, with arguments its schema accepts."""
+
+    mode: str = "auto"
+    allowed: tuple[str, ...] = ()
+    single: bool = False
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
     """One generation. Chat requests carry `messages`; the others carry `prompt` (+ `system`).
 
-    `raw=True` sends `prompt` to the tokenizer as is, with no template.
+    `raw=True` sends `prompt` to the tokenizer as is, with no template. `context` (prompt
+    requests only) is token ids the prompt continues: they come first, and the prompt's own
+    tokens follow as a continuation (no second BOS).
     """
 
     request_id: str
@@ -44,11 +84,15 @@ class GenerationRequest:
     raw: bool = False
     options: SamplingOptions = field(default_factory=SamplingOptions)
     format: str = ""             # "" none, "json", or a JSON schema as text (constrained decoding)
-    tools_json: str = ""         # JSON list of tool definitions for the template
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
     think: bool | None = None    # None: the model's default
     logprobs: bool = False       # return each generated token's logprob
     top_logprobs: int = 0        # and this many alternatives (0..20)
     truncate: bool | None = None  # None/True: drop the oldest messages to fit; False: refuse
+    chat_template_kwargs: Mapping[str, Any] = field(default_factory=dict)  # extra template variables
+    context: tuple[int, ...] = ()   # token ids the prompt continues (Ollama's /api/generate context)
+    want_prompt_tokens: bool = False  # Submit answers with the prompt's token ids
 
     def validate(self) -> None:
         if not self.request_id:
@@ -58,34 +102,96 @@ class GenerationRequest:
                 raise InvalidArgument("a chat request needs at least one message")
             if self.prompt or self.system or self.raw:
                 raise InvalidArgument("a chat request takes messages, not prompt/system/raw")
+            if self.context:
+                raise InvalidArgument("context is only accepted with a prompt, not with chat messages")
             for m in self.messages:
                 if m.role not in ROLES:
                     raise InvalidArgument(f"unknown message role {m.role!r} (expected one of {', '.join(ROLES)})")
+                for call in m.tool_calls:
+                    if not call.name:
+                        raise InvalidArgument("each tool call in the messages needs a function name")
         else:
             if self.messages:
                 raise InvalidArgument("messages are only accepted on a chat request (is_chat)")
             if self.raw and self.system:
                 raise InvalidArgument("raw prompts take no system message (raw skips the template)")
-            if self.raw and (self.tools_json or self.think):
-                raise InvalidArgument("raw prompts take no tools or think (raw skips the template)")
+            if self.raw and (self.tools or self.think or self.chat_template_kwargs):
+                raise InvalidArgument("raw prompts take no tools, think or chat_template_kwargs (raw skips the template)")
         if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
             raise InvalidArgument(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {self.top_logprobs}")
         if self.top_logprobs and not self.logprobs:
             raise InvalidArgument("top_logprobs needs logprobs to be enabled")
+        self._validate_tools()
+        self._validate_template_kwargs()
         self.options.validate()
+
+    def _validate_tools(self) -> None:
+        names = [t.name for t in self.tools]
+        for i, tool in enumerate(self.tools):
+            if not tool.name:
+                raise InvalidArgument(f"tools[{i}] needs a name")
+            if tool.parameters is not None and not isinstance(tool.parameters, dict):
+                raise InvalidArgument(f"the parameters of tool {tool.name!r} must be a JSON Schema object")
+        choice = self.tool_choice
+        if choice.mode not in TOOL_CHOICE_MODES:
+            raise InvalidArgument(f"tool_choice must be one of {', '.join(TOOL_CHOICE_MODES)}, got {choice.mode!r}")
+        unknown = [n for n in choice.allowed if n not in names]
+        if unknown:
+            raise InvalidArgument(f"tool_choice names a tool the request does not define: {', '.join(map(repr, unknown))}")
+        if choice.mode == "required":
+            if not self.tools:
+                raise InvalidArgument("tool_choice 'required' needs at least one tool")
+            if self.format:
+                raise InvalidArgument("a required tool call cannot be combined with format (structured output): "
+                                      "the call's arguments already follow the tool's schema")
+
+    def _validate_template_kwargs(self) -> None:
+        if not isinstance(self.chat_template_kwargs, Mapping):
+            raise InvalidArgument("chat_template_kwargs must be a JSON object")
+        controls = sorted(k for k in self.chat_template_kwargs if k in _TEMPLATE_CONTROLS)
+        if controls:
+            raise InvalidArgument(f"chat_template_kwargs cannot set {', '.join(map(repr, controls))}: "
+                                  "not a template variable")
+
+    @property
+    def plain_prompt(self) -> bool:
+        """A prompt with nothing that needs a template (no system, tools, think or template variables):
+        on a model without a chat template it is completed as it is."""
+        return not (self.is_chat or self.raw or self.system or self.template_tools_on or self.think or self.chat_template_kwargs)
+
+    @property
+    def template_tools_on(self) -> bool:
+        """Whether the template gets the request's tools (not with tool_choice 'none')."""
+        return bool(self.tools) and self.tool_choice.mode != "none"
+
+
+def check_token_ids(ids: Sequence[int], limit: int, what: str) -> None:
+    """Raise InvalidArgument naming the first id of `ids` outside the vocabulary [0, limit)."""
+    for i, token in enumerate(ids):
+        if not 0 <= token < limit:
+            raise InvalidArgument(f"{what}[{i}] is token id {token}, which is not in the model's vocabulary (0 to {limit - 1})")
 
 
 def encode_prompt(tokenizer: Any, request: GenerationRequest) -> list[int]:
-    """Template (unless raw) and tokenize the request's prompt with the model's own tokenizer."""
-    plain = not (request.is_chat or request.system or request.tools_json or request.think)
-    if request.raw or (plain and not getattr(tokenizer, "has_chat_template", False)):
+    """Template (unless raw) and tokenize the request's prompt with the model's own tokenizer.
+
+    With `context`, its ids come first and the prompt is tokenized as their continuation: no
+    special tokens added, and a BOS that the template writes is dropped.
+    """
+    continuing = bool(request.context)
+    if request.raw or (request.plain_prompt and not getattr(tokenizer, "has_chat_template", False)):
         # As is: special tokens (a BOS) only if the tokenizer's own post-processor adds them. A
         # plain generate request to a model without a template (a base model) completes the
         # prompt, as Ollama's default template `{{ .Prompt }}` does; with a system message, tools
         # or thinking it needs a template, and render_prompt says so.
-        return list(tokenizer.encode(request.prompt, add_special_tokens=True))
-    # The template writes any BOS/special tokens itself; don't let the tokenizer add them twice.
-    return list(tokenizer.encode(render_prompt(tokenizer, request), add_special_tokens=False))
+        tokens = list(tokenizer.encode(request.prompt, add_special_tokens=not continuing))
+    else:
+        # The template writes any BOS/special tokens itself; don't let the tokenizer add them twice.
+        tokens = list(tokenizer.encode(render_prompt(tokenizer, request), add_special_tokens=False))
+        bos = getattr(tokenizer, "bos_token_id", None)
+        if continuing and tokens and bos is not None and tokens[0] == bos:
+            tokens = tokens[1:]
+    return [*request.context, *tokens] if continuing else tokens
 
 
 def fit_prompt(tokenizer: Any, request: GenerationRequest, context: int) -> tuple[list[int], int]:
@@ -99,7 +205,7 @@ def fit_prompt(tokenizer: Any, request: GenerationRequest, context: int) -> tupl
     if len(tokens) < context:
         return tokens, 0
     too_long = f"the prompt is {len(tokens)} tokens, which does not fit the context of {context} tokens"
-    if request.raw or not request.is_chat:
+    if request.raw or not request.is_chat or request.context:
         raise InvalidArgument(too_long)
     if request.truncate is False:
         raise InvalidArgument(f"{too_long} (truncate is false)")
@@ -130,17 +236,128 @@ def render_prompt(tokenizer: Any, request: GenerationRequest) -> str:
     if request.raw:
         return request.prompt
     if request.is_chat:
-        messages = [
-            template_message(m.role, m.content, thinking=m.thinking, tool_calls_json=m.tool_calls_json, tool_name=m.tool_name, tool_call_id=m.tool_call_id)
-            for m in request.messages
-        ]
+        messages = [template_message(m) for m in request.messages]
     else:
         messages = ([{"role": "system", "content": request.system}] if request.system else [])
         messages.append({"role": "user", "content": request.prompt})
     if not getattr(tokenizer, "has_chat_template", False):
         raise Unsupported("this model has no chat template; send a raw prompt instead")
-    kwargs = template_kwargs(request, tokenizer)  # tools and think; Unsupported if the template lacks them
+    # Tools and think; Unsupported if the template lacks them. The request's own variables win.
+    kwargs = {k: v for k, v in request.chat_template_kwargs.items() if k not in _REQUEST_VARIABLES}
+    kwargs.update(template_kwargs(request, tokenizer))
     try:
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **kwargs)
     except Exception as e:  # noqa: BLE001 - jinja raises its own types; the user needs the message
         raise InvalidArgument(f"the model's chat template rejected these messages: {e}") from e
+
+
+# -- template inputs ----------------------------------------------------------------------------
+
+
+def template_text(tokenizer: Any) -> str:
+    """The model's chat template as text ("" when it has none; all named templates joined)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):
+        return "\n".join(str(t) for t in template.values())
+    if isinstance(template, list):  # [{"name": ..., "template": ...}] in some tokenizer configs
+        return "\n".join(str(t.get("template", "")) for t in template if isinstance(t, dict))
+    return template if isinstance(template, str) else ""
+
+
+def supports_tools(template: str) -> bool:
+    """As Ollama (and the store's capabilities) decide it: the template mentions `tools`."""
+    return "tools" in template
+
+
+def supports_thinking(template: str) -> bool:
+    """The template can reason: it writes `<think>` or takes `enable_thinking`."""
+    return "<think>" in template or "enable_thinking" in template
+
+
+def template_tools(tools: tuple[Tool, ...] | list[Tool]) -> list[dict]:
+    """Tools as templates (and mlx-lm's tool parsers) read them: OpenAI's function-tool shape."""
+    out = []
+    for tool in tools:
+        function: dict[str, Any] = {"name": tool.name}
+        if tool.description:
+            function["description"] = tool.description
+        # Templates render `parameters | tojson` unguarded: a tool without arguments takes none.
+        function["parameters"] = tool.parameters if tool.parameters is not None else {"type": "object", "properties": {}}
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def request_tools(request: Any) -> list[dict]:
+    """The tools the template shows for `request`: none with tool_choice 'none'; with 'auto' and an
+    `allowed` list, only those (the model can only be kept from calling a tool it never sees)."""
+    if not request.template_tools_on:
+        return []
+    choice = request.tool_choice
+    tools = request.tools
+    if choice.mode == "auto" and choice.allowed:
+        tools = tuple(t for t in tools if t.name in choice.allowed)
+    return template_tools(tools)
+
+
+def template_kwargs(request: Any, tokenizer: Any, template: str | None = None, *, model_name: str = "") -> dict:
+    """Chat-template keyword arguments for `request`'s tools and think switch.
+
+    Raises Unsupported when tools are asked of a template that does not render them, or
+    thinking (`think=True`) of one that cannot reason; `think=False` on such a model is what it
+    does anyway, so it is accepted, as Ollama does.
+    """
+    template = template_text(tokenizer) if template is None else template
+    who = f"model '{model_name}'" if model_name else "this model"
+    kwargs: dict[str, Any] = {}
+    tools = request_tools(request)
+    if tools:
+        if not supports_tools(template):
+            raise Unsupported(f"{who} does not support tools")
+        kwargs["tools"] = tools
+    think = getattr(request, "think", None)
+    if think is not None:
+        if supports_thinking(template):
+            # mlx-lm's TokenizerWrapper renames this for templates that call it `thinking`.
+            kwargs["enable_thinking"] = bool(think)
+        elif think:
+            raise Unsupported(f"{who} does not support thinking")
+    return kwargs
+
+
+def _arguments_object(arguments: str) -> dict:
+    """Templates render `arguments | tojson`, so the call's JSON text becomes an object."""
+    try:
+        value = json.loads(arguments) if arguments.strip() else {}
+    except ValueError as e:
+        raise InvalidArgument(f"tool call arguments are not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise InvalidArgument("tool call arguments must be a JSON object")
+    return value
+
+
+def template_message(message: ChatMessage) -> dict:
+    """One chat message as Hugging Face chat templates read it.
+
+    Each tool call becomes `{"id", "type": "function", "function": {"name", "arguments": object}}`.
+    The author's name goes in as `name` (for a tool result: the tool's name), the answered call
+    as `tool_call_id`, and earlier reasoning as `reasoning_content` (Qwen3, DeepSeek) and
+    `thinking` (gpt-oss), whichever the template reads.
+    """
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.thinking:
+        out["reasoning_content"] = message.thinking
+        out["thinking"] = message.thinking
+    if message.tool_calls:
+        calls = []
+        for call in message.tool_calls:
+            entry: dict[str, Any] = {"type": "function", "function": {"name": call.name, "arguments": _arguments_object(call.arguments)}}
+            if call.id:
+                entry = {"id": call.id, **entry}
+            calls.append(entry)
+        out["tool_calls"] = calls
+    name = (message.tool_name or message.name) if message.role == "tool" else message.name
+    if name:
+        out["name"] = name
+    if message.tool_call_id:
+        out["tool_call_id"] = message.tool_call_id
+    return out

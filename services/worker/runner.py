@@ -30,8 +30,8 @@ from . import precision
 from .defaults import load_defaults
 from .logprobs import TokenTexts, token_logprob
 from .prefix_cache import PrefixCache
-from .outputs import OutputParser, parse_tools
-from .prompts import GenerationRequest, fit_prompt
+from .outputs import OutputParser
+from .prompts import GenerationRequest, check_token_ids, fit_prompt, request_tools
 from .sampling import LogitsProcessor, make_logits_processors, make_sampler
 from .stops import StopStringFilter
 
@@ -46,6 +46,7 @@ DEFAULT_CONTEXT_LENGTH = 4096  # when neither config.json nor the tokenizer says
 class SubmitResult:
     prompt_tokens: int
     queue_position: int   # 0: runs at once; n: n-th in line for a free slot
+    prompt_token_ids: tuple[int, ...] = ()  # with want_prompt_tokens: the whole prompt, context included
 
 
 @dataclass
@@ -134,6 +135,8 @@ class ModelRunner:
         self.context_length = _context_length(self.model_path, self.tokenizer)
         self.eos_token_ids = sorted(self.tokenizer.eos_token_ids)
         self.vocab_size = _vocab_size(self.model, self.tokenizer)
+        # Ids a request may send (context): rows of the model that the tokenizer can also decode.
+        self.token_id_limit = min(self.vocab_size, len(self.tokenizer.vocab))
         self._token_texts = TokenTexts(self.tokenizer)  # engine thread: logprobs' token texts
         self._stream = mx.new_stream(mx.default_device())
         self._generator = self._new_generator()
@@ -162,8 +165,11 @@ class ModelRunner:
         chat template), Busy (the bounded queue is full), Unavailable (shutting down).
         """
         request.validate()
-        request = self.defaults.apply(request)
+        # A plain prompt to a model without a template (a base model) is completed as it is.
+        templated = getattr(self.tokenizer, "has_chat_template", False) or not request.plain_prompt
+        request = self.defaults.apply(request, templated=templated)
         request.options.check_vocabulary(self.vocab_size)
+        check_token_ids(request.context, self.token_id_limit, "context")
         context = request.options.num_ctx or self.context_length
         tokens, truncated = fit_prompt(self.tokenizer, request, context)
         if not tokens:
@@ -171,7 +177,7 @@ class ModelRunner:
         room = context - len(tokens)
         num_predict = request.options.num_predict
         max_tokens = room if num_predict is None or num_predict < 0 else min(num_predict, room)
-        constraint = self._build_constraint(request.format) if request.format else None
+        constraint = self._build_constraint(request, tokens)
         pending = _Pending(request, tokens, max_tokens, time.perf_counter_ns(), truncated, constraint)
         with self._lock:
             if self._closed_reason is not None:
@@ -184,7 +190,8 @@ class ModelRunner:
             self._outstanding.add(request.request_id)
             self._inbox.append(("submit", pending))
         self._wakeup.set()
-        return SubmitResult(prompt_tokens=len(tokens), queue_position=max(0, ahead - self.num_parallel + 1))
+        return SubmitResult(prompt_tokens=len(tokens), queue_position=max(0, ahead - self.num_parallel + 1),
+                            prompt_token_ids=tuple(tokens) if request.want_prompt_tokens else ())
 
     def cancel(self, request_id: str) -> bool:
         """Ask the engine to end `request_id` (final frame: done_reason "cancel"). False if unknown."""
@@ -337,7 +344,7 @@ class ModelRunner:
                 admitted_ns=time.perf_counter_ns(),
                 cached=hit.cached if hit else 0,
                 output=None if pending.request.raw else OutputParser(
-                    self.tokenizer, parse_tools(pending.request.tools_json), pending.request.think, prompt_tokens=pending.tokens,
+                    self.tokenizer, request_tools(pending.request), pending.request.think, prompt_tokens=pending.tokens,
                 ),
             )
             # The engine thread has no request context: the id is passed explicitly.
@@ -359,14 +366,19 @@ class ModelRunner:
                 event.done_reason = "tool_calls"
         event.text, event.thinking, event.tool_calls = parsed.content, parsed.thinking, parsed.tool_calls
 
-    def _build_constraint(self, format: str) -> Any:
-        """Compile `format` ("json" or a JSON schema) into a per-request constraint (llguidance).
+    def _build_constraint(self, request: GenerationRequest, tokens: list[int]) -> Any:
+        """The request's output constraint (llguidance), if any: its `format` (structured output)
+        or its required tool call. On the caller's thread, so that Submit itself refuses a bad
+        schema or a model whose tool calls cannot be forced."""
+        if request.format:
+            from .constraints import build_constraint  # here: llguidance loads only when first asked for
 
-        On the caller's thread, so that a bad schema is refused by Submit itself.
-        """
-        from .constraints import build_constraint  # here: llguidance loads only when first asked for
+            return build_constraint(request.format, self.tokenizer)
+        if request.tool_choice.mode == "required":
+            from .tool_calls import forced_calls_constraint
 
-        return build_constraint(format, self.tokenizer)
+            return forced_calls_constraint(self.tokenizer, request, tokens)
+        return None
 
     def _logits_processors(self, pending: _Pending) -> list[LogitsProcessor]:
         """This request's own processors: penalties and biases, then its output constraint."""

@@ -7,6 +7,7 @@ FrameSender thread.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -18,11 +19,11 @@ from mlxserve.services.common import logs
 from mlxserve.services.common.errors import InvalidArgument, Unsupported
 from mlxserve.services.common.rpc import ping_response, rpc_method
 from mlxserve.v1 import worker_pb2, worker_pb2_grpc
-from mlxserve.v1.frames import TokenEvent
+from mlxserve.v1.frames import TokenEvent, ToolCall
 
 from .blas import BlasReport, confirm_blas
 from .embeddings import EmbeddingRunner
-from .prompts import ChatMessage, GenerationRequest
+from .prompts import ChatMessage, GenerationRequest, Tool, ToolChoice
 from .replies import FrameSender
 from .runner import ModelRunner
 from .sampling import SamplingOptions
@@ -53,24 +54,57 @@ def options_from_proto(o: worker_pb2.SamplingOptions) -> SamplingOptions:
     )
 
 
+_TOOL_CHOICE_MODES = {
+    worker_pb2.ToolChoice.AUTO: "auto", worker_pb2.ToolChoice.NONE: "none", worker_pb2.ToolChoice.REQUIRED: "required",
+}
+
+
+def _json_value(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise InvalidArgument(f"{what} is not valid JSON: {e}") from None
+
+
+def tool_from_proto(t: worker_pb2.Tool) -> Tool:
+    parameters = _json_value(t.parameters_json, f"the parameters of tool {t.name!r}") if t.parameters_json else None
+    return Tool(name=t.name, description=t.description, parameters=parameters)
+
+
+def message_from_proto(m: worker_pb2.ChatMessage) -> ChatMessage:
+    return ChatMessage(
+        role=m.role, content=m.content, thinking=m.thinking,
+        tool_calls=tuple(ToolCall(name=c.name, arguments=c.arguments_json or "{}", id=c.id) for c in m.tool_calls),
+        tool_name=m.tool_name, tool_call_id=m.tool_call_id, name=m.name,
+    )
+
+
 def request_from_proto(req: worker_pb2.SubmitRequest) -> GenerationRequest:
     """Translate a SubmitRequest (reply_to aside) into the runner's request."""
+    mode = _TOOL_CHOICE_MODES.get(req.tool_choice.mode)
+    if mode is None:
+        raise InvalidArgument(f"unknown tool_choice mode {req.tool_choice.mode}")
+    kwargs = _json_value(req.chat_template_kwargs_json, "chat_template_kwargs") if req.chat_template_kwargs_json else {}
+    if not isinstance(kwargs, dict):
+        raise InvalidArgument("chat_template_kwargs must be a JSON object")
     return GenerationRequest(
         request_id=req.request_id,
         is_chat=req.is_chat,
-        messages=tuple(
-            ChatMessage(m.role, m.content, m.thinking, m.tool_calls_json, m.tool_name, m.tool_call_id) for m in req.messages
-        ),
+        messages=tuple(message_from_proto(m) for m in req.messages),
         prompt=req.prompt,
         system=req.system,
         raw=req.raw,
         options=options_from_proto(req.options),
         format=req.format,
-        tools_json=req.tools_json,
+        tools=tuple(tool_from_proto(t) for t in req.tools),
+        tool_choice=ToolChoice(mode=mode, allowed=tuple(req.tool_choice.allowed), single=req.tool_choice.single),
         think=req.think if req.HasField("think") else None,
         logprobs=req.logprobs,
         top_logprobs=req.top_logprobs,
         truncate=req.truncate if req.HasField("truncate") else None,
+        chat_template_kwargs=kwargs,
+        context=tuple(req.context),
+        want_prompt_tokens=req.want_prompt_tokens,
     )
 
 
@@ -130,17 +164,21 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                  queue_position=result.queue_position)
         if logs.debug_enabled():
             log.debug("submit_options", **logs.submit_fields(gen.request_id), is_chat=gen.is_chat, messages=len(gen.messages),
-                      options=MessageToDict(request.options), format=bool(gen.format), tools=bool(gen.tools_json),
-                      think=gen.think, logprobs=gen.logprobs, truncate=gen.truncate)
-        return worker_pb2.SubmitResponse(prompt_tokens=result.prompt_tokens, queue_position=result.queue_position)
+                      options=MessageToDict(request.options), format=bool(gen.format), tools=len(gen.tools),
+                      tool_choice=gen.tool_choice.mode, think=gen.think, logprobs=gen.logprobs, truncate=gen.truncate,
+                      context=len(gen.context), template_kwargs=sorted(gen.chat_template_kwargs))
+        return worker_pb2.SubmitResponse(prompt_tokens=result.prompt_tokens, queue_position=result.queue_position,
+                                         prompt_token_ids=result.prompt_token_ids)
 
     @rpc_method
     def Embed(self, request: worker_pb2.EmbedRequest, context: Any) -> worker_pb2.EmbedResponse:
         if not isinstance(self.runner, EmbeddingRunner):
             raise Unsupported(f"model '{self.model_name}' does not support embeddings")
         result = self.runner.embed(list(request.inputs), truncate=request.truncate if request.HasField("truncate") else None,
-                                   dimensions=request.dimensions)
-        log.info("embedded", **logs.submit_fields(request.request_id), inputs=len(request.inputs), prompt_tokens=result.prompt_tokens,
+                                   dimensions=request.dimensions, token_inputs=[list(t.ids) for t in request.token_inputs],
+                                   num_ctx=request.num_ctx if request.HasField("num_ctx") else None)
+        log.info("embedded", **logs.submit_fields(request.request_id), inputs=len(request.inputs) or len(request.token_inputs),
+                 prompt_tokens=result.prompt_tokens,
                  duration_ms=round(result.total_duration_ns / 1e6, 2))
         return worker_pb2.EmbedResponse(embeddings=[worker_pb2.Embedding(values=v) for v in result.embeddings],
                                         prompt_tokens=result.prompt_tokens, total_duration_ns=result.total_duration_ns)

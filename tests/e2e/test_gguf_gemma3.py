@@ -75,9 +75,9 @@ def test_gemma3_raw_generate_agrees_with_llama_cpp(system: System, gemma3: str) 
             "model": gemma3, "prompt": case_q4["prompt"], "raw": True, "stream": False, "logprobs": True,
             "options": {"temperature": 0, "num_predict": len(case_q4["greedy_ids"])}}, timeout=300)
         assert status == 200, answer
-        # The prompt's ids are llama.cpp's (test_gguf_tokenizer checks them on this vocabulary); here
-        # only evaluated tokens are counted, which the prefix cache (shared BOS, "The") makes fewer.
-        assert 1 <= answer["prompt_eval_count"] <= len(case_q4["prompt_ids"]), case_q4["prompt"]
+        # BOS plus the prompt, tokenized as llama.cpp tokenizes it: the ids themselves are in `context`.
+        assert answer["prompt_eval_count"] == len(case_q4["prompt_ids"]), case_q4["prompt"]
+        assert answer["context"][:len(case_q4["prompt_ids"])] == case_q4["prompt_ids"], case_q4["prompt"]
         ours = [bytes(lp["bytes"]).hex() for lp in answer["logprobs"]]
         agree_q4 = _leading(ours, case_q4["pieces_hex"])
         agree_f32 = _leading(ours, case_f32["pieces_hex"])

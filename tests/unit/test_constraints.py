@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import mlx.core as mx
@@ -255,3 +256,84 @@ def test_runner_ends_schema_requests_with_stop_and_valid_json(tmp_path: Path) ->
         events = frames[f"json-{seed}"]
         assert events[-1].done_reason == "stop"
         jsonschema.validate(json.loads("".join(e.text for e in events)), PERSON)
+
+
+# -- closed objects: a schema's objects take only the keys it lists unless it says otherwise ------------
+
+
+def test_objects_without_additional_properties_are_closed_at_every_depth() -> None:
+    from mlxserve.services.worker.constraints import close_objects
+
+    item = {"type": "object", "properties": {"x": {"type": "integer"}}}
+    schema = {
+        "type": "object",
+        "properties": {
+            "inner": {"type": "object", "properties": {"a": {"type": "string"}}},
+            "list": {"type": "array", "items": item},
+            "either": {"anyOf": [item, {"type": "null"}]},
+            "ref": {"$ref": "#/$defs/Thing"},
+            "free": {"type": "object"},                                                  # any object: stays open
+            "open": {"type": "object", "properties": {}, "additionalProperties": True},  # asked for extras
+            "typed": {"type": "object", "properties": {}, "additionalProperties": {"type": "integer"}},
+            "choice": {"enum": [{"properties": {}}]},                                    # a value, not a schema
+        },
+        "$defs": {"Thing": {"properties": {"b": {"type": "boolean"}}}},
+    }
+    closed = close_objects(schema)
+    assert closed["additionalProperties"] is False
+    props = closed["properties"]
+    assert props["inner"]["additionalProperties"] is False
+    assert props["list"]["items"]["additionalProperties"] is False
+    assert props["either"]["anyOf"][0]["additionalProperties"] is False
+    assert closed["$defs"]["Thing"]["additionalProperties"] is False
+    assert "additionalProperties" not in props["free"]
+    assert props["open"]["additionalProperties"] is True
+    assert props["typed"]["additionalProperties"] == {"type": "integer"}
+    assert props["choice"] == {"enum": [{"properties": {}}]}
+    assert "additionalProperties" not in schema  # the caller's schema is not changed
+
+
+def test_objects_merged_by_all_of_stay_satisfiable() -> None:
+    from mlxserve.services.worker.constraints import close_objects
+
+    schema = {"allOf": [{"$ref": "#/$defs/Base"}, {"properties": {"b": {"type": "integer"}}}],
+              "$defs": {"Base": {"type": "object", "properties": {"a": {"type": "integer"}}}}}
+    closed = close_objects(schema)
+    assert "additionalProperties" not in closed["allOf"][1]
+    assert "additionalProperties" not in closed["$defs"]["Base"]  # closing it would refuse "b"
+
+
+def _accepts(tokenizer, schema: dict, text: str) -> bool:
+    constraint = build_constraint(json.dumps(schema), tokenizer)
+    prompt = _prompt(tokenizer)
+    constraint(mx.array(prompt), mx.zeros((1, 512)))
+    constraint(mx.array(prompt + tokenizer.encode(text)), mx.zeros((1, 512)))
+    return constraint.error is None and constraint.is_accepting()
+
+
+def test_extra_keys_are_refused_unless_the_schema_allows_them(tiny) -> None:
+    _, tokenizer = tiny
+    pydantic_like = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"], "title": "Person"}
+    assert _accepts(tokenizer, pydantic_like, '{"name": "Ada"}')
+    assert not _accepts(tokenizer, pydantic_like, '{"name": "Ada", "age": 3}')
+    assert _accepts(tokenizer, {**pydantic_like, "additionalProperties": True}, '{"name": "Ada", "age": 3}')
+    nested = {"type": "object", "properties": {"p": pydantic_like}, "required": ["p"]}
+    assert not _accepts(tokenizer, nested, '{"p": {"name": "Ada", "age": 3}}')
+    assert _accepts(tokenizer, {"type": "object"}, '{"anything": [1, 2]}')  # no properties listed: any object
+
+
+def _open(schema: Any) -> Any:
+    """`schema` with every `additionalProperties` left out, as pydantic writes it."""
+    if isinstance(schema, dict):
+        return {k: _open(v) for k, v in schema.items() if k != "additionalProperties"}
+    return [_open(v) for v in schema] if isinstance(schema, list) else schema
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_schema_without_additional_properties_yields_only_listed_keys(tiny, seed: int) -> None:
+    """From random weights, which would otherwise add keys until cut off."""
+    model, tokenizer = tiny
+    constraint = build_constraint(json.dumps(_open(PERSON)), tokenizer)
+    text, reason = _generate(model, tokenizer, [constraint], seed)
+    assert reason == "stop", f"seed {seed}: cut at {BUDGET} tokens: {text!r}"
+    jsonschema.validate(json.loads(text), PERSON)  # PERSON: the same schema, closed explicitly

@@ -147,9 +147,65 @@ def test_over_long_input_is_cut_to_max_seq_length_or_refused_when_truncate_is_fa
     for truncate in (None, True):
         (ids,) = runner.tokenize([long_text], truncate)
         assert len(ids) == 256 and (ids[0], ids[-1]) == (101, 102)  # [CLS] ... [SEP] kept, as sentence-transformers cuts
-    with pytest.raises(InvalidArgument, match="longer than the model's maximum of 256"):
+    with pytest.raises(InvalidArgument, match=r"input 1 is \d+ tokens, longer than the model's maximum of 256"):
         runner.embed(["short", long_text], truncate=False)
     assert runner.embed(["short"], truncate=False).prompt_tokens == 3
+
+
+def test_token_id_inputs_embed_as_the_same_text_does(runner: EmbeddingRunner, reference: dict) -> None:
+    texts = reference["inputs"][:3]
+    ids = runner.tokenize(texts)  # with the model's [CLS] ... [SEP], as the text path adds them
+    by_ids = runner.embed([], token_inputs=ids)
+    assert_close(by_ids.embeddings, runner.embed(texts).embeddings, 1e-5)
+    assert by_ids.prompt_tokens == sum(len(i) for i in ids)
+
+
+@pytest.mark.parametrize(("token_inputs", "complaint"), [
+    ([[101, 30522, 102]], "input 0, position 1: token id 30522 is not in the model's vocabulary"),
+    ([[101, 102], [101, -1]], "input 1, position 1: token id -1"),
+    ([[101, 102], []], "input 1 is an empty list of token ids"),
+])
+def test_bad_token_id_inputs_are_refused_naming_the_input(runner: EmbeddingRunner, token_inputs, complaint: str) -> None:
+    with pytest.raises(InvalidArgument, match=complaint):
+        runner.embed([], token_inputs=token_inputs)
+
+
+def test_texts_and_token_ids_together_are_refused(runner: EmbeddingRunner) -> None:
+    with pytest.raises(InvalidArgument, match="either texts or token ids"):
+        runner.embed(["hello"], token_inputs=[[101, 102]])
+
+
+def test_num_ctx_cuts_inputs_or_refuses_them_when_truncate_is_false(runner: EmbeddingRunner) -> None:
+    text = "word " * 40
+    (cut,) = runner.tokenize([text], limit=16)
+    assert len(cut) == 16 and (cut[0], cut[-1]) == (101, 102)  # [CLS] ... [SEP] kept
+    for truncate in (None, True):
+        result = runner.embed([text], num_ctx=16, truncate=truncate)
+        assert result.prompt_tokens == 16
+        assert_close(result.embeddings, runner.embed([], token_inputs=[cut]).embeddings, 1e-5)
+        assert runner.embed([], token_inputs=[list(range(1000, 1040))], num_ctx=16, truncate=truncate).prompt_tokens == 16
+    with pytest.raises(InvalidArgument, match=r"input 1 is 42 tokens, longer than num_ctx \(16\) \(truncate is false\)"):
+        runner.embed(["short", text], num_ctx=16, truncate=False)
+    with pytest.raises(InvalidArgument, match=r"input 0 is 40 tokens, longer than num_ctx \(16\)"):
+        runner.embed([], token_inputs=[list(range(1000, 1040))], num_ctx=16, truncate=False)
+    # num_ctx above the model's maximum: the maximum is the limit.
+    with pytest.raises(InvalidArgument, match="longer than the model's maximum of 256"):
+        runner.embed([], token_inputs=[[1000] * 300], num_ctx=4096, truncate=False)
+    with pytest.raises(InvalidArgument, match="num_ctx must be positive"):
+        runner.embed(["hi"], num_ctx=0)
+
+
+def test_embed_request_token_inputs_and_num_ctx_reach_the_runner(runner: EmbeddingRunner) -> None:
+    from mlxserve.services.worker.blas import BlasReport
+    from mlxserve.services.worker.server import WorkerServicer
+
+    servicer = WorkerServicer(runner, sender=None, blas=BlasReport("", 0.0, True))  # type: ignore[arg-type]
+    embed = WorkerServicer.Embed.__wrapped__  # the method itself, without the gRPC error mapping
+    reply = embed(servicer, worker_pb2.EmbedRequest(request_id="t", token_inputs=[worker_pb2.TokenIds(ids=[101, 7592, 102])]), None)
+    assert reply.prompt_tokens == 3
+    assert_close([list(reply.embeddings[0].values)], runner.embed(["hello"]).embeddings, 1e-5)
+    cut = embed(servicer, worker_pb2.EmbedRequest(request_id="n", inputs=["word " * 40], num_ctx=8), None)
+    assert cut.prompt_tokens == 8
 
 
 def test_generate_on_an_embedding_model_is_unsupported(runner: EmbeddingRunner) -> None:

@@ -18,6 +18,7 @@ import pytest
 from mlxserve.gateway.native import parse_chat, parse_generate, parse_options
 from mlxserve.gateway.openai_api import parse_chat_completion, parse_completion
 from mlxserve.gateway.validation import BadField, UnsupportedField
+from mlxserve.v1 import worker_pb2
 from mlxserve.v1.frames import Stats, TokenEvent, TokenLogprob, ToolCall, TopLogprob
 
 from .test_gateway_streaming import harness, ndjson, run, sse, text
@@ -74,11 +75,15 @@ def test_ollama_chat_carries_tools_think_logprobs_truncate_and_tool_turns():
                              {"role": "assistant", "content": "", "thinking": "I should call the tool.",
                               "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
                              {"role": "tool", "content": "18C", "tool_name": "get_weather"}]}, "rid")
-    assert json.loads(req.tools_json) == [WEATHER]
+    [tool_def] = req.tools
+    assert (tool_def.name, tool_def.description) == ("get_weather", "Weather in a city")
+    assert json.loads(tool_def.parameters_json) == WEATHER["function"]["parameters"]
+    assert req.tool_choice.mode == worker_pb2.ToolChoice.AUTO  # Ollama's chat has no tool_choice: the model decides
     assert (req.think, req.logprobs, req.top_logprobs, req.truncate) == (True, True, 3, False)
     assistant, tool = req.messages[1], req.messages[2]
     assert assistant.thinking == "I should call the tool."
-    assert json.loads(assistant.tool_calls_json) == [{"name": "get_weather", "arguments": {"city": "Paris"}}]
+    [call] = assistant.tool_calls
+    assert (call.id, call.name, json.loads(call.arguments_json)) == ("", "get_weather", {"city": "Paris"})
     assert (tool.role, tool.content, tool.tool_name) == ("tool", "18C", "get_weather")
 
 
@@ -134,16 +139,17 @@ def test_openai_tool_turns_become_chat_messages_with_names_found_by_call_id():
         {"role": "assistant", "content": None, "reasoning_content": "Call it.", "tool_calls": [
             {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "18C"}]}, "rid")
-    assert json.loads(req.tools_json) == [WEATHER]
+    assert [t.name for t in req.tools] == ["get_weather"]
     assistant, tool = req.messages[1], req.messages[2]
     assert (assistant.content, assistant.thinking) == ("", "Call it.")
-    assert json.loads(assistant.tool_calls_json) == [{"name": "get_weather", "arguments": {"city": "Paris"}, "id": "call_1"}]
+    [call] = assistant.tool_calls
+    assert (call.id, call.name, json.loads(call.arguments_json)) == ("call_1", "get_weather", {"city": "Paris"})
     assert (tool.role, tool.tool_call_id, tool.tool_name, tool.content) == ("tool", "call_1", "get_weather", "18C")
 
 
-def test_openai_tool_choice_none_keeps_the_tools_from_the_model():
+def test_openai_tool_choice_none_asks_the_worker_for_no_call():
     req, _, _ = parse_chat_completion({"model": "tiny", "messages": USER, "tools": [WEATHER], "tool_choice": "none"}, "rid")
-    assert req.tools_json == ""
+    assert req.tool_choice.mode == worker_pb2.ToolChoice.NONE  # the worker keeps the tools out of the template
 
 
 @pytest.mark.parametrize("effort, think", [("none", False), ("low", True), ("high", True)])
@@ -174,7 +180,7 @@ def test_completion_takes_one_prompt_and_sampling():
 
 
 @pytest.mark.parametrize("extra, param", [
-    ({"suffix": "The end."}, "suffix"), ({"echo": True}, "echo"), ({"prompt": ["a", "b"]}, "prompt"),
+    ({"suffix": "The end."}, "suffix"), ({"echo": True, "logprobs": 1}, "echo"), ({"prompt": ["a", "b"]}, "prompt"),
     ({"prompt": [1, 2, 3]}, "prompt"), ({"n": 2}, "n"), ({"best_of": 3}, "best_of"),
 ])
 def test_completion_refuses_what_it_cannot_do(extra, param):
@@ -200,11 +206,11 @@ def test_ollama_chat_returns_thinking_and_tool_calls_with_object_arguments():
             h.worker.plan = tool_plan()
             body = {"model": "tiny", "messages": USER, "tools": [WEATHER], "think": True, "stream": False}
             out = await (await h.post("/api/chat", body)).json()
-            assert out["message"] == {"role": "assistant", "content": "", "thinking": "Need the weather.",
-                                      "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}
+            assert out["message"] == {"role": "assistant", "content": "", "thinking": "Need the weather.", "tool_calls": [
+                {"id": "call_abc", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}
             assert out["done_reason"] == "stop"  # Ollama has no tool_calls reason
             submit = h.worker.submits[0][0]
-            assert json.loads(submit.tools_json) == [WEATHER] and submit.HasField("think") and submit.think
+            assert [t.name for t in submit.tools] == ["get_weather"] and submit.HasField("think") and submit.think
             lines = await ndjson(await h.post("/api/chat", {**body, "stream": True}))
             assert lines[0]["message"]["thinking"] == "Need the weather."
             assert lines[1]["message"]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
@@ -227,12 +233,16 @@ def test_ollama_logprobs_come_with_each_chunk_in_ollamas_shape():
     run(scenario())
 
 
-def test_ollama_prompt_eval_count_counts_only_evaluated_tokens():
+def test_prompt_eval_count_counts_every_prompt_token_cached_ones_too():
+    # Current Ollama counts the whole prompt; LangChain and litellm report it as the input tokens.
     async def scenario():
         async with harness() as h:
-            h.worker.plan = [text("ok"), finished(prompt_eval_count=0, prompt_tokens=40, cached_tokens=40)]
+            h.worker.plan = [text("ok"), finished(prompt_eval_count=1, prompt_tokens=32, cached_tokens=31)]
             body = await (await h.post("/api/generate", {"model": "tiny", "prompt": "x", "stream": False})).json()
-            assert body["prompt_eval_count"] == 0
+            assert body["prompt_eval_count"] == 32
+            h.worker.plan = [text("ok"), finished(prompt_eval_count=0, prompt_tokens=40, cached_tokens=40)]
+            lines = await ndjson(await h.post("/api/chat", {"model": "tiny", "messages": USER}))
+            assert lines[-1]["prompt_eval_count"] == 40
             h.worker.plan = [text("ok"), finished(prompt_eval_count=8, prompt_tokens=40, cached_tokens=32)]
             body = await (await h.post("/v1/chat/completions", {"model": "tiny", "messages": USER})).json()
             assert body["usage"]["prompt_tokens"] == 40 and body["usage"]["prompt_tokens_details"] == {"cached_tokens": 32}
@@ -375,8 +385,8 @@ def test_openai_embeddings_in_float_and_base64():
             body = await (await h.post("/v1/embeddings", {"model": "tiny", "input": "hello", "encoding_format": "base64"})).json()
             raw = base64.b64decode(body["data"][0]["embedding"])
             assert struct.unpack("<3f", raw) == (0.0, 5.0, 0.0)
-            for bad, param in [({"input": [[1, 2]]}, "input"), ({"input": "x", "encoding_format": "int8"}, "encoding_format"),
-                               ({"input": []}, "input")]:
+            for bad, param in [({"input": [[1, 2], "x"]}, "input"), ({"input": "x", "encoding_format": "int8"}, "encoding_format"),
+                               ({"input": []}, "input"), ({"input": [[]]}, "input[0]"), ({"input": [-1]}, "input[0]")]:
                 resp = await h.post("/v1/embeddings", {"model": "tiny", **bad})
                 assert resp.status == 400 and (await resp.json())["error"]["param"] == param
 

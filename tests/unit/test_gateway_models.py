@@ -162,17 +162,32 @@ def test_create_without_streaming_answers_one_final_object(tiny_gguf: bytes) -> 
     ({"model": "x"}, "either 'from'"),
     ({"model": "x", "from": "base", "adapters": {"lora.gguf": "sha256:" + "a" * 64}}, "'adapters' is not supported"),
     ({"model": "x", "modelfile": "FROM base"}, "old create API"),
-    ({"model": "x", "files": {"../../evil": "sha256:" + "a" * 64}}, "invalid file name"),
-    ({"model": "x", "files": {"model.gguf": "sha256:nothex"}}, "invalid digest"),
+    ({"model": "x", "files": {"../../evil": "sha256:" + "a" * 64}}, "'files' keys must be a string matching"),
+    ({"model": "x", "files": {"model.gguf": "sha256:nothex"}}, "'files' values must be a string matching ^sha256"),
     ({"model": "x", "from": "base", "quantize": "q3_K_S"}, "q3_K_S"),
     ({"model": "../../etc/passwd", "files": {"model.gguf": "sha256:" + "a" * 64}}, "model name"),
-    ({"model": "x", "from": "base", "flavour": "spicy"}, "unsupported field 'flavour'"),
 ])
 def test_create_refuses_what_it_cannot_do_with_400(body: dict, message: str) -> None:
     async def check(c: TestClient, store: ModelStore) -> None:
         resp = await c.post("/api/create", json=body)
         assert resp.status == 400, await resp.text()
         assert message in (await resp.json())["error"]
+    with_store(check)
+
+
+def test_create_and_show_name_what_they_ignore_in_the_header(tiny_gguf: bytes) -> None:
+    # Ollama ignores unknown fields; so does this server, and it says which. Modelfile parameters that
+    # this runtime does not use (num_thread) are kept with the model, and named too.
+    async def check(c: TestClient, store: ModelStore) -> None:
+        digest = await upload(c, tiny_gguf)
+        resp = await c.post("/api/create", json={"model": "p", "files": {"model.gguf": digest}, "flavour": "spicy",
+                                                  "parameters": {"temperature": 0.2, "num_thread": 8}, "stream": False})
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["X-Mlxserve-Ignored"] == "flavour,parameters.num_thread"
+        resp = await c.post("/api/show", json={"model": "p", "verbose": True})
+        assert resp.status == 200 and resp.headers["X-Mlxserve-Ignored"] == "verbose"
+        resp = await c.post("/api/show", json={"model": "p", "verbose": False})
+        assert "X-Mlxserve-Ignored" not in resp.headers
     with_store(check)
 
 

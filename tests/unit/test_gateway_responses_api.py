@@ -11,6 +11,7 @@ import pytest
 
 from mlxserve.gateway.openai_responses import parse_responses_request
 from mlxserve.gateway.validation import BadField, UnsupportedField
+from mlxserve.v1 import worker_pb2
 from mlxserve.v1.frames import Stats, TokenEvent, ToolCall
 
 from .test_gateway_streaming import harness, run, text
@@ -63,7 +64,8 @@ def test_input_items_become_chat_turns_with_function_calls_and_their_outputs():
     roles = [(m.role, m.content) for m in req.messages]
     assert roles == [("system", "Use tools."), ("user", "Weather in Paris?"), ("assistant", ""), ("tool", "sunny"),
                      ("assistant", "It is sunny.")]
-    assert json.loads(req.messages[2].tool_calls_json) == [{"id": "call_1", "name": "get_weather", "arguments": {"city": "Paris"}}]
+    [call] = req.messages[2].tool_calls
+    assert (call.id, call.name, json.loads(call.arguments_json)) == ("call_1", "get_weather", {"city": "Paris"})
     assert (req.messages[3].tool_call_id, req.messages[3].tool_name) == ("call_1", "get_weather")
 
 
@@ -71,15 +73,15 @@ def test_text_format_and_function_tools_take_the_chat_paths():
     req, _, echo = parse_responses_request({"model": "tiny", "input": "Hi", "tools": [WEATHER],
                                             "text": {"format": {"type": "json_schema", "name": "w", "schema": SCHEMA}}}, "rid")
     assert json.loads(req.format) == SCHEMA and echo.text_format["name"] == "w"
-    assert json.loads(req.tools_json) == [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                                                            "parameters": SCHEMA}}]
+    [tool] = req.tools
+    assert (tool.name, tool.description, json.loads(tool.parameters_json)) == ("get_weather", "Weather in a city", SCHEMA)
     req, _, _ = parse_responses_request({"model": "tiny", "input": "Hi", "text": {"format": {"type": "json_object"}},
                                          "tools": [WEATHER], "tool_choice": "none"}, "rid")
-    assert req.format == "json" and req.tools_json == ""
+    assert req.format == "json" and req.tool_choice.mode == worker_pb2.ToolChoice.NONE
 
 
 @pytest.mark.parametrize("field, value", [
-    ("previous_response_id", "resp_123"), ("store", True), ("conversation", "conv_1"), ("background", True),
+    ("previous_response_id", "resp_123"), ("conversation", "conv_1"), ("background", True),
 ])
 def test_stateful_fields_are_refused_naming_them(field, value):
     with pytest.raises(UnsupportedField) as e:
@@ -87,18 +89,18 @@ def test_stateful_fields_are_refused_naming_them(field, value):
     assert e.value.param == field and "keeps none" in e.value.message and e.value.http_status == 400
 
 
-def test_store_false_is_accepted():
+def test_store_false_is_accepted_and_store_true_is_ignored_and_named():
     req, _, _ = parse_responses_request({"model": "tiny", "input": "Hi", "store": False, "background": False}, "rid")
-    assert req.messages[0].content == "Hi"
+    assert req.messages[0].content == "Hi" and req.ignored == []
+    req, _, _ = parse_responses_request({"model": "tiny", "input": "Hi", "store": True}, "rid")
+    assert req.ignored == ["store"]  # the answer is the same; it just cannot be fetched again
 
 
 @pytest.mark.parametrize("extra, param", [
-    ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input[0].content[0].type"),
-    ({"input": [{"type": "file_search_call", "id": "x"}]}, "input[0].type"),
-    ({"include": ["file_search_call.results"]}, "include[0]"),
-    ({"reasoning": {"summary": "detailed"}}, "reasoning.summary"),
-    ({"seed": 3}, "seed"),
+    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
+    ({"tools": [{"type": "web_search"}], "tool_choice": {"type": "web_search_preview"}}, "tool_choice.type"),
+    ({"prompt": {"id": "pmpt_1"}}, "prompt"),
 ])
 def test_what_the_server_cannot_do_is_a_400_naming_it(extra, param):
     with pytest.raises(UnsupportedField) as e:

@@ -30,7 +30,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from mlxserve.gateway.app import create_app
 from mlxserve.gateway.streams import TokenRouter
 from mlxserve.services.common.config import load_settings
-from mlxserve.services.common.errors import Busy, NotFound, Unsupported
+from mlxserve.services.common.errors import Busy, InvalidArgument, NotFound, Unsupported
 from mlxserve.services.common.rpc import ping_response, rpc_method
 from mlxserve.v1 import common_pb2, frames, store_pb2, store_pb2_grpc, supervisor_pb2, supervisor_pb2_grpc, worker_pb2, worker_pb2_grpc
 from mlxserve.v1.frames import Stats, TokenEvent
@@ -74,17 +74,24 @@ class FakeWorker(worker_pb2_grpc.WorkerServicer):
         task = asyncio.get_running_loop().create_task(self._play(request))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-        return worker_pb2.SubmitResponse(prompt_tokens=5)
+        # The prompt's token ids, as a worker returns them when asked (for /api/generate's `context`).
+        ids = [*request.context, 7, 8, 9] if request.want_prompt_tokens else []
+        return worker_pb2.SubmitResponse(prompt_tokens=5, prompt_token_ids=ids)
 
     @rpc_method
     async def Embed(self, request, context):
-        """One vector per input: [index, length of the text, 0], cut to `dimensions`."""
+        """One vector per input: [index, length of the text (or of the token ids), 0], cut to `dimensions`; with
+        truncate false, an input longer than num_ctx is refused as the worker does."""
         if self.refusal:
             raise Unsupported(self.refusal)
         self.embeds.append(request)
-        vectors = [[float(i), float(len(text)), 0.0][:request.dimensions or None] for i, text in enumerate(request.inputs)]
+        lengths = [len(t) for t in request.inputs] or [len(t.ids) for t in request.token_inputs]
+        if request.HasField("num_ctx") and request.HasField("truncate") and not request.truncate and max(lengths) > request.num_ctx:
+            raise InvalidArgument(f"input 0 has {max(lengths)} tokens, over the context of {request.num_ctx}")
+        vectors = [[float(i), float(n), 0.0][:request.dimensions or None] for i, n in enumerate(lengths)]
+        tokens = sum(len(t.split()) for t in request.inputs) or sum(len(t.ids) for t in request.token_inputs)
         return worker_pb2.EmbedResponse(embeddings=[worker_pb2.Embedding(values=v) for v in vectors],
-                                        prompt_tokens=sum(len(t.split()) for t in request.inputs), total_duration_ns=1000)
+                                        prompt_tokens=tokens, total_duration_ns=1000)
 
     @rpc_method
     async def Cancel(self, request, context):
@@ -257,7 +264,8 @@ def test_generate_streams_ndjson_chunks_then_a_final_summary():
             assert [l["response"] for l in lines[:-1]] == ["Hel", "lo"] and not any(l["done"] for l in lines[:-1])
             final = lines[-1]
             assert final["done"] is True and final["done_reason"] == "stop" and final["response"] == ""
-            assert final["model"] == "tiny" and final["created_at"].endswith("Z") and "context" not in final
+            assert final["model"] == "tiny" and final["created_at"].endswith("Z")
+            assert final["context"] == [7, 8, 9, 1, 1]  # the prompt's token ids, then the answer's
             assert (final["prompt_eval_count"], final["eval_count"], final["eval_duration"]) == (5, 3, 9_000_000)
             assert final["load_duration"] == 250_000_000 and final["total_duration"] > 0
             submit, _ = h.worker.submits[0]

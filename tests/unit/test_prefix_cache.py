@@ -225,3 +225,15 @@ def test_worker_cache_stays_within_its_byte_bound(tiny_model_dir: Path) -> None:
     for i in range(8):
         run(small, request(ChatMessage("user", f"Question number {i} about entirely different things")))
         assert 0 < small.prefix_cache.nbytes <= int(one * 2.5)
+
+
+def test_prompt_tokens_count_every_prompt_token_and_cached_tokens_the_reused_share(cached: ModelRunner) -> None:
+    """What Ollama's prompt_eval_count and OpenAI's prompt_tokens report: the whole prompt, cached or not."""
+    question = request(SYSTEM, ChatMessage("user", "How many tokens is this prompt, all told?"))
+    submitted = cached.submit(question).prompt_tokens
+    while cached.has_work():
+        cached.step()
+    again = run(cached, request(*question.messages))[0][-1].stats
+    assert again.prompt_tokens == submitted
+    assert 0 < again.cached_tokens < submitted
+    assert again.prompt_eval_count == submitted - again.cached_tokens

@@ -11,22 +11,18 @@ import pytest
 
 from mlxserve.services.common.errors import InvalidArgument, Unsupported
 from mlxserve.services.worker import runner as runner_module
-from mlxserve.services.worker.outputs import template_kwargs
-from mlxserve.services.worker.prompts import ChatMessage, GenerationRequest, render_prompt
+from mlxserve.services.worker.prompts import ChatMessage, GenerationRequest, Tool, ToolChoice, render_prompt, template_kwargs
 from mlxserve.services.worker.runner import ModelRunner
 from mlxserve.services.worker.sampling import SamplingOptions
-from mlxserve.v1.frames import TokenEvent
+from mlxserve.services.worker.server import request_from_proto
+from mlxserve.v1 import worker_pb2
+from mlxserve.v1.frames import TokenEvent, ToolCall
 from tests.fixtures.tiny_model import tiny_model_dir  # noqa: F401 - fixture
 from tests.fixtures.tool_model import think_open_model_dir, tool_model_dir  # noqa: F401 - fixtures
 
-TOOLS = [{
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}]
+WEATHER = Tool("get_weather", "The weather in a city",
+               {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
+TOOLS = (WEATHER,)
 CALL_TEXT = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
 GREEDY = SamplingOptions(temperature=0, num_predict=64)
 _ids = iter(range(1_000_000))
@@ -55,28 +51,64 @@ def plain_runner(tiny_model_dir: Path) -> ModelRunner:
 
 
 def test_requested_tools_are_listed_in_the_rendered_prompt(tool_tokenizer):
-    prompt = render_prompt(tool_tokenizer, chat(ChatMessage("user", "Weather in Paris?"), tools_json=json.dumps(TOOLS)))
-    assert "<tools>" in prompt and '"name": "get_weather"' in prompt and "The weather in a city" in prompt
+    prompt = render_prompt(tool_tokenizer, chat(ChatMessage("user", "Weather in Paris?"), tools=TOOLS))
+    listed = ('{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city", '
+              '"parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}')
+    assert f"<tools>\n{listed}\n</tools>" in prompt  # OpenAI's function-tool shape, as templates expect
     assert "<tools>" not in render_prompt(tool_tokenizer, chat(ChatMessage("user", "Weather in Paris?")))
+
+
+def test_tool_choice_none_keeps_the_tools_out_of_the_prompt(tool_tokenizer):
+    none = render_prompt(tool_tokenizer, chat(ChatMessage("user", "Weather?"), tools=TOOLS, tool_choice=ToolChoice("none")))
+    assert none == render_prompt(tool_tokenizer, chat(ChatMessage("user", "Weather?")))
+
+
+def test_auto_with_allowed_tools_shows_only_those(tool_tokenizer):
+    other = Tool("get_time", "The time in a city")
+    prompt = render_prompt(tool_tokenizer, chat(ChatMessage("user", "Weather?"), tools=(WEATHER, other),
+                                                tool_choice=ToolChoice("auto", allowed=("get_time",))))
+    assert '"name": "get_time"' in prompt and "get_weather" not in prompt
+    # A tool without parameters takes none: templates render `parameters | tojson` unguarded.
+    assert '"parameters": {"type": "object", "properties": {}}' in prompt
 
 
 def test_an_earlier_tool_call_and_its_result_render_as_turns(tool_tokenizer):
     prompt = render_prompt(tool_tokenizer, chat(
         ChatMessage("user", "Weather in Paris?"),
-        ChatMessage("assistant", "", tool_calls_json=json.dumps([{"name": "get_weather", "arguments": {"city": "Paris"}}])),
+        ChatMessage("assistant", "", tool_calls=(ToolCall("get_weather", '{"city": "Paris"}'),)),
         ChatMessage("tool", "18 degrees and sunny", tool_name="get_weather"),
-        tools_json=json.dumps(TOOLS),
+        tools=TOOLS,
     ))
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in prompt
     assert "<tool_response>\n18 degrees and sunny\n</tool_response>" in prompt
 
 
-def test_openai_style_calls_with_string_arguments_render_the_same(tool_tokenizer):
-    openai_call = [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]
-    prompt = render_prompt(tool_tokenizer, chat(
-        ChatMessage("user", "Weather?"), ChatMessage("assistant", "", tool_calls_json=json.dumps(openai_call)),
+def test_calls_reach_the_template_in_openai_shape_with_arguments_as_an_object():
+    from mlxserve.services.worker.prompts import template_message
+
+    message = template_message(ChatMessage("assistant", "", tool_calls=(ToolCall("get_weather", '{"city": "Paris"}', id="call_1"),)))
+    assert message["tool_calls"] == [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+    ]
+
+
+def test_proto_tools_and_calls_become_the_same_template_input(tool_tokenizer):
+    proto = worker_pb2.SubmitRequest(request_id="p", is_chat=True, messages=[
+        worker_pb2.ChatMessage(role="user", content="Weather in Paris?"),
+        worker_pb2.ChatMessage(role="assistant", tool_calls=[
+            worker_pb2.ToolCall(id="call_1", name="get_weather", arguments_json='{"city": "Paris"}')]),
+        worker_pb2.ChatMessage(role="tool", content="18 degrees and sunny", tool_name="get_weather", tool_call_id="call_1"),
+    ], tools=[worker_pb2.Tool(name="get_weather", description="The weather in a city",
+                              parameters_json=json.dumps(WEATHER.parameters))])
+    request = request_from_proto(proto)
+    assert request.tools == TOOLS
+    assert request.messages[1].tool_calls == (ToolCall("get_weather", '{"city": "Paris"}', id="call_1"),)
+    assert render_prompt(tool_tokenizer, request) == render_prompt(tool_tokenizer, chat(
+        ChatMessage("user", "Weather in Paris?"),
+        ChatMessage("assistant", "", tool_calls=(ToolCall("get_weather", '{"city": "Paris"}', id="call_1"),)),
+        ChatMessage("tool", "18 degrees and sunny", tool_name="get_weather", tool_call_id="call_1"),
+        tools=TOOLS,
     ))
-    assert '{"name": "get_weather", "arguments": {"city": "Paris"}}' in prompt
 
 
 def test_earlier_reasoning_reaches_the_template(tool_tokenizer):
@@ -93,15 +125,18 @@ def test_think_false_closes_the_think_block_in_the_prompt(tool_tokenizer):
 
 
 def test_bad_tool_json_is_an_invalid_argument(tool_tokenizer):
-    with pytest.raises(InvalidArgument, match="tools"):
-        template_kwargs(chat(ChatMessage("user", "Hi"), tools_json="{not json"), tool_tokenizer)
-    with pytest.raises(InvalidArgument, match="tool_calls"):
-        render_prompt(tool_tokenizer, chat(ChatMessage("user", "Hi"), ChatMessage("assistant", "", tool_calls_json="[1]")))
+    with pytest.raises(InvalidArgument, match="parameters of tool 'get_weather' is not valid JSON"):
+        request_from_proto(worker_pb2.SubmitRequest(request_id="bad", prompt="hi",
+                                                    tools=[worker_pb2.Tool(name="get_weather", parameters_json="{not json")]))
+    with pytest.raises(InvalidArgument, match="must be a JSON Schema object"):
+        chat(ChatMessage("user", "Hi"), tools=(Tool("get_weather", parameters=[1]),)).validate()
+    with pytest.raises(InvalidArgument, match="tool call arguments must be a JSON object"):
+        render_prompt(tool_tokenizer, chat(ChatMessage("user", "Hi"), ChatMessage("assistant", "", tool_calls=(ToolCall("f", "[1]"),))))
 
 
 def test_tools_on_a_model_without_tool_support_are_refused(plain_runner):
     with pytest.raises(Unsupported, match="does not support tools"):
-        plain_runner.submit(chat(ChatMessage("user", "Hi"), tools_json=json.dumps(TOOLS)))
+        plain_runner.submit(chat(ChatMessage("user", "Hi"), tools=TOOLS))
 
 
 def test_thinking_on_a_model_without_it_is_refused_but_think_false_is_fine(plain_runner):
@@ -113,7 +148,7 @@ def test_thinking_on_a_model_without_it_is_refused_but_think_false_is_fine(plain
 
 def test_the_refusal_names_the_model():
     with pytest.raises(Unsupported, match="model 'tiny' does not support tools"):
-        template_kwargs(chat(ChatMessage("user", "Hi"), tools_json=json.dumps(TOOLS)), None, "plain template", model_name="tiny")
+        template_kwargs(chat(ChatMessage("user", "Hi"), tools=TOOLS), None, "plain template", model_name="tiny")
 
 
 # -- the runner, with the model's choices scripted --------------------------------------------------
@@ -153,7 +188,7 @@ def submit_and_drive(runner: ModelRunner, request: GenerationRequest) -> list[To
 
 def test_a_tool_call_ends_the_turn_with_the_call_and_done_reason_tool_calls(tool_runner, monkeypatch):
     scripted(monkeypatch, tool_runner.tokenizer, CALL_TEXT)
-    frames = submit_and_drive(tool_runner, chat(ChatMessage("user", "Weather in Paris?"), tools_json=json.dumps(TOOLS)))
+    frames = submit_and_drive(tool_runner, chat(ChatMessage("user", "Weather in Paris?"), tools=TOOLS))
     final = frames[-1]
     assert final.done and final.done_reason == "tool_calls"
     calls = [c for f in frames for c in f.tool_calls]
@@ -169,6 +204,18 @@ def test_without_tools_the_same_output_is_plain_text(tool_runner, monkeypatch):
     assert frames[-1].done_reason == "stop"
     assert "".join(f.text for f in frames) == CALL_TEXT
     assert not any(f.tool_calls for f in frames)
+
+
+def test_with_tool_choice_none_a_call_shaped_output_stays_text(tool_runner, monkeypatch):
+    scripted(monkeypatch, tool_runner.tokenizer, CALL_TEXT)
+    frames = submit_and_drive(tool_runner, chat(ChatMessage("user", "Weather in Paris?"), tools=TOOLS, tool_choice=ToolChoice("none")))
+    assert frames[-1].done_reason == "stop"
+    assert "".join(f.text for f in frames) == CALL_TEXT and not any(f.tool_calls for f in frames)
+
+
+def test_tool_choice_none_on_a_model_without_tools_is_accepted(plain_runner):
+    assert plain_runner.submit(chat(ChatMessage("user", "Hi"), tools=TOOLS, tool_choice=ToolChoice("none"))).prompt_tokens > 0
+    drive(plain_runner)
 
 
 def test_reasoning_is_split_from_the_answer(tool_runner, monkeypatch):
@@ -188,7 +235,7 @@ def test_a_prompt_that_opens_the_think_block_makes_the_output_start_as_thinking(
 
 
 def test_a_raw_prompt_refuses_tools_and_thinking(tool_runner):
-    raw = GenerationRequest(request_id="raw-tools", prompt="hi", raw=True, tools_json=json.dumps(TOOLS))
+    raw = GenerationRequest(request_id="raw-tools", prompt="hi", raw=True, tools=TOOLS)
     with pytest.raises(InvalidArgument, match="raw"):
         tool_runner.submit(raw)
     with pytest.raises(InvalidArgument, match="raw"):

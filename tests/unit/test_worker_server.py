@@ -30,3 +30,28 @@ def test_explicit_zero_temperature_means_greedy_not_default() -> None:
 def test_generate_fields_carry_over() -> None:
     req = request_from_proto(worker_pb2.SubmitRequest(request_id="r", prompt="p", system="s", raw=False))
     assert (req.is_chat, req.prompt, req.system, req.raw) == (False, "p", "s", False)
+
+
+def test_tools_tool_choice_and_names_carry_over() -> None:
+    from mlxserve.services.worker.prompts import Tool, ToolChoice
+    from mlxserve.v1.frames import ToolCall
+
+    req = request_from_proto(worker_pb2.SubmitRequest(
+        request_id="r", is_chat=True,
+        messages=[
+            worker_pb2.ChatMessage(role="user", content="u", name="alice"),
+            worker_pb2.ChatMessage(role="assistant", tool_calls=[worker_pb2.ToolCall(id="c1", name="f", arguments_json='{"a": 1}'),
+                                                                 worker_pb2.ToolCall(name="g")]),
+        ],
+        tools=[worker_pb2.Tool(name="f", description="d", parameters_json='{"type": "object"}'), worker_pb2.Tool(name="g")],
+        tool_choice=worker_pb2.ToolChoice(mode=worker_pb2.ToolChoice.REQUIRED, allowed=["f"], single=True),
+        chat_template_kwargs_json='{"enable_thinking": false}',
+    ))
+    assert req.messages[0].name == "alice"
+    assert req.messages[1].tool_calls == (ToolCall("f", '{"a": 1}', id="c1"), ToolCall("g", "{}"))
+    assert req.tools == (Tool("f", "d", {"type": "object"}), Tool("g"))
+    assert req.tool_choice == ToolChoice("required", ("f",), True)
+    assert req.chat_template_kwargs == {"enable_thinking": False}
+    assert request_from_proto(worker_pb2.SubmitRequest(request_id="r", prompt="p")).tool_choice == ToolChoice("auto")
+    none = worker_pb2.SubmitRequest(request_id="r", prompt="p", tool_choice=worker_pb2.ToolChoice(mode=worker_pb2.ToolChoice.NONE))
+    assert request_from_proto(none).tool_choice.mode == "none"

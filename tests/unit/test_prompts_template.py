@@ -1,0 +1,88 @@
+"""What the chat template is given: the author's `name`, and the request's extra template variables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx_lm
+import pytest
+
+from mlxserve.services.common.errors import InvalidArgument
+from mlxserve.services.worker.prompts import ChatMessage, GenerationRequest, render_prompt
+from mlxserve.services.worker.server import request_from_proto
+from mlxserve.v1 import worker_pb2
+from tests.fixtures.tiny_model import write_tiny_model
+from tests.fixtures.tool_model import tool_model_dir  # noqa: F401 - fixture
+
+# Shows each author's name, and a `style` variable when the request gives one.
+TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}{% if m.name %} ({{ m.name }}){% endif %}: "
+    "{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% if style is defined %}[{{ style }}] {% endif %}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory):
+    path = write_tiny_model(tmp_path_factory.mktemp("named"))
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config["chat_template"] = TEMPLATE
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    return mlx_lm.load(str(path))[1]
+
+
+def chat(*messages: ChatMessage, **fields) -> GenerationRequest:
+    return GenerationRequest("t", is_chat=True, messages=messages, **fields)
+
+
+def test_a_message_author_name_reaches_the_template(tokenizer) -> None:
+    prompt = render_prompt(tokenizer, chat(ChatMessage("user", "Plan the trip", name="planner"),
+                                           ChatMessage("assistant", "On it", name="travel_agent")))
+    assert "<|im_start|>user (planner): Plan the trip" in prompt
+    assert "<|im_start|>assistant (travel_agent): On it" in prompt
+
+
+def test_a_template_that_ignores_names_renders_as_without_them(tool_model_dir: Path) -> None:
+    qwen = mlx_lm.load(str(tool_model_dir))[1]
+    named = render_prompt(qwen, chat(ChatMessage("user", "Hi", name="alice")))
+    assert named == render_prompt(qwen, chat(ChatMessage("user", "Hi")))
+
+
+def test_chat_template_kwargs_reach_the_template(tokenizer) -> None:
+    prompt = render_prompt(tokenizer, chat(ChatMessage("user", "Hi"), chat_template_kwargs={"style": "terse"}))
+    assert prompt.endswith("<|im_start|>assistant\n[terse] ")
+
+
+def test_the_requests_own_variables_win_over_chat_template_kwargs(tokenizer) -> None:
+    plain = render_prompt(tokenizer, chat(ChatMessage("user", "Hi")))
+    overridden = render_prompt(tokenizer, chat(ChatMessage("user", "Hi"), chat_template_kwargs={
+        "add_generation_prompt": False, "messages": [{"role": "user", "content": "other"}], "tools": [{"x": 1}],
+    }))
+    assert overridden == plain
+
+
+def test_enable_thinking_in_kwargs_applies_unless_think_is_set(tool_model_dir: Path) -> None:
+    qwen = mlx_lm.load(str(tool_model_dir))[1]
+    off = render_prompt(qwen, chat(ChatMessage("user", "Hi"), chat_template_kwargs={"enable_thinking": False}))
+    assert off.endswith("<think>\n\n</think>\n\n")
+    think_wins = render_prompt(qwen, chat(ChatMessage("user", "Hi"), think=True, chat_template_kwargs={"enable_thinking": False}))
+    assert think_wins.endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize(("kwargs_json", "complaint"), [
+    ("[1, 2]", "must be a JSON object"),
+    ('"text"', "must be a JSON object"),
+    ("{nope", "not valid JSON"),
+    ('{"chat_template": "{{ 1 }}"}', "cannot set 'chat_template'"),
+    ('{"tokenize": true}', "cannot set 'tokenize'"),
+])
+def test_bad_chat_template_kwargs_are_invalid_arguments(kwargs_json: str, complaint: str) -> None:
+    with pytest.raises(InvalidArgument, match=complaint):
+        request_from_proto(worker_pb2.SubmitRequest(request_id="k", is_chat=True, chat_template_kwargs_json=kwargs_json,
+                                                    messages=[worker_pb2.ChatMessage(role="user", content="Hi")])).validate()
+
+
+def test_raw_prompts_take_no_template_variables() -> None:
+    with pytest.raises(InvalidArgument, match="raw"):
+        GenerationRequest("r", prompt="hi", raw=True, chat_template_kwargs={"style": "x"}).validate()
