@@ -24,8 +24,17 @@ $(PY):
 install: $(PY) cpu-blas
 	$(PIP) install -q -e .
 
+# instructor goes in --no-deps: its jiter and rich caps contradict the openai and pydantic-ai the test
+# extras need (pyproject.toml says more); the rest of its requirements are in the extras. The npm
+# clients (ollama-js, openai-node) are installed from tests/clients/package-lock.json where npm exists;
+# without it tests/e2e/test_clients_npm.py skips.
+INSTRUCTOR := instructor==1.17.0
 install-test: $(PY) cpu-blas
 	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q --no-deps '$(INSTRUCTOR)'
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --prefix tests/clients --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the npm client tests (tests/e2e/test_clients_npm.py) will be skipped" >&2; fi
 
 # Linux with apt: Debian's OpenBLAS, which the supervisor preloads into CPU workers (the mlx-cpu
 # wheel's bundled reference BLAS is ~15x slower at prefill). Optional: without it (no apt, no

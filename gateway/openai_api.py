@@ -156,7 +156,7 @@ def parse_tools(body: ChatCompletionRequest) -> tuple[ToolPlan, worker_pb2.ToolC
         raise BadField("function_call", "'function_call' needs the legacy 'functions'; with 'tools', send 'tool_choice'")
     plan.tools, plan.strict = chat_tools(body.tools)
     chat_choice(plan, body.tool_choice)
-    plan.single = body.parallel_tool_calls is False
+    plan.single = plan.single or body.parallel_tool_calls is False
     return plan, plan.choice("tool_choice")
 
 

@@ -227,7 +227,7 @@ def parse_responses_request(data: dict[str, Any], request_id: str) -> tuple[Gene
     req.format, echo.text_format = parse_text_format(body.text, ignored)
     plan, echo.tools = parse_tools(body.tools, ignored)
     responses_choice(plan, body.tool_choice)
-    plan.single = body.parallel_tool_calls is False
+    plan.single = plan.single or body.parallel_tool_calls is False
     if body.max_tool_calls is not None:
         plan.max_calls = body.max_tool_calls
         if body.max_tool_calls == 0:

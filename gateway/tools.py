@@ -3,7 +3,8 @@
 One place decides what a tool choice means: AUTO (the model decides), NONE (no call: the tools
 stay out of the template), REQUIRED (a call to one of `allowed`, all tools when empty, with
 arguments valid against the tool's schema: the worker enforces it by constrained decoding), and
-`single` for at most one call (OpenAI's `parallel_tool_calls: false`, legacy `function_call`).
+`single` for at most one call (OpenAI's `parallel_tool_calls: false`, a named function, legacy
+`function_call`).
 """
 
 from __future__ import annotations
@@ -67,10 +68,11 @@ class ToolPlan:
         self.tools = [t for t in self.tools if t.name in names]
 
     def force(self, name: str, where: str) -> None:
-        """A call to the function `name`, which must be one of the tools."""
+        """One call to the function `name`, which must be one of the tools (OpenAI's "forced
+        function": call exactly that one function, once)."""
         if name not in {t.name for t in self.tools}:
             raise BadField(where, f"'{where}' names {name!r}, which is not one of the request's tools")
-        self.mode, self.allowed = REQUIRED, [name]
+        self.mode, self.allowed, self.single = REQUIRED, [name], True
 
     def choice(self, where: str) -> worker_pb2.ToolChoice:
         """The ToolChoice for the worker; forcing a call with no tools to call is a 400."""

@@ -60,7 +60,9 @@ def test_instructor_forces_its_function_by_name():
             assert choice["finish_reason"] == "tool_calls"
             assert json.loads(choice["message"]["tool_calls"][0]["function"]["arguments"]) == {"name": "Jason", "age": 25}
             submit = submit_of(h)
-            assert (submit.tool_choice.mode, list(submit.tool_choice.allowed)) == (REQUIRED, ["User"])
+            # A named function is OpenAI's "forced function": exactly that one, called once.
+            assert (submit.tool_choice.mode, list(submit.tool_choice.allowed), submit.tool_choice.single) == (
+                REQUIRED, ["User"], True)
             assert [t.name for t in submit.tools] == ["User"] and json.loads(submit.tools[0].parameters_json) == USER_SCHEMA
     run(scenario())
 
