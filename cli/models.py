@@ -161,6 +161,7 @@ def show_text(s: store_pb2.ShowResponse) -> str:
     # What an imported file became, and where the chat template came from: said, never guessed.
     facts.append(("stored as", str(info.get("mlxserve.quantization", "")).split(" -> ", 1)[-1]))
     facts.append(("chat template", str(info.get("ollama.template") or info.get("mlxserve.chat_template") or "")))
+    facts.append(("parameters not used", str(info.get("mlxserve.parameters_not_used", ""))))
     lines = _section("Model", [(k, v) for k, v in facts if v])
     lines += _section("Capabilities", [(c, "") for c in s.capabilities])
     params = []

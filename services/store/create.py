@@ -38,7 +38,7 @@ from .manifest import (
 )
 from .names import ModelName, parse_name
 from .progress import ProgressCallback, ProgressEvent, no_progress
-from .recipes import CreateSpec, quantization
+from .recipes import RUNTIME_PARAMETERS, CreateSpec, quantization
 from .templates import capabilities, default_stops, pick_template
 
 if TYPE_CHECKING:
@@ -94,6 +94,8 @@ class CreatePipeline:
                     draft = self._quantized(draft, quant, staging, progress)
                 draft.annotations.update(spec.annotations)
                 self._apply_overrides(draft, spec, staging / "overrides")
+                if unused := draft.config.model_info.get("mlxserve.parameters_not_used"):
+                    progress(ProgressEvent(f"keeping parameters mlxserve does not use: {unused}"))
                 summary = self._commit(mname, draft, progress)
             finally:
                 remove_tree(staging)
@@ -220,6 +222,11 @@ class CreatePipeline:
             if stops:
                 params["stop"] = stops
         cfg.parameters = params
+        unused = sorted(k for k in params if k not in RUNTIME_PARAMETERS)
+        if unused:
+            cfg.model_info["mlxserve.parameters_not_used"] = ", ".join(unused)
+        else:
+            cfg.model_info.pop("mlxserve.parameters_not_used", None)
         cfg.model_info.update(spec.model_info)
         if spec.system is not None:
             cfg.system = spec.system

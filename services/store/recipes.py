@@ -30,6 +30,13 @@ FLOAT_PARAMETERS = frozenset({
 BOOL_PARAMETERS = frozenset({"penalize_newline", "use_mmap", "use_mlock", "numa", "low_vram", "vocab_only", "f16_kv"})
 LIST_PARAMETERS = frozenset({"stop"})
 KNOWN_PARAMETERS = INT_PARAMETERS | FLOAT_PARAMETERS | BOOL_PARAMETERS | LIST_PARAMETERS
+# The ones mlxserve's runtime applies (services/worker/defaults.py; a test keeps the two in step).
+# The others are llama.cpp runner settings (num_thread, mirostat, use_mmap...): a model may carry
+# them, as Ollama's do, and create says they are not used rather than dropping them silently.
+RUNTIME_PARAMETERS = frozenset({
+    "temperature", "top_p", "top_k", "min_p", "seed", "num_predict", "num_ctx", "stop",
+    "repeat_penalty", "repeat_last_n", "presence_penalty", "frequency_penalty",
+})
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 
 # MLX affine quantization: the bit widths it has, and the group sizes it takes.

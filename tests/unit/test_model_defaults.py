@@ -207,3 +207,24 @@ def test_damaged_defaults_file_fails_the_load_with_a_clear_error(tmp_path: Path)
     (folder / VIEW_DEFAULTS_FILE).write_text("{not json")
     with pytest.raises(Internal, match="defaults"):
         ModelRunner(folder)
+
+
+def test_the_store_and_the_worker_agree_on_which_parameters_the_runtime_applies() -> None:
+    from mlxserve.services.store.recipes import RUNTIME_PARAMETERS
+    from mlxserve.services.worker.defaults import _APPLIED
+
+    assert set(_APPLIED) | {"stop"} == RUNTIME_PARAMETERS
+
+
+def test_parameters_the_runtime_does_not_use_are_kept_and_said_not_used(tmp_path: Path) -> None:
+    from mlxserve.services.store.recipes import CreateSpec
+    from tests.fixtures.tiny_model import write_tiny_model
+
+    store = ModelStore(tmp_path / "models")
+    events = []
+    store.create("m", CreateSpec(from_path=write_tiny_model(tmp_path / "tiny"),
+                                 parameters={"temperature": 0.5, "num_thread": 8, "mirostat": 2}), events.append)
+    shown = store.show("m")
+    assert shown.parameters["num_thread"] == 8 and shown.parameters["temperature"] == 0.5
+    assert shown.model_info["mlxserve.parameters_not_used"] == "mirostat, num_thread"
+    assert "keeping parameters mlxserve does not use: mirostat, num_thread" in [e.status for e in events]
