@@ -102,7 +102,7 @@ class SamplingOptions(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., seed: _Optional[int] = ..., num_predict: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., num_ctx: _Optional[int] = ..., repeat_penalty: _Optional[float] = ..., repeat_last_n: _Optional[int] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., logit_bias: _Optional[_Mapping[int, float]] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("request_id", "reply_to", "messages", "prompt", "system", "raw", "options", "is_chat", "format", "think", "logprobs", "top_logprobs", "truncate", "tools", "tool_choice", "chat_template_kwargs_json", "context", "want_prompt_tokens")
+    __slots__ = ("request_id", "reply_to", "messages", "prompt", "system", "raw", "options", "is_chat", "format", "think", "logprobs", "top_logprobs", "truncate", "tools", "tool_choice", "chat_template_kwargs_json", "context", "want_prompt_tokens", "thinking_budget")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,7 @@ class SubmitRequest(_message.Message):
     CHAT_TEMPLATE_KWARGS_JSON_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     WANT_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    THINKING_BUDGET_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     reply_to: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
@@ -139,7 +140,14 @@ class SubmitRequest(_message.Message):
     chat_template_kwargs_json: str
     context: _containers.RepeatedScalarFieldContainer[int]
     want_prompt_tokens: bool
-    def __init__(self, request_id: _Optional[str] = ..., reply_to: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., prompt: _Optional[str] = ..., system: _Optional[str] = ..., raw: _Optional[bool] = ..., options: _Optional[_Union[SamplingOptions, _Mapping]] = ..., is_chat: _Optional[bool] = ..., format: _Optional[str] = ..., think: _Optional[bool] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., truncate: _Optional[bool] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[ToolChoice, _Mapping]] = ..., chat_template_kwargs_json: _Optional[str] = ..., context: _Optional[_Iterable[int]] = ..., want_prompt_tokens: _Optional[bool] = ...) -> None: ...
+    thinking_budget: int
+    def __init__(self, request_id: _Optional[str] = ..., reply_to: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., prompt: _Optional[str] = ..., system: _Optional[str] = ..., raw: _Optional[bool] = ..., options: _Optional[_Union[SamplingOptions, _Mapping]] = ..., is_chat: _Optional[bool] = ..., format: _Optional[str] = ..., think: _Optional[bool] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., truncate: _Optional[bool] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[ToolChoice, _Mapping]] = ..., chat_template_kwargs_json: _Optional[str] = ..., context: _Optional[_Iterable[int]] = ..., want_prompt_tokens: _Optional[bool] = ..., thinking_budget: _Optional[int] = ...) -> None: ...
+
+class CountTokensResponse(_message.Message):
+    __slots__ = ("prompt_tokens",)
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    prompt_tokens: int
+    def __init__(self, prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class SubmitResponse(_message.Message):
     __slots__ = ("prompt_tokens", "queue_position", "cached_tokens", "prompt_token_ids")

@@ -64,6 +64,11 @@ class WorkerStub:
                 request_serializer=mlxserve_dot_v1_dot_worker__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=mlxserve_dot_v1_dot_worker__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.CountTokens = channel.unary_unary(
+                '/mlxserve.v1.Worker/CountTokens',
+                request_serializer=mlxserve_dot_v1_dot_worker__pb2.SubmitRequest.SerializeToString,
+                response_deserializer=mlxserve_dot_v1_dot_worker__pb2.CountTokensResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -104,6 +109,14 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CountTokens(self, request, context):
+        """The prompt a SubmitRequest would make, counted (templated and tokenized as Submit does;
+        nothing is generated or queued): Anthropic's /v1/messages/count_tokens.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +144,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=mlxserve_dot_v1_dot_worker__pb2.EmbedRequest.FromString,
                     response_serializer=mlxserve_dot_v1_dot_worker__pb2.EmbedResponse.SerializeToString,
+            ),
+            'CountTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountTokens,
+                    request_deserializer=mlxserve_dot_v1_dot_worker__pb2.SubmitRequest.FromString,
+                    response_serializer=mlxserve_dot_v1_dot_worker__pb2.CountTokensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -272,6 +290,33 @@ class Worker:
             '/mlxserve.v1.Worker/Embed',
             mlxserve_dot_v1_dot_worker__pb2.EmbedRequest.SerializeToString,
             mlxserve_dot_v1_dot_worker__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlxserve.v1.Worker/CountTokens',
+            mlxserve_dot_v1_dot_worker__pb2.SubmitRequest.SerializeToString,
+            mlxserve_dot_v1_dot_worker__pb2.CountTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,
