@@ -2,7 +2,8 @@
 
 Handlers validate, translate, call the generation core or one backend, and render. Anything they
 raise is turned into a response here, once: an `MlxServeError` by its class (status, OpenAI
-type), aiohttp's own HTTP errors (404, 405, 413) as JSON in the request's dialect.
+type), aiohttp's own HTTP errors (404, 405, 413) as JSON in the request's dialect (native, OpenAI
+or Anthropic).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from mlxserve.services.common import logs
 from mlxserve.services.common.config import Settings
 from mlxserve.services.common.errors import Internal, MlxServeError
 
-from . import embeddings_api, metrics, models_api, native, openai_api, security, state
+from . import anthropic_api, embeddings_api, metrics, models_api, native, openai_api, security, state
 from .backends import Backends
 from .openapi import openapi_json
 from .responses import dialect_of, dumps, error_response, http_error_response
@@ -40,7 +41,7 @@ async def request_middleware(request: web.Request, handler) -> web.StreamRespons
     rid = given if _SANE_REQUEST_ID.fullmatch(given) else new_request_id()
     request[state.REQUEST_ID] = rid
     logs.bind_request_id(rid)
-    dialect = dialect_of(request.path)
+    dialect = dialect_of(request.path, request.headers)
     try:
         return await handler(request)
     except MlxServeError as e:
@@ -71,8 +72,8 @@ async def root(request: web.Request) -> web.Response:
 
 # The Ollama release whose API this server implements, reported as `version` because clients gate
 # features on it (Codex --oss needs >= 0.13.4). 0.13.5 is the last release before 0.14, which added
-# image generation on /api/generate and Anthropic's /v1/messages, which are not served here; it has
-# what is: /v1/responses (0.13.3), logprobs on /api/generate and /api/chat, tool call ids.
+# image generation on /api/generate (not served here) and Anthropic's /v1/messages (served here too);
+# it has the rest: /v1/responses (0.13.3), logprobs on /api/generate and /api/chat, tool call ids.
 OLLAMA_API_VERSION = "0.13.5"
 
 
@@ -119,4 +120,5 @@ def create_app(settings: Settings, *, backends: Backends | None = None, router: 
     models_api.add_routes(app)
     openai_api.add_routes(app)
     embeddings_api.add_routes(app)
+    anthropic_api.add_routes(app)
     return app

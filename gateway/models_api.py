@@ -1,4 +1,5 @@
-"""Ollama's model-management routes over the store service, in Ollama's shapes and status codes.
+"""Ollama's model-management routes over the store service, in Ollama's shapes and status codes (and the
+Anthropic shape of GET /v1/models, which openai_api.py serves).
 
 /api/pull, /api/push and /api/create stream the store's progress as NDJSON (or answer one final
 object with `"stream": false`); an error before the first event gets its own status code, one
@@ -319,6 +320,40 @@ async def post_blob(request: web.Request) -> web.Response:
         if not call.done():
             call.cancel()
     return web.Response(status=201 if resp.created else 200)
+
+
+# -- GET /v1/models as Anthropic's clients read it -------------------------------------------------------------
+
+ANTHROPIC_PAGE = 20        # Anthropic's default page size
+ANTHROPIC_MAX_PAGE = 1000
+
+
+def anthropic_model(m: store_pb2.ModelSummary) -> dict[str, Any]:
+    """A model as Anthropic's API lists it: the store's name is both its id and its display name."""
+    return {"type": "model", "id": m.name, "display_name": m.name, "created_at": m.modified_at or "1970-01-01T00:00:00Z"}
+
+
+def anthropic_model_page(models: list[store_pb2.ModelSummary], query: Any) -> dict[str, Any]:
+    """One page of the list: `limit` (1 to 1000, default 20) models after `after_id` or before `before_id`."""
+    raw = query.get("limit")
+    try:
+        limit = ANTHROPIC_PAGE if raw is None else int(raw)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= ANTHROPIC_MAX_PAGE:
+        raise BadField("limit", f"'limit' must be an integer between 1 and {ANTHROPIC_MAX_PAGE}")
+    ids = [m.name for m in models]
+    start, end = 0, len(models)
+    if query.get("after_id"):
+        start = ids.index(query["after_id"]) + 1 if query["after_id"] in ids else len(models)
+    if query.get("before_id"):
+        end = ids.index(query["before_id"]) if query["before_id"] in ids else 0
+        start = max(start, end - limit)
+    page = models[start:min(end, start + limit)]
+    data = [anthropic_model(m) for m in page]
+    more = start + len(page) < end if not query.get("before_id") else start > 0
+    return {"data": data, "has_more": more, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None}
 
 
 def add_routes(app: web.Application) -> None:

@@ -15,9 +15,9 @@ from mlxserve.services.common.errors import NotFound
 from mlxserve.v1 import store_pb2, worker_pb2
 from mlxserve.v1.frames import TokenLogprob, ToolCall
 
-from . import state
+from . import models_api, state
 from .request_types import ChatCompletionRequest, CompletionRequest, ContentPart, OpenAIMessage, OpenAIToolCall, ResponseFormat
-from .responses import dumps, openai_error_body, sse_event, stream_chunks
+from .responses import ANTHROPIC, dialect_of, dumps, openai_error_body, sse_event, stream_chunks
 from .sampling import openai_sampling
 from .streams import Generation, GenerationRequest
 from .tools import MODES, ToolPlan, chat_choice, chat_tools, function_tool, tool_call
@@ -384,9 +384,11 @@ async def _list(request: web.Request) -> list[store_pb2.ModelSummary]:
 
 
 async def models(request: web.Request) -> web.Response:
-    """GET /v1/models"""
-    return web.json_response({"object": "list", "data": [_model_entry(m.name, m.modified_at) for m in await _list(request)]},
-                             dumps=dumps)
+    """GET /v1/models (in Anthropic's list shape when asked with an anthropic-version header)."""
+    listed = await _list(request)
+    if dialect_of(request.path, request.headers) == ANTHROPIC:
+        return web.json_response(models_api.anthropic_model_page(listed, request.query), dumps=dumps)
+    return web.json_response({"object": "list", "data": [_model_entry(m.name, m.modified_at) for m in listed]}, dumps=dumps)
 
 
 async def model(request: web.Request) -> web.Response:
@@ -394,6 +396,8 @@ async def model(request: web.Request) -> web.Response:
     wanted = request.match_info["model"].lower()
     for m in await _list(request):
         if m.name.lower() in (wanted, f"{wanted}:latest"):
+            if dialect_of(request.path, request.headers) == ANTHROPIC:
+                return web.json_response(models_api.anthropic_model(m), dumps=dumps)
             return web.json_response(_model_entry(m.name, m.modified_at), dumps=dumps)
     raise NotFound(f"model '{request.match_info['model']}' not found")
 

@@ -40,6 +40,8 @@ REQUEST_EXAMPLES: dict[str, list[Schema]] = {
     "ChatCompletionRequest": [{"model": TINY_MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}],
     "CompletionRequest": [{"model": TINY_MODEL, "prompt": "Hi", "max_tokens": 4}],
     "ResponsesRequest": [{"model": TINY_MODEL, "input": "Hi", "max_output_tokens": 4}],
+    "MessagesRequest": [{"model": TINY_MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}],
+    "CountTokensRequest": [{"model": TINY_MODEL, "messages": [{"role": "user", "content": "Hi"}]}],
     "Options": [{"num_predict": 4, "temperature": 0}],
 }
 
@@ -132,6 +134,30 @@ def _response_schemas() -> dict[str, Schema]:
         "Response": {"type": "object", "required": ["id", "object", "model", "output", "status"], "properties": {
             "id": STR, "object": {"const": "response"}, "model": STR, "status": STR, "created_at": INT,
             "output": {"type": "array"}, "output_text": STR, "usage": {"type": ["object", "null"]}}},
+        "AnthropicError": {"type": "object", "required": ["type", "error"], "description": "Every error of /v1/messages*; "
+                           "mid-stream, an `event: error` with this data.", "properties": {
+            "type": {"const": "error"}, "error": {"type": "object", "required": ["type", "message"], "properties": {
+                "type": STR, "message": STR}}}},
+        "AnthropicUsage": {"type": "object", "required": ["input_tokens", "output_tokens"], "properties": {
+            "input_tokens": {**INT, "description": "Prompt tokens neither read from nor written to the cache."},
+            "cache_read_input_tokens": {**INT, "description": "Prompt tokens taken from the prefix cache."},
+            "cache_creation_input_tokens": {**INT, "description": "Prompt tokens evaluated and cached, when the request "
+                                            "marked blocks with cache_control (0 otherwise)."},
+            "output_tokens": INT}},
+        "AnthropicMessageResponse": {"type": "object", "required": ["id", "type", "role", "model", "content", "stop_reason",
+                                                                    "stop_sequence", "usage"], "properties": {
+            "id": STR, "type": {"const": "message"}, "role": {"const": "assistant"}, "model": STR,
+            "content": {"type": "array", "items": {"type": "object", "required": ["type"], "properties": {
+                "type": {"type": "string", "enum": ["text", "thinking", "tool_use"]}, "text": STR, "thinking": STR,
+                "signature": STR, "id": STR, "name": STR, "input": {"type": "object"}}}},
+            "stop_reason": {"type": "string", "enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use"]},
+            "stop_sequence": {"type": ["string", "null"]}, "usage": _ref("AnthropicUsage")}},
+        "AnthropicTokenCount": {"type": "object", "required": ["input_tokens"], "properties": {"input_tokens": INT}},
+        "AnthropicModel": {"type": "object", "required": ["type", "id", "display_name", "created_at"], "properties": {
+            "type": {"const": "model"}, "id": STR, "display_name": STR, "created_at": STR}},
+        "AnthropicModelPage": {"type": "object", "required": ["data", "has_more", "first_id", "last_id"], "properties": {
+            "data": {"type": "array", "items": _ref("AnthropicModel")}, "has_more": BOOL,
+            "first_id": {"type": ["string", "null"]}, "last_id": {"type": ["string", "null"]}}},
     }
 
 
@@ -151,9 +177,15 @@ def _json(schema_name: str) -> dict[str, Any]:
     return {"application/json": {"schema": _ref(schema_name)}}
 
 
+_ERROR_SCHEMAS = {"openai": "OpenAIError", "anthropic": "AnthropicError", "native": "NativeError"}
+
+
+def _dialect(path: str) -> str:
+    return "anthropic" if path.startswith("/v1/messages") else "openai" if path.startswith("/v1/") else "native"
+
+
 def _error(dialect: str, description: str, *, retry: bool = False) -> dict[str, Any]:
-    out: dict[str, Any] = {"description": description,
-                           "content": _json("OpenAIError" if dialect == "openai" else "NativeError")}
+    out: dict[str, Any] = {"description": description, "content": _json(_ERROR_SCHEMAS[dialect])}
     if retry:
         out["headers"] = {"Retry-After": {"description": "Seconds to wait before trying again.", "schema": {"type": "string"}}}
     return out
@@ -163,8 +195,11 @@ def _errors(dialect: str, *codes: int) -> dict[str, Any]:
     text = {400: "Invalid or unsupported request field (named in the message).", 404: "Unknown model.",
             409: "The destination already exists.", 413: "Request body too large.",
             503: "A service is not reachable, or the model's queue is full (Retry-After says when to retry).",
-            504: "The request took longer than the server's request timeout."}
-    return {str(c): _error(dialect, text[c], retry=c == 503) for c in codes}
+            504: "The request took longer than the server's request timeout.",
+            529: "The model's queue is full (Anthropic's overloaded_error; Retry-After says when to retry)."}
+    if dialect == "anthropic":
+        text[503] = "A service or the model's worker is not reachable."
+    return {str(c): _error(dialect, text[c], retry=c in (503, 529)) for c in codes}
 
 
 def _body(schema_name: str) -> dict[str, Any]:
@@ -256,12 +291,30 @@ def build_document() -> dict[str, Any]:
                                                 "Completion", SSE, "openai", "openai")},
         "/v1/responses": {"post": _generation("createResponse", "OpenAI Responses API (not stateful).", "ResponsesRequest",
                                               "Response", SSE, "openai", "openai")},
-        "/v1/models": {"get": _op("listModels", "The models in the store.", "openai",
-                                  {"200": {"description": "Models.", "content": _json("ModelPage")}, **_errors("openai", 503, 504)})},
+        "/v1/messages": {"post": _op("createMessage", "Anthropic Messages API (Claude Code and other Anthropic clients); "
+                                     "`?beta=true`, `anthropic-version` and `anthropic-beta` are accepted.", "anthropic",
+                                     body="MessagesRequest", responses={
+            "200": {"description": "The message, or (with `stream`) Anthropic's typed events (`event: <type>` + `data:`), "
+                                   "with `ping` events while the prompt prefills; an error after the first event is an "
+                                   "`event: error`.", "headers": IGNORED_HEADER_DOC,
+                    "content": {JSON: {"schema": _ref("AnthropicMessageResponse")},
+                                SSE: {"schema": {"description": "message_start, content_block_start/delta/stop, ping, "
+                                                                "message_delta, message_stop."}}}},
+            **_errors("anthropic", 400, 404, 413, 503, 504, 529)})},
+        "/v1/messages/count_tokens": {"post": _op("countMessageTokens", "The prompt tokens a /v1/messages body would make.",
+                                                  "anthropic", body="CountTokensRequest", responses={
+            "200": {"description": "The count.", "headers": IGNORED_HEADER_DOC, "content": _json("AnthropicTokenCount")},
+            **_errors("anthropic", 400, 404, 413, 503, 504)})},
+        "/v1/models": {"get": _op("listModels", "The models in the store (in Anthropic's list shape, paged by `limit`, "
+                                  "`after_id` and `before_id`, when the request has an `anthropic-version` header).", "openai",
+                                  {"200": {"description": "Models.", "content": _json_inline(
+                                      {"oneOf": [_ref("ModelPage"), _ref("AnthropicModelPage")]})},
+                                   **_errors("openai", 503, 504)})},
         "/v1/models/{model}": {
             "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string", "examples": [TINY_MODEL]}}],
-            "get": _op("retrieveModel", "One model.", "openai", {"200": {"description": "The model.", "content": _json("Model")},
-                                                               **_errors("openai", 404, 503, 504)})},
+            "get": _op("retrieveModel", "One model (Anthropic's shape with an `anthropic-version` header).", "openai",
+                       {"200": {"description": "The model.", "content": _json_inline({"oneOf": [_ref("Model"), _ref("AnthropicModel")]})},
+                        **_errors("openai", 404, 503, 504)})},
         "/v1/embeddings": {"post": _op("createEmbedding", "OpenAI embeddings.", "openai",
                                        {"200": {"description": "Embeddings.", "headers": IGNORED_HEADER_DOC,
                                                 "content": _json("Embeddings")},
@@ -275,16 +328,18 @@ def build_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "mlxserve", "version": __version__,
-                 "description": "Ollama's native API (/api/*) and the OpenAI API (/v1/*) over local MLX models."},
+                 "description": "Ollama's native API (/api/*), the OpenAI API (/v1/*) and Anthropic's Messages API "
+                                "(/v1/messages) over local MLX models."},
         "servers": [{"url": "/"}],
-        "tags": [{"name": "native"}, {"name": "models"}, {"name": "openai"}, {"name": "operations"}],
+        "tags": [{"name": "native"}, {"name": "models"}, {"name": "openai"}, {"name": "anthropic"}, {"name": "operations"}],
         # Optional: only a server started with an API key asks for one (every route but the liveness ones).
         "security": [{}, {"bearerAuth": []}],
         "paths": paths,
         "components": {
             "schemas": _schemas(),
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
-                                               "description": "Required only when the server is started with an API key."}},
+                                               "description": "Required only when the server is started with an API key "
+                                                              "(which `x-api-key: <key>` carries too)."}},
         },
     }
 
@@ -295,7 +350,7 @@ PUBLIC_OPERATIONS = {("get", "/"), ("head", "/"), ("get", "/api/health")}  # ans
 def _add_guard_errors(paths: dict[str, Any]) -> None:
     """The answers of the guards in security.py, which stand before every route: 401, 403 and 408."""
     for path, item in paths.items():
-        dialect = "openai" if path.startswith("/v1/") else "native"
+        dialect = _dialect(path)
         for method, op in item.items():
             if method == "parameters":
                 continue
@@ -303,7 +358,8 @@ def _add_guard_errors(paths: dict[str, Any]) -> None:
             plain = method == "head"  # HEAD answers carry no body
             if (method, path) not in PUBLIC_OPERATIONS:
                 responses["401"] = _empty("API key missing or wrong.") if plain else _error(
-                    dialect, "The server has an API key and the request did not send it as 'Authorization: Bearer <key>'.")
+                    dialect, "The server has an API key and the request did not send it as 'Authorization: Bearer <key>' "
+                             "(or 'x-api-key: <key>').")
             responses["403"] = _empty("Refused Host or Origin.") if plain else _error(
                 dialect, "The Host header (DNS-rebinding guard) or the Origin (CORS allow-list) is not allowed.")
             if "requestBody" in op:

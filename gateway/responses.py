@@ -1,7 +1,8 @@
-"""Rendering shared by both dialects: error bodies, NDJSON lines, SSE events, timestamps.
+"""Rendering shared by the dialects: error bodies, NDJSON lines, SSE events, timestamps.
 
 Errors are rendered once from the taxonomy in services/common/errors.py: the HTTP status and the
-OpenAI error type come from the exception class; only the body shape depends on the dialect.
+OpenAI error type come from the exception class; only the body shape depends on the dialect
+(native, OpenAI, or Anthropic's Messages API, whose full queue is its own 529 "overloaded").
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Mapping
 
 from aiohttp import web
 
@@ -24,10 +25,25 @@ STREAM_COMPLETED = web.RequestKey("stream_completed", int)
 
 NATIVE = "native"
 OPENAI = "openai"
+ANTHROPIC = "anthropic"
+
+ANTHROPIC_VERSION_HEADER = "anthropic-version"  # every Anthropic SDK request carries it
+ANTHROPIC_OVERLOADED = 529  # Anthropic's status for "try again later" (a full queue here)
+_ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                          404: "not_found_error", 408: "timeout_error", 413: "request_too_large", 429: "rate_limit_error",
+                          504: "timeout_error", ANTHROPIC_OVERLOADED: "overloaded_error"}
 
 
-def dialect_of(path: str) -> str:
-    return OPENAI if path.startswith("/v1/") or path == "/v1" else NATIVE
+def dialect_of(path: str, headers: Mapping[str, str] | None = None) -> str:
+    """The API a request speaks, by its path: /v1/messages* is Anthropic's, and so is /v1/models* when asked
+    with an `anthropic-version` header; the rest of /v1/* is OpenAI's, everything else native."""
+    if path.startswith("/v1/messages"):
+        return ANTHROPIC
+    if path.startswith("/v1/") or path == "/v1":
+        if headers is not None and ANTHROPIC_VERSION_HEADER in headers and path.startswith("/v1/models"):
+            return ANTHROPIC
+        return OPENAI
+    return NATIVE
 
 
 def dumps(obj: Any) -> str:
@@ -49,13 +65,28 @@ def openai_error_body(err: MlxServeError) -> dict[str, Any]:
     return {"error": {"message": err.message, "type": err.openai_type, "param": getattr(err, "param", None), "code": code}}
 
 
+def anthropic_status(err: MlxServeError) -> int:
+    return ANTHROPIC_OVERLOADED if isinstance(err, Busy) else err.http_status
+
+
+def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
+    """Anthropic's error object: {"type": "error", "error": {"type", "message"}}, the type by status."""
+    kind = _ANTHROPIC_ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
 def error_response(err: MlxServeError, dialect: str) -> web.Response:
     """The HTTP response for an error raised before any output was sent."""
-    body = openai_error_body(err) if dialect == OPENAI else native_error_body(err.message)
+    status = err.http_status
+    if dialect == ANTHROPIC:
+        status = anthropic_status(err)
+        body = anthropic_error_body(status, err.message)
+    else:
+        body = openai_error_body(err) if dialect == OPENAI else native_error_body(err.message)
     headers = {}
     if isinstance(err, Busy) or (err.retry_after is not None and err.http_status in (429, 503)):
         headers["Retry-After"] = str(max(1, math.ceil(err.retry_after or 1)))
-    return web.Response(status=err.http_status, text=dumps(body), content_type="application/json", headers=headers)
+    return web.Response(status=status, text=dumps(body), content_type="application/json", headers=headers)
 
 
 def http_error_response(status: int, message: str, dialect: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -63,6 +94,8 @@ def http_error_response(status: int, message: str, dialect: str, headers: dict[s
     if dialect == OPENAI:
         kind = "invalid_request_error" if status < 500 else "server_error"
         body: dict[str, Any] = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    elif dialect == ANTHROPIC:
+        body = anthropic_error_body(status, message)
     else:
         body = native_error_body(message)
     return web.Response(status=status, text=dumps(body), content_type="application/json", headers=headers)

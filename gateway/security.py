@@ -1,7 +1,8 @@
 """Safe by default: who may call the gateway, from which pages, and how long a request may take to arrive.
 
 - Listening beyond loopback needs an API key, unless explicitly waived (`check_exposure`).
-- With a key set, every request but the liveness probes carries `Authorization: Bearer <key>`.
+- With a key set, every request but the liveness probes carries `Authorization: Bearer <key>` (or
+  `x-api-key: <key>`, as Anthropic's clients send it).
 - While bound to loopback, the Host header must name this machine: a page whose DNS name was
   rebound to 127.0.0.1 sends its own name and is refused (DNS rebinding).
 - Browsers may call from allowed origins only (CORS); a request from any other origin is refused,
@@ -39,7 +40,9 @@ PUBLIC_ROUTES = {("GET", "/"), ("HEAD", "/"), ("GET", "/api/health"), ("HEAD", "
 STREAMED_BODY_ROUTES = {"/api/blobs/{digest}"}
 
 CORS_METHODS = "GET, POST, PUT, DELETE, HEAD, OPTIONS"
-CORS_HEADERS = ("Authorization", "Content-Type", "Accept", "User-Agent", "X-Requested-With", "X-Request-Id")
+CORS_HEADERS = ("Authorization", "Content-Type", "Accept", "User-Agent", "X-Requested-With", "X-Request-Id",
+                "X-Api-Key", "Anthropic-Version", "Anthropic-Beta", "Anthropic-Dangerous-Direct-Browser-Access")
+API_KEY_HEADER = "x-api-key"  # Anthropic's way to send the key
 CORS_EXPOSE = "X-Request-Id, Retry-After, X-Mlxserve-Ignored"
 CORS_MAX_AGE_S = 600
 
@@ -123,8 +126,12 @@ def _split_host(value: str) -> tuple[str, str]:
 
 def _bearer_matches(header: str, key: str) -> bool:
     scheme, _, token = header.strip().partition(" ")
+    return scheme.lower() == "bearer" and _key_matches(token, key)
+
+
+def _key_matches(given: str, key: str) -> bool:
     # compare_digest: the time taken must not tell an attacker how much of the key was right.
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
+    return hmac.compare_digest(given.strip().encode(), key.encode())
 
 
 def _same_origin(request: web.Request, origin: str) -> bool:
@@ -168,12 +175,15 @@ def middlewares(settings: Settings) -> list[Handler]:
         if not settings.api_key or (request.method, request.path) in PUBLIC_ROUTES:
             return await handler(request)
         given = request.headers.get(hdrs.AUTHORIZATION)
-        if given is not None and _bearer_matches(given, settings.api_key):
+        api_key = request.headers.get(API_KEY_HEADER)
+        if (given is not None and _bearer_matches(given, settings.api_key)) or (
+                api_key is not None and _key_matches(api_key, settings.api_key)):
             return await handler(request)
-        message = ("this server requires an API key: send it as 'Authorization: Bearer <key>'" if given is None
-                   else "the API key is not valid")
-        log.warning("unauthenticated", path=request.path, key_given=given is not None)
-        resp = error_response(Unauthenticated(message), dialect_of(request.path))
+        sent = given is not None or api_key is not None
+        message = ("this server requires an API key: send it as 'Authorization: Bearer <key>' (or 'x-api-key: <key>')"
+                   if not sent else "the API key is not valid")
+        log.warning("unauthenticated", path=request.path, key_given=sent)
+        resp = error_response(Unauthenticated(message), dialect_of(request.path, request.headers))
         resp.headers[hdrs.WWW_AUTHENTICATE] = 'Bearer realm="mlxserve"'
         return resp
 
@@ -188,7 +198,7 @@ def middlewares(settings: Settings) -> list[Handler]:
             except TimeoutError:
                 log.warning("body_timeout", path=request.path, seconds=settings.body_timeout)
                 resp = http_error_response(408, f"the request body did not arrive within {settings.body_timeout:g} s",
-                                           dialect_of(request.path))
+                                           dialect_of(request.path, request.headers))
                 resp.force_close()  # the rest of the body may never come
                 return resp
         return await handler(request)

@@ -158,6 +158,7 @@ class GenerationRequest:
     logprobs: bool = False
     top_logprobs: int = 0
     truncate: bool | None = None
+    thinking_budget: int | None = None    # Anthropic's thinking.budget_tokens: at most this much reasoning
     legacy_function_call: bool = False    # OpenAI's legacy `functions`: answer with `function_call`
     echo: bool = False                    # OpenAI completions' `echo`: the answer starts with the prompt
     ignored: list[str] = field(default_factory=list)
@@ -245,22 +246,32 @@ class Generation:
     def total_duration_ns(self) -> int:
         return time.monotonic_ns() - self.started_ns
 
-    async def events(self) -> AsyncIterator[TokenEvent]:
-        """Frames with text, ending with the `done` one; raises MlxServeError if the request fails."""
+    async def events(self, *, idle_every: float | None = None) -> AsyncIterator[TokenEvent | None]:
+        """Frames with text, ending with the `done` one; raises MlxServeError if the request fails.
+
+        With `idle_every`, a None comes whenever that many seconds passed without a frame (a long
+        prompt prefilling): the caller's cue for a keep-alive (Anthropic's `ping` event).
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.core.settings.request_timeout
         queue = self.stream.queue
+        last_yield = loop.time()
         while True:
             # Checked before every frame too: a model that never stops talking is bounded as well.
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise Timeout(f"the request ran past {self.core.settings.request_timeout:g} s")
+            wait = min(PING_AFTER_S, remaining, idle_every) if idle_every else min(PING_AFTER_S, remaining)
             try:
-                event = await asyncio.wait_for(queue.get(), timeout=min(PING_AFTER_S, remaining))
+                event = await asyncio.wait_for(queue.get(), timeout=wait)
             except asyncio.TimeoutError:
                 if loop.time() < deadline:
                     await self._check_worker()
+                if idle_every and loop.time() - last_yield >= idle_every:
+                    last_yield = loop.time()
+                    yield None
                 continue
+            last_yield = loop.time()
             if self.stream.overflowed:
                 raise Unavailable("the client did not read the response fast enough")
             if self.first_output_ns is None and (event.token_ids or event.text or event.done):
@@ -297,6 +308,7 @@ class Generation:
         """All the output at once (non-streaming responses)."""
         out = Collected()
         async for event in self.events():
+            assert event is not None  # only asked-for idle beats are None
             out.text.append(event.text)
             out.thinking.append(event.thinking)
             out.tool_calls.extend(event.tool_calls)
@@ -353,7 +365,7 @@ class Generation:
 
 
 class GenerationCore:
-    """acquire → submit → relay → release, shared by the native and OpenAI handlers."""
+    """acquire → submit → relay → release, shared by the native, OpenAI and Anthropic handlers."""
 
     def __init__(self, settings: Settings, backends: Backends, router: TokenRouter, metrics: GatewayMetrics | None = None) -> None:
         self.settings = settings
@@ -452,17 +464,7 @@ class GenerationCore:
         submit_id = f"{req.request_id}.{secrets.token_hex(4)}"
         stream = self.router.register(submit_id)
         gen = Generation(self, req, submit_id, lease, stream, started, in_flight)
-        submit = worker_pb2.SubmitRequest(
-            request_id=submit_id, reply_to=self.router.address, options=req.options, is_chat=req.is_chat,
-            prompt=req.prompt, system=req.system, raw=req.raw, messages=req.messages or [],
-            format=req.format, tools=req.tools, tool_choice=req.tool_choice, logprobs=req.logprobs,
-            top_logprobs=req.top_logprobs, chat_template_kwargs_json=req.chat_template_kwargs_json,
-            context=req.context, want_prompt_tokens=req.want_context,
-        )
-        if req.think is not None:
-            submit.think = req.think
-        if req.truncate is not None:
-            submit.truncate = req.truncate
+        submit = submit_request(req, submit_id, self.router.address)
         if logs.debug_enabled():
             log.debug("submit", model=gen.model, submit_id=submit_id, worker=lease.worker_address, is_chat=req.is_chat,
                       messages=len(req.messages or []), prompt_chars=len(req.prompt), options=MessageToDict(req.options),
@@ -485,6 +487,21 @@ class GenerationCore:
         gen.prompt_token_ids = list(resp.prompt_token_ids)
         return gen
 
+    async def count_tokens(self, req: GenerationRequest) -> int:
+        """The prompt tokens `req` would make on its model's worker (templated and tokenized as a Submit is);
+        loads the model if needed, generates nothing."""
+        lease = await self.acquire(req.model, req.request_id, req.keep_alive_s)
+        submit = submit_request(req, f"{req.request_id}.{secrets.token_hex(4)}", "")
+        try:
+            resp = await rpc.call("worker", self.backends.worker(lease.worker_address).CountTokens, submit,
+                                  timeout=30.0, request_id=req.request_id)
+        except Unavailable as e:
+            self.backends.forget_worker(lease.worker_address)
+            raise Unavailable(f"the worker for model '{lease.model or req.model}' is not answering: {e.message}") from None
+        finally:
+            await asyncio.shield(self.release(lease.lease_id, req.keep_alive_s, req.request_id))
+        return resp.prompt_tokens
+
     async def embed(self, model: str, request_id: str, keep_alive_s: float | None, inputs: list[str], *,
                     token_inputs: list[list[int]] | None = None, truncate: bool | None = None, dimensions: int = 0,
                     num_ctx: int | None = None) -> tuple[worker_pb2.EmbedResponse, supervisor_pb2.AcquireResponse]:
@@ -505,3 +522,21 @@ class GenerationCore:
         finally:
             await asyncio.shield(self.release(lease.lease_id, keep_alive_s, request_id))
         return resp, lease
+
+
+def submit_request(req: GenerationRequest, submit_id: str, reply_to: str) -> worker_pb2.SubmitRequest:
+    """The worker's SubmitRequest for `req` (CountTokens takes the same message)."""
+    submit = worker_pb2.SubmitRequest(
+        request_id=submit_id, reply_to=reply_to, options=req.options, is_chat=req.is_chat,
+        prompt=req.prompt, system=req.system, raw=req.raw, messages=req.messages or [],
+        format=req.format, tools=req.tools, tool_choice=req.tool_choice, logprobs=req.logprobs,
+        top_logprobs=req.top_logprobs, chat_template_kwargs_json=req.chat_template_kwargs_json,
+        context=req.context, want_prompt_tokens=req.want_context,
+    )
+    if req.think is not None:
+        submit.think = req.think
+    if req.truncate is not None:
+        submit.truncate = req.truncate
+    if req.thinking_budget is not None:
+        submit.thinking_budget = req.thinking_budget
+    return submit

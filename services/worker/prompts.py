@@ -93,6 +93,7 @@ class GenerationRequest:
     chat_template_kwargs: Mapping[str, Any] = field(default_factory=dict)  # extra template variables
     context: tuple[int, ...] = ()   # token ids the prompt continues (Ollama's /api/generate context)
     want_prompt_tokens: bool = False  # Submit answers with the prompt's token ids
+    thinking_budget: int | None = None  # at most this many reasoning tokens, then the think block is closed
 
     def validate(self) -> None:
         if not self.request_id:
@@ -121,6 +122,8 @@ class GenerationRequest:
             raise InvalidArgument(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {self.top_logprobs}")
         if self.top_logprobs and not self.logprobs:
             raise InvalidArgument("top_logprobs needs logprobs to be enabled")
+        if self.thinking_budget is not None and self.thinking_budget < 0:
+            raise InvalidArgument(f"thinking_budget must be >= 0, got {self.thinking_budget}")
         self._validate_tools()
         self._validate_template_kwargs()
         self.options.validate()
@@ -231,6 +234,30 @@ def fit_prompt(tokenizer: Any, request: GenerationRequest, context: int) -> tupl
     return best
 
 
+def system_prefix_length(tokenizer: Any, request: GenerationRequest, tokens: list[int]) -> int:
+    """How many leading `tokens` of a chat prompt are its leading system messages and tools: what every
+    turn and every new session of an agent shares. 0 when there is no such prefix (no leading system
+    message, a raw prompt, or an Ollama `context`)."""
+    if not request.is_chat or request.raw or request.context or not request.messages:
+        return 0
+    leading = 0
+    while leading < len(request.messages) and request.messages[leading].role == "system":
+        leading += 1
+    if leading == 0 or leading == len(request.messages):
+        return 0
+    probe = dataclasses.replace(request, messages=(*request.messages[:leading], ChatMessage("user", "")))
+    try:
+        head = tokenizer.encode(render_prompt(tokenizer, probe), add_special_tokens=False)
+    except Exception:  # noqa: BLE001 - the real prompt rendered; a probe that does not only loses a checkpoint
+        return 0
+    n = 0
+    for a, b in zip(head, tokens):
+        if a != b:
+            break
+        n += 1
+    return n if n < len(tokens) else 0
+
+
 def render_prompt(tokenizer: Any, request: GenerationRequest) -> str:
     """The text the model's chat template makes of a (non-raw) request, generation prompt included."""
     if request.raw:
@@ -245,10 +272,50 @@ def render_prompt(tokenizer: Any, request: GenerationRequest) -> str:
     # Tools and think; Unsupported if the template lacks them. The request's own variables win.
     kwargs = {k: v for k, v in request.chat_template_kwargs.items() if k not in _REQUEST_VARIABLES}
     kwargs.update(template_kwargs(request, tokenizer))
+    if any(m["role"] == "system" for m in messages[1:]) and not takes_mid_conversation_system(tokenizer):
+        messages = fold_system_turns(messages)
     try:
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **kwargs)
     except Exception as e:  # noqa: BLE001 - jinja raises its own types; the user needs the message
         raise InvalidArgument(f"the model's chat template rejected these messages: {e}") from e
+
+
+_MID_SYSTEM: dict[str, bool] = {}  # template text → whether it renders a system message after the first turn
+_PROBE = "mlxserve-mid-conversation-system-probe"
+
+
+def takes_mid_conversation_system(tokenizer: Any) -> bool:
+    """Whether the model's template renders a system message between turns (ChatML, Llama 3 and Qwen do;
+    Gemma's and Mistral's insist on user/assistant alternation). Decided once per template, by the
+    template alone, so that every turn of a conversation renders its earlier turns the same way."""
+    template = template_text(tokenizer)
+    if template not in _MID_SYSTEM:
+        probe = [{"role": "user", "content": "u"}, {"role": "system", "content": _PROBE},
+                 {"role": "assistant", "content": "a"}, {"role": "user", "content": "u"}]
+        try:
+            text = tokenizer.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
+            _MID_SYSTEM[template] = isinstance(text, str) and _PROBE in text
+        except Exception:  # noqa: BLE001 - any refusal means no
+            _MID_SYSTEM[template] = False
+    return _MID_SYSTEM[template]
+
+
+def fold_system_turns(messages: list[dict]) -> list[dict]:
+    """System messages after the first turn, for a template that cannot render them there: joined to
+    the system message before them when only system messages came first, else to the user turn
+    they follow (Anthropic places them after one), else made a user turn of their own."""
+    out: list[dict] = []
+    for m in messages:
+        if m["role"] != "system" or not out:
+            out.append(m)
+            continue
+        prev = out[-1]
+        if prev["role"] in ("system", "user") and isinstance(prev.get("content"), str) and not prev.get("tool_calls"):
+            joined = f"{prev['content']}\n\n{m['content']}" if prev["content"] else m["content"]
+            out[-1] = {**prev, "content": joined}
+        else:
+            out.append({"role": "user", "content": m["content"]})
+    return out
 
 
 # -- template inputs ----------------------------------------------------------------------------

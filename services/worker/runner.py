@@ -31,9 +31,10 @@ from .defaults import load_defaults
 from .logprobs import TokenTexts, token_logprob
 from .prefix_cache import PrefixCache
 from .outputs import OutputParser
-from .prompts import GenerationRequest, check_token_ids, fit_prompt, request_tools
+from .prompts import GenerationRequest, check_token_ids, encode_prompt, fit_prompt, request_tools
 from .sampling import LogitsProcessor, make_logits_processors, make_sampler
 from .stops import StopStringFilter
+from .thinking import thinking_budget
 
 MAX_PREFILL_BATCH = 8  # prompts prefilled together in one step (mlx_lm.server's default prompt concurrency)
 
@@ -164,12 +165,7 @@ class ModelRunner:
         Raises InvalidArgument (bad request, prompt longer than the context), Unsupported (no
         chat template), Busy (the bounded queue is full), Unavailable (shutting down).
         """
-        request.validate()
-        # A plain prompt to a model without a template (a base model) is completed as it is.
-        templated = getattr(self.tokenizer, "has_chat_template", False) or not request.plain_prompt
-        request = self.defaults.apply(request, templated=templated)
-        request.options.check_vocabulary(self.vocab_size)
-        check_token_ids(request.context, self.token_id_limit, "context")
+        request = self._prepared(request)
         context = request.options.num_ctx or self.context_length
         tokens, truncated = fit_prompt(self.tokenizer, request, context)
         if not tokens:
@@ -192,6 +188,21 @@ class ModelRunner:
         self._wakeup.set()
         return SubmitResult(prompt_tokens=len(tokens), queue_position=max(0, ahead - self.num_parallel + 1),
                             prompt_token_ids=tuple(tokens) if request.want_prompt_tokens else ())
+
+    def count(self, request: GenerationRequest) -> int:
+        """How many tokens `request`'s prompt is, templated and tokenized as `submit` does (before any
+        truncation to the context); nothing is queued. Raises what `submit` raises for a bad request."""
+        return len(encode_prompt(self.tokenizer, self._prepared(request)))
+
+    def _prepared(self, request: GenerationRequest) -> GenerationRequest:
+        """`request` validated, with the model's defaults filled in: what `submit` and `count` template."""
+        request.validate()
+        # A plain prompt to a model without a template (a base model) is completed as it is.
+        templated = getattr(self.tokenizer, "has_chat_template", False) or not request.plain_prompt
+        request = self.defaults.apply(request, templated=templated)
+        request.options.check_vocabulary(self.vocab_size)
+        check_token_ids(request.context, self.token_id_limit, "context")
+        return request
 
     def cancel(self, request_id: str) -> bool:
         """Ask the engine to end `request_id` (final frame: done_reason "cancel"). False if unknown."""
@@ -381,8 +392,11 @@ class ModelRunner:
         return None
 
     def _logits_processors(self, pending: _Pending) -> list[LogitsProcessor]:
-        """This request's own processors: penalties and biases, then its output constraint."""
+        """This request's own processors: penalties and biases, its thinking budget, then its output constraint."""
         processors = make_logits_processors(pending.request.options, self.context_length)
+        budget = thinking_budget(self.tokenizer, pending.request.thinking_budget, pending.tokens)
+        if budget is not None:
+            processors.append(budget)
         if pending.constraint is not None:
             # Last, so that no bias can lift a token the constraint has ruled out.
             processors.append(pending.constraint)
@@ -408,7 +422,9 @@ class ModelRunner:
         if hit_stop:
             if finish_reason is None:
                 self._store_removed(self._generator.remove([active.uid], return_prompt_caches=True))
-            return self._finish(active, "stop", text=text, token_ids=token_ids)
+            event = self._finish(active, "stop", text=text, token_ids=token_ids)
+            event.stop_sequence = active.stops.matched
+            return event
         if finish_reason is not None:
             return self._finish(active, finish_reason, text=text + active.stops.flush(), token_ids=token_ids)
         return TokenEvent(request_id=active.request_id, text=text, token_ids=token_ids)

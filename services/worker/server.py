@@ -105,6 +105,7 @@ def request_from_proto(req: worker_pb2.SubmitRequest) -> GenerationRequest:
         chat_template_kwargs=kwargs,
         context=tuple(req.context),
         want_prompt_tokens=req.want_prompt_tokens,
+        thinking_budget=req.thinking_budget if req.HasField("thinking_budget") else None,
     )
 
 
@@ -169,6 +170,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                       context=len(gen.context), template_kwargs=sorted(gen.chat_template_kwargs))
         return worker_pb2.SubmitResponse(prompt_tokens=result.prompt_tokens, queue_position=result.queue_position,
                                          prompt_token_ids=result.prompt_token_ids)
+
+    @rpc_method
+    def CountTokens(self, request: worker_pb2.SubmitRequest, context: Any) -> worker_pb2.CountTokensResponse:
+        """The prompt `request` would make, counted as Submit templates and tokenizes it; nothing is queued."""
+        if not isinstance(self.runner, ModelRunner):
+            raise Unsupported(f"model '{self.model_name}' is an embedding model: it has no prompts to count")
+        gen = request_from_proto(request)
+        count = self.runner.count(gen)
+        log.info("tokens_counted", **logs.submit_fields(gen.request_id), prompt_tokens=count)
+        return worker_pb2.CountTokensResponse(prompt_tokens=count)
 
     @rpc_method
     def Embed(self, request: worker_pb2.EmbedRequest, context: Any) -> worker_pb2.EmbedResponse:

@@ -36,6 +36,7 @@ MODEL_FIELDS = {
     "/api/generate": "model", "/api/chat": "model", "/v1/chat/completions": "model", "/v1/completions": "model",
     "/v1/responses": "model", "/api/embed": "model", "/api/embeddings": "model", "/v1/embeddings": "model",
     "/api/show": "model", "/api/copy": "source", "/api/create": "from",
+    "/v1/messages": "model", "/v1/messages/count_tokens": "model",
 }
 
 

@@ -72,7 +72,7 @@ def test_every_operation_documents_its_error_shape_in_its_dialect():
                 if int(status) < 400 or "content" not in resp:
                     continue
                 ref = resp["content"]["application/json"]["schema"].get("$ref", "")
-                want = "OpenAIError" if path.startswith("/v1/") else (
+                want = "AnthropicError" if path.startswith("/v1/messages") else "OpenAIError" if path.startswith("/v1/") else (
                     "Health" if (path, status) == ("/api/health", "503") else "NativeError")
                 assert ref.endswith(want), f"{method.upper()} {path} {status} uses {ref}"
 

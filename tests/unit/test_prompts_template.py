@@ -86,3 +86,44 @@ def test_bad_chat_template_kwargs_are_invalid_arguments(kwargs_json: str, compla
 def test_raw_prompts_take_no_template_variables() -> None:
     with pytest.raises(InvalidArgument, match="raw"):
         GenerationRequest("r", prompt="hi", raw=True, chat_template_kwargs={"style": "x"}).validate()
+
+
+# Gemma's rule: after an optional leading system message, turns alternate user/assistant.
+ALTERNATING = (
+    "{% if messages[0].role == 'system' %}{% set first = messages[0].content + '\\n\\n' %}{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set first = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for m in loop_messages %}{% if (m.role == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "<turn>{{ m.role }}\n{% if loop.first %}{{ first }}{% endif %}{{ m.content }}<end>\n{% endfor %}"
+    "{% if add_generation_prompt %}<turn>assistant\n{% endif %}"
+)
+
+
+def test_a_mid_conversation_system_message_stays_in_place_where_the_template_renders_it(tokenizer) -> None:
+    prompt = render_prompt(tokenizer, chat(ChatMessage("system", "Be brief."), ChatMessage("user", "Hi"),
+                                           ChatMessage("system", "Agents: Explore, Plan.")))
+    assert prompt.endswith("<|im_start|>user: Hi<|im_end|>\n<|im_start|>system: Agents: Explore, Plan.<|im_end|>\n"
+                           "<|im_start|>assistant\n")
+
+
+def test_a_mid_conversation_system_message_joins_the_turn_before_where_the_template_insists_on_alternation(
+        tmp_path: Path) -> None:
+    path = write_tiny_model(tmp_path)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config["chat_template"] = ALTERNATING
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    gemma_like = mlx_lm.load(str(path))[1]
+    turn1 = render_prompt(gemma_like, chat(ChatMessage("system", "Be brief."), ChatMessage("user", "Hi"),
+                                           ChatMessage("system", "Agents: Explore.")))
+    assert turn1 == "<turn>user\nBe brief.\n\nHi\n\nAgents: Explore.<end>\n<turn>assistant\n"
+    # The next turn renders the first one the same way: its prefix stays cached.
+    turn2 = render_prompt(gemma_like, chat(ChatMessage("system", "Be brief."), ChatMessage("user", "Hi"),
+                                           ChatMessage("system", "Agents: Explore."), ChatMessage("assistant", "Hello."),
+                                           ChatMessage("user", "Thanks"), ChatMessage("system", "Mind the tests.")))
+    assert turn2.startswith(turn1.removesuffix("<turn>assistant\n"))
+    assert turn2.endswith("<turn>user\nThanks\n\nMind the tests.<end>\n<turn>assistant\n")
+    # After a tool result (no user turn to join) it is a user turn of its own.
+    tool_turn = render_prompt(gemma_like, chat(ChatMessage("user", "Run it"), ChatMessage("assistant", "Running."),
+                                               ChatMessage("system", "Output follows."), ChatMessage("assistant", "ok")
+                                               , ChatMessage("user", "go")))
+    assert "<turn>user\nOutput follows.<end>" in tool_turn

@@ -63,6 +63,7 @@ class TokenEvent(msgspec.Struct, array_like=True, omit_defaults=True):
     done_reason: str | None = None   # "stop", "length", "tool_calls", "cancel", "error"
     error: str | None = None
     stats: Stats | None = None
+    stop_sequence: str | None = None  # the stop string that ended the request (done_reason "stop"), if one did
 
 
 _encoder = msgspec.msgpack.Encoder()
