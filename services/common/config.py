@@ -42,6 +42,10 @@ class Settings:
     max_queue: int = 64              # requests waiting per model beyond num_parallel
     prefix_cache_bytes: int = 1 << 30  # KV caches kept per worker for reuse by later prompts
     prefix_cache_entries: int = 64     # ... and at most this many of them (0: no prefix cache)
+    # Long prefixes also go to $MLXSERVE_HOME/cache/prefix, for the next worker of the model:
+    # bytes all models' files may take together (least recently used go first; 0: off) ...
+    prefix_cache_disk_bytes: int = 10 << 30
+    prefix_cache_disk_min_tokens: int = 1024  # ... and the shortest sequence written or read there
     load_timeout: float = 300.0      # seconds a worker may take to load its model (and a load may wait for room)
     max_loaded_models: int = 3       # models resident at once (0: no limit); Ollama's per-GPU default
     memory_budget: int = 0           # bytes all workers may use together; 0: 75% of physical memory
@@ -97,6 +101,10 @@ class Settings:
     @property
     def logs_dir(self) -> Path:
         return self.home / "logs"
+
+    @property
+    def prefix_cache_dir(self) -> Path:
+        return self.home / "cache" / "prefix"
 
     @property
     def store_socket(self) -> Path:

@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     _watch_stdin(stop)
 
     # Imported late: these pull in MLX, which should not delay argument errors.
+    from .disk_cache import DiskCacheSettings
     from .embeddings import EmbeddingRunner, is_embedding_model
     from .engine import Engine
     from .replies import FrameSender
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             return EmbeddingRunner(args.model_path, model_name=args.model_name, max_queue=max_queue)
         return ModelRunner(args.model_path, num_parallel=num_parallel, max_queue=max_queue,
                            prefix_cache_bytes=settings.prefix_cache_bytes, prefix_cache_entries=settings.prefix_cache_entries,
+                           prefix_cache_disk=DiskCacheSettings(settings.prefix_cache_dir, settings.prefix_cache_disk_bytes,
+                                                               settings.prefix_cache_disk_min_tokens),
                            cpu_float32=settings.cpu_float32, memory_budget=memory_budget)
 
     servicer: WorkerServicer | None = None
@@ -155,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     log.info("worker_stopping")
     server.stop(grace=None)            # refuse new RPCs at once
     engine.stop("the worker is shutting down")   # in-flight requests get an error frame
+    if isinstance(runner, ModelRunner):
+        # The last turn's prefix is what the next worker wants: finish writing it (well within
+        # the supervisor's grace before SIGKILL; a cut write leaves only a temporary file).
+        runner.prefix_cache.close(timeout=1.5)
     sender.close()
     try:
         args.socket.unlink()

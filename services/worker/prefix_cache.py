@@ -7,17 +7,23 @@ with it, trimmed back), and hands out a private copy: the batch then evaluates o
 
 Bounded in bytes and in entries, evicting the least recently used. Engine thread only (MLX
 arrays belong to the thread's stream); `nbytes` may be read from any thread.
+
+With a `DiskPrefixCache` behind it (disk_cache.py), long sequences are also written to disk, and
+a prompt whose longest stored prefix is on disk only (a new worker, or one whose memory evicted
+it) loads it from there; the memory cache keeps it from then on. Memory wins a tie.
 """
 
 from __future__ import annotations
 
 import collections
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import mlx.core as mx
 from mlx_lm.models.cache import PromptTrie, can_trim_prompt_cache, trim_prompt_cache
+
+from .disk_cache import DiskPrefixCache
 
 _MODEL = "model"  # PromptTrie keys its tries by model; one cache serves one model
 
@@ -29,6 +35,7 @@ class CacheHit:
     cache: list[Any]
     cached: int
     rest: list[int]
+    source: str = "memory"   # or "disk"
 
 
 @dataclass
@@ -40,11 +47,12 @@ class _Entry:
 class PrefixCache:
     """LRU store of per-layer KV caches keyed by the token sequence they hold."""
 
-    def __init__(self, *, max_bytes: int, max_entries: int) -> None:
+    def __init__(self, *, max_bytes: int, max_entries: int, disk: DiskPrefixCache | None = None) -> None:
         if max_bytes < 0 or max_entries < 0:
             raise ValueError("max_bytes and max_entries must be >= 0")
         self.max_bytes = max_bytes
         self.max_entries = max_entries
+        self.disk = disk
         self._trie = PromptTrie()
         self._entries: collections.OrderedDict[tuple[int, ...], _Entry] = collections.OrderedDict()  # oldest first
         self.nbytes = 0
@@ -56,8 +64,38 @@ class PrefixCache:
         """The longest reusable prefix of `tokens`, leaving at least one token to evaluate.
 
         None when nothing useful is stored. The returned cache is a copy: the caller may
-        extend it freely without touching what is stored.
+        extend it freely without touching what is stored. The disk is read only when it holds
+        a longer prefix than memory does.
         """
+        hit = self._lookup_memory(tokens)
+        found = self.disk.find(tokens) if self.disk is not None and len(tokens) >= 2 else None
+        if found is None or (hit is not None and hit.cached >= found.reusable):
+            return hit
+        cache = self.disk.load(found.entry)
+        if cache is None:
+            return hit
+        entry_tokens = found.entry.tokens.tolist()
+        self._insert_memory(entry_tokens, cache)
+        kept = self._lookup_memory(tokens)
+        if kept is not None and kept.cached >= found.reusable:
+            return replace(kept, source="disk")
+        # Not kept (larger than the memory bound, or no memory cache): the loaded cache serves alone.
+        trim_prompt_cache(cache, len(entry_tokens) - found.reusable)
+        return CacheHit(cache=cache, cached=found.reusable, rest=list(tokens[found.reusable:]), source="disk")
+
+    def insert(self, tokens: list[int], cache: list[Any], *, prompt_tokens: int | None = None) -> None:
+        """Store `cache`, which holds the KV state of exactly `tokens` (`prompt_tokens` of them the
+        prompt); the cache is kept as is, and handed to the disk cache when there is one."""
+        self._insert_memory(tokens, cache)
+        if self.disk is not None and tokens and cache:
+            self.disk.save(tokens, cache, prompt_tokens=prompt_tokens)
+
+    def close(self, timeout: float = 1.5) -> None:
+        """Finish the disk writes under way (within `timeout`) before the process exits."""
+        if self.disk is not None:
+            self.disk.close(timeout)
+
+    def _lookup_memory(self, tokens: list[int]) -> CacheHit | None:
         if len(tokens) < 2 or not self._entries:
             return None
         found = self._trie.search(_MODEL, tokens)
@@ -83,8 +121,8 @@ class PrefixCache:
             return CacheHit(cache=cache, cached=reused, rest=list(tokens[reused:]))
         return None
 
-    def insert(self, tokens: list[int], cache: list[Any]) -> None:
-        """Store `cache`, which holds the KV state of exactly `tokens`; the cache is kept as is.
+    def _insert_memory(self, tokens: list[int], cache: list[Any]) -> None:
+        """Keep `cache` (exactly `tokens`) in memory.
 
         Redundant entries go: stored prefixes of `tokens` (the new cache can be trimmed to
         them), and `tokens` itself when a stored sequence extends it. Then the least recently

@@ -21,6 +21,7 @@ from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
+from mlx_lm.models.cache import KVCache, QuantizedKVCache, make_prompt_cache
 
 from mlxserve.services.common import logs
 from mlxserve.services.common.errors import Busy, InvalidArgument, NotFound, Unavailable
@@ -29,13 +30,18 @@ from mlxserve.v1.frames import Stats, TokenEvent
 from . import precision
 from .defaults import load_defaults
 from .logprobs import TokenTexts, token_logprob
+from .disk_cache import DiskCacheSettings, open_disk_cache
 from .prefix_cache import PrefixCache
 from .outputs import OutputParser
-from .prompts import GenerationRequest, check_token_ids, encode_prompt, fit_prompt, request_tools
+from .prompts import GenerationRequest, check_token_ids, encode_prompt, fit_prompt, request_tools, system_prefix_length
 from .sampling import LogitsProcessor, make_logits_processors, make_sampler
 from .stops import StopStringFilter
 from .thinking import thinking_budget
 
+# A prompt's system prefix (system messages and tools) is kept as a cache entry of its own when the
+# model's cache cannot be cut back to it later (sliding-window or recurrent layers) and it is at
+# least this long: an agent's next session, or a retry, then starts from it.
+CHECKPOINT_MIN_TOKENS = 256
 MAX_PREFILL_BATCH = 8  # prompts prefilled together in one step (mlx_lm.server's default prompt concurrency)
 
 log = logs.get_logger()
@@ -60,6 +66,7 @@ class _Pending:
     submitted_ns: int
     truncated: int = 0               # oldest messages dropped to fit the context
     constraint: Any = None           # structured output (constraints.Constraint), if asked for
+    checkpoint: int = 0              # keep the cache of the first this many tokens as its own entry (0: none)
 
 
 @dataclass
@@ -77,6 +84,7 @@ class _Active:
     token_ids: list[int] = field(default_factory=list)
     cached: int = 0               # prompt tokens taken from the prefix cache, not evaluated
     output: OutputParser | None = None  # splits thinking and tool calls out of the text (not raw)
+    checkpoint_pending: bool = False  # the prompt was split at its checkpoint, not yet reached
 
     @property
     def request_id(self) -> str:
@@ -110,8 +118,10 @@ class ModelRunner:
 
     def __init__(self, model_path: str | Path, *, num_parallel: int = 4, max_queue: int = 64, prefill_step_size: int = 512,
                  prefix_cache_bytes: int = 1 << 30, prefix_cache_entries: int = 64,
+                 prefix_cache_disk: DiskCacheSettings | None = None,
                  cpu_float32: str = "auto", memory_budget: int = 0) -> None:
-        """cpu_float32 / memory_budget: see `precision.plan` (budget: bytes this worker may use, 0: unknown)."""
+        """cpu_float32 / memory_budget: see `precision.plan` (budget: bytes this worker may use, 0: unknown).
+        prefix_cache_disk: where long prefixes outlive the process (None: nowhere)."""
         import mlx_lm  # here, so that importing this module stays cheap for the transport layer
 
         if num_parallel < 1 or max_queue < 0:
@@ -136,13 +146,18 @@ class ModelRunner:
         self.context_length = _context_length(self.model_path, self.tokenizer)
         self.eos_token_ids = sorted(self.tokenizer.eos_token_ids)
         self.vocab_size = _vocab_size(self.model, self.tokenizer)
+        # Plain KV caches can be cut back to any prefix of what they hold; sliding windows and
+        # recurrent state cannot, so a reusable prefix needs an entry of its own.
+        self.needs_checkpoints = not all(isinstance(c, (KVCache, QuantizedKVCache)) for c in make_prompt_cache(self.model))
         # Ids a request may send (context): rows of the model that the tokenizer can also decode.
         self.token_id_limit = min(self.vocab_size, len(self.tokenizer.vocab))
         self._token_texts = TokenTexts(self.tokenizer)  # engine thread: logprobs' token texts
         self._stream = mx.new_stream(mx.default_device())
         self._generator = self._new_generator()
-        # KV of finished sequences, reused for the longest shared prefix of later prompts.
-        self.prefix_cache = PrefixCache(max_bytes=prefix_cache_bytes, max_entries=prefix_cache_entries)
+        # KV of finished sequences, reused for the longest shared prefix of later prompts; long ones
+        # also on disk, for the next worker of this model (keyed by what the model computes in).
+        disk = open_disk_cache(prefix_cache_disk, self.model_path, f"{self.device} {self.compute_dtype}")
+        self.prefix_cache = PrefixCache(max_bytes=prefix_cache_bytes, max_entries=prefix_cache_entries, disk=disk)
 
         self._lock = threading.Lock()          # guards the fields below it, shared with callers
         self._inbox: list[tuple[str, Any]] = []
@@ -175,6 +190,9 @@ class ModelRunner:
         max_tokens = room if num_predict is None or num_predict < 0 else min(num_predict, room)
         constraint = self._build_constraint(request, tokens)
         pending = _Pending(request, tokens, max_tokens, time.perf_counter_ns(), truncated, constraint)
+        if self.needs_checkpoints:
+            checkpoint = system_prefix_length(self.tokenizer, request, tokens)
+            pending.checkpoint = checkpoint if checkpoint >= CHECKPOINT_MIN_TOKENS else 0
         with self._lock:
             if self._closed_reason is not None:
                 raise Unavailable(f"the worker is not accepting requests ({self._closed_reason})")
@@ -256,14 +274,19 @@ class ModelRunner:
                 return events
             now = time.perf_counter_ns()
             for r in prompt_responses:
-                if r.end_of_prompt and r.uid in self._active:
-                    self._active[r.uid].prefilled_ns = now
+                active = self._active.get(r.uid)
+                if active is None:
+                    continue
+                if r.end_of_prompt:
+                    active.prefilled_ns = now
+                elif r.end_of_segment and active.checkpoint_pending:
+                    self._keep_checkpoint(active)
             for r in generation_responses:
                 active = self._active.get(r.uid)
                 if active is None:
                     continue
                 if r.finish_reason is not None and r.prompt_cache:
-                    self.prefix_cache.insert(r.all_tokens, r.prompt_cache)
+                    self.prefix_cache.insert(r.all_tokens, r.prompt_cache, prompt_tokens=len(active.pending.tokens))
                 try:
                     event = self._on_token(active, r.token, r.finish_reason)
                     self._split_output(active, event)
@@ -333,9 +356,13 @@ class ModelRunner:
         while self._waiting and len(self._active) < self.num_parallel:
             pending = self._waiting.popleft()
             hit = self.prefix_cache.lookup(pending.tokens)
+            cached = hit.cached if hit else 0
+            rest = hit.rest if hit else pending.tokens
+            # Split at the checkpoint when it lies in what is left to evaluate (not the last token).
+            split = pending.checkpoint - cached if cached < pending.checkpoint < len(pending.tokens) - 1 else 0
             try:
-                (uid,) = self._generator.insert(
-                    [hit.rest if hit else pending.tokens],
+                (uid,) = self._generator.insert_segments(
+                    [[rest[:split], rest[split:]] if split else [rest]],
                     caches=[hit.cache] if hit else None,
                     # The tokens the given cache holds: the context of the logits processors.
                     all_tokens=[pending.tokens[: hit.cached]] if hit else None,
@@ -353,14 +380,15 @@ class ModelRunner:
                 detokenizer=self.tokenizer.detokenizer,  # a fresh copy per request
                 stops=StopStringFilter(pending.request.options.stop),
                 admitted_ns=time.perf_counter_ns(),
-                cached=hit.cached if hit else 0,
+                cached=cached,
+                checkpoint_pending=bool(split),
                 output=None if pending.request.raw else OutputParser(
                     self.tokenizer, request_tools(pending.request), pending.request.think, prompt_tokens=pending.tokens,
                 ),
             )
             # The engine thread has no request context: the id is passed explicitly.
             log.info("admitted", **logs.submit_fields(pending.request.request_id), prompt_tokens=len(pending.tokens),
-                     cached_tokens=hit.cached if hit else 0, max_tokens=pending.max_tokens,
+                     cached_tokens=hit.cached if hit else 0, cache_source=hit.source if hit else "", max_tokens=pending.max_tokens,
                      queued_ms=round((time.perf_counter_ns() - pending.submitted_ns) / 1e6, 2), running=len(self._active))
 
     def _split_output(self, active: _Active, event: TokenEvent) -> None:
@@ -421,7 +449,7 @@ class ModelRunner:
         text, hit_stop = active.stops.feed(detok.last_segment)
         if hit_stop:
             if finish_reason is None:
-                self._store_removed(self._generator.remove([active.uid], return_prompt_caches=True))
+                self._store_removed(self._generator.remove([active.uid], return_prompt_caches=True), len(active.pending.tokens))
             event = self._finish(active, "stop", text=text, token_ids=token_ids)
             event.stop_sequence = active.stops.matched
             return event
@@ -444,10 +472,18 @@ class ModelRunner:
         )
         return self._final(active.pending, reason, text=text, token_ids=token_ids or [], stats=stats)
 
-    def _store_removed(self, removed: dict[int, tuple[list[Any], list[int]]]) -> None:
+    def _keep_checkpoint(self, active: _Active) -> None:
+        """The prompt's first segment is evaluated: keep its cache as an entry of its own."""
+        active.checkpoint_pending = False
+        for cache, tokens in self._generator.extract_cache([active.uid]).values():
+            if len(tokens) == active.pending.checkpoint:  # what it holds is exactly the checkpoint
+                self.prefix_cache.insert(list(tokens), cache, prompt_tokens=len(tokens))
+                log.info("checkpoint_kept", **logs.submit_fields(active.request_id), tokens=len(tokens))
+
+    def _store_removed(self, removed: dict[int, tuple[list[Any], list[int]]], prompt_tokens: int) -> None:
         """Keep the caches `BatchGenerator.remove(..., return_prompt_caches=True)` handed back."""
         for cache, all_tokens in removed.values():
-            self.prefix_cache.insert(all_tokens, cache)
+            self.prefix_cache.insert(all_tokens, cache, prompt_tokens=prompt_tokens)
 
     def _fail(self, active: _Active, message: str) -> TokenEvent:
         self._active.pop(active.uid, None)

@@ -237,3 +237,44 @@ def test_prompt_tokens_count_every_prompt_token_and_cached_tokens_the_reused_sha
     assert again.prompt_tokens == submitted
     assert 0 < again.cached_tokens < submitted
     assert again.prompt_eval_count == submitted - again.cached_tokens
+
+
+# -- models whose cache cannot be cut back (sliding-window layers) --------------------------------------
+
+LONG_SYSTEM = ChatMessage("system", " ".join(["Models are served from a local store; each one runs in its own worker."] * 30))
+
+
+@pytest.fixture(scope="module")
+def sliding_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny llama with a 32-token sliding window on its first layer: mlx-lm gives that layer a
+    RotatingKVCache, which cannot be trimmed back once it has wrapped (as Gemma 3's or Mistral's)."""
+    import json
+
+    from tests.fixtures.tiny_model import write_tiny_model
+
+    path = write_tiny_model(tmp_path_factory.mktemp("sliding"))
+    config = json.loads((path / "config.json").read_text())
+    config.update(layer_types=["sliding_attention", "full_attention"], sliding_window=32)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_a_sliding_window_model_keeps_its_system_prefix_for_the_next_session_and_a_retry(sliding_model_dir: Path) -> None:
+    cached = ModelRunner(sliding_model_dir, num_parallel=2, max_queue=4)
+    uncached = ModelRunner(sliding_model_dir, num_parallel=2, max_queue=4, prefix_cache_entries=0)
+    assert cached.needs_checkpoints
+    first = request(LONG_SYSTEM, ChatMessage("user", "Why is the sky blue?"))
+    assert run(cached, first)[0][-1].stats.cached_tokens == 0
+    # A new session with the same system prompt starts from the kept prefix, and answers the same.
+    other = request(LONG_SYSTEM, ChatMessage("user", "Tell me about waves"))
+    events = run(cached, other)[0]
+    assert output(events) == output(run(uncached, request(*other.messages))[0])
+    stats = events[-1].stats
+    assert stats.cached_tokens >= 256 and stats.prompt_eval_count < 20, stats
+    # The same request again (a client's retry) too: the whole sequence cannot be cut back to it.
+    again = run(cached, request(*first.messages))[0][-1].stats
+    assert again.cached_tokens == stats.cached_tokens
+
+
+def test_a_plain_kv_model_needs_no_checkpoints(cached: ModelRunner) -> None:
+    assert not cached.needs_checkpoints
