@@ -13,7 +13,7 @@ from typer.completion import completion_init, get_completion_script, install
 from mlxserve import __version__
 from mlxserve.services.common import logs
 
-from . import chat, generate, import_ollama, loaded, maintenance, models, serve, transfer
+from . import agents, chat, generate, import_ollama, loaded, maintenance, models, serve, transfer
 from . import bench
 from . import logs as logs_cli
 from . import service
@@ -107,6 +107,7 @@ app.command("ps")(loaded.ps)
 app.command("stop")(loaded.stop)
 app.command("bench")(bench.bench)
 app.command("logs")(logs_cli.logs)
+app.command("launch")(agents.launch)
 app.add_typer(service.app, name="service")
 
 
