@@ -6,12 +6,26 @@ processors) to the runner on the engine thread; only the few numbers asked for l
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer, SPMStreamingDetokenizer, _byte_decoder
+from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer, SPMStreamingDetokenizer
 
 from mlxserve.v1.frames import TokenLogprob, TopLogprob
+
+
+@functools.cache
+def byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level BPE table, printable character -> byte (the inverse of `bytes_to_unicode`
+    in openai/gpt-2's encoder.py): bytes that print stand for themselves, the other 68 are moved to
+    U+0100 onwards in byte order. Ours, not mlx-lm's private `_byte_decoder`, which its main branch
+    has removed."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = [b for b in range(256) if b not in printable]
+    table = {chr(b): b for b in printable}
+    table.update((chr(256 + i), b) for i, b in enumerate(shifted))
+    return table
 
 
 class TokenTexts:
@@ -42,7 +56,7 @@ class TokenTexts:
         if not isinstance(piece, str):
             return None
         if issubclass(self._kind, BPEStreamingDetokenizer):
-            decoder = _byte_decoder()  # GPT-2's byte <-> printable character table
+            decoder = byte_decoder()
             if all(c in decoder for c in piece):
                 return bytes(decoder[c] for c in piece)
         elif issubclass(self._kind, SPMStreamingDetokenizer):

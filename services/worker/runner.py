@@ -5,8 +5,9 @@ hand work over through a locked inbox. Everything else — loading, `step`, samp
 thread that created the runner (the engine thread), because MLX streams are thread-local.
 
 One `step()`: take new submissions and cancellations, admit waiting requests into the running
-batch (up to `num_parallel`), run one `BatchGenerator.next()` (a decode step for the running
-batch, plus prefill for newcomers), and turn each sequence's new token into at most one frame.
+batch (up to `num_parallel`), run one `BatchedGenerator.next()` (batch_step.py: a decode step for
+the running batch, sampled in one computation, plus one prefill chunk for as many newcomers as the
+memory holds), and turn each sequence's new token into at most one frame.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import KVCache, QuantizedKVCache, make_prompt_cache
 
 from mlxserve.services.common import logs
@@ -28,6 +28,7 @@ from mlxserve.services.common.errors import Busy, InvalidArgument, NotFound, Una
 from mlxserve.v1.frames import Stats, TokenEvent
 
 from . import precision
+from .batch_step import BatchedGenerator
 from .defaults import load_defaults
 from .logprobs import TokenTexts, token_logprob
 from .disk_cache import DiskCacheSettings, open_disk_cache
@@ -42,7 +43,10 @@ from .thinking import thinking_budget
 # model's cache cannot be cut back to it later (sliding-window or recurrent layers) and it is at
 # least this long: an agent's next session, or a retry, then starts from it.
 CHECKPOINT_MIN_TOKENS = 256
-MAX_PREFILL_BATCH = 8  # prompts prefilled together in one step (mlx_lm.server's default prompt concurrency)
+# Prompt tokens one step may prefill on the CPU (a chunk of prefill_step_size per prompt): a step is
+# the unit the supervisor's wedge detector watches, and 32 fresh prompts in one step took over 60 s
+# on a CPU. On a GPU the bound is memory (see `_prefill_batch_size`).
+CPU_PREFILL_TOKENS_PER_STEP = 4096
 
 log = logs.get_logger()
 
@@ -107,6 +111,22 @@ def _context_length(model_path: Path, tokenizer: Any) -> int:
     return DEFAULT_CONTEXT_LENGTH
 
 
+def _prefill_token_bytes(model: Any) -> int:
+    """Bytes one prompt token takes while it is prefilled: its KV in every layer plus one layer's
+    activations (hidden and MLP widths, a few copies); 0 when the config does not say."""
+    args = getattr(model, "args", None)
+    hidden = getattr(args, "hidden_size", 0) or 0
+    layers = getattr(args, "num_hidden_layers", 0) or 0
+    heads = getattr(args, "num_attention_heads", 0) or 0
+    if not (isinstance(hidden, int) and isinstance(layers, int) and isinstance(heads, int) and hidden and layers and heads):
+        return 0
+    kv_heads = getattr(args, "num_key_value_heads", None) or heads
+    head_dim = getattr(args, "head_dim", None) or hidden // heads
+    intermediate = getattr(args, "intermediate_size", 0) or 4 * hidden
+    width = 4  # bytes: float32 on the CPU, an upper bound for bf16/fp16
+    return width * (2 * layers * kv_heads * head_dim + 4 * hidden + 3 * intermediate)
+
+
 def _vocab_size(model: Any, tokenizer: Any) -> int:
     """Rows of the model's output: what a logit_bias token id must be below."""
     size = getattr(getattr(model, "args", None), "vocab_size", None)
@@ -153,6 +173,10 @@ class ModelRunner:
         self.token_id_limit = min(self.vocab_size, len(self.tokenizer.vocab))
         self._token_texts = TokenTexts(self.tokenizer)  # engine thread: logprobs' token texts
         self._stream = mx.new_stream(mx.default_device())
+        # What prefill may fill: the supervisor's budget for this worker, else what the device says.
+        info = mx.device_info()
+        self._memory_total = memory_budget or info.get("max_recommended_working_set_size") or info.get("memory_size") or 0
+        self._prefill_token_bytes = _prefill_token_bytes(self.model)
         self._generator = self._new_generator()
         # KV of finished sequences, reused for the longest shared prefix of later prompts; long ones
         # also on disk, for the next worker of this model (keyed by what the model computes in).
@@ -264,6 +288,7 @@ class ModelRunner:
         self._admit(events)
         if self._active:
             try:
+                self._generator.prefill_batch_size = self._prefill_batch_size()
                 prompt_responses, generation_responses = self._generator.next()
                 self.steps += 1
             except Exception as e:  # noqa: BLE001 - the whole batch shares this failure
@@ -317,17 +342,29 @@ class ModelRunner:
 
     # -- internals (engine thread) -----------------------------------------------------------------
 
-    def _new_generator(self) -> BatchGenerator:
-        return BatchGenerator(
+    def _new_generator(self) -> BatchedGenerator:
+        return BatchedGenerator(
             self.model,
             stop_tokens=[[t] for t in self.eos_token_ids],
             completion_batch_size=self.num_parallel,
-            # One step prefills at most this many prompts: a step is the unit the supervisor's
-            # wedge detector watches, and 32 fresh prompts in one step took over 60 s on a CPU.
-            prefill_batch_size=min(self.num_parallel, MAX_PREFILL_BATCH),
+            prefill_batch_size=self._prefill_batch_size(),  # set again before each step
+            # Each step decodes the running rows, then prefills at most one chunk of each new prompt:
+            # a long prompt holds the others back by one chunk a step, never by its whole length.
             prefill_step_size=self.prefill_step_size,
             stream=self._stream,
         )
+
+    def _prefill_batch_size(self) -> int:
+        """How many prompts one step prefills together: as many as the memory left holds (each takes
+        a chunk's activations and its KV), at most num_parallel; on the CPU also at most
+        CPU_PREFILL_TOKENS_PER_STEP tokens a step, so that a step stays short."""
+        limit = self.num_parallel
+        if self.device == "cpu":
+            limit = min(limit, max(1, CPU_PREFILL_TOKENS_PER_STEP // self.prefill_step_size))
+        if self._memory_total and self._prefill_token_bytes:
+            room = int(self._memory_total * 0.9) - mx.get_active_memory()  # MLX's buffer cache is reused
+            limit = min(limit, max(1, room // (self._prefill_token_bytes * self.prefill_step_size)))
+        return limit
 
     def _drain_inbox(self, events: list[TokenEvent]) -> None:
         with self._lock:

@@ -1,24 +1,23 @@
-"""Per-request sampling: validated options, the sampler callable BatchGenerator calls per row, and
+"""Per-request sampling: validated options, the settings the batch step samples each row with, and
 the request's logits processors (repeat/presence/frequency penalties, logit bias).
 
-Every request in a batch gets its own sampler closure holding its own PRNG key, so a seeded
-request produces the same tokens whether it is decoded alone or next to others: nothing reads or
-advances MLX's global random state.
+Every request in a batch has its own PRNG key (batch_step.RowSamplers keeps one per row), so a
+seeded request produces the same tokens whether it is decoded alone or next to others: nothing
+reads or advances MLX's global random state.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import mlx.core as mx
-from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
-
 from mlxserve.services.common.errors import InvalidArgument
 
-Sampler = Callable[[mx.array], mx.array]
+from .batch_step import GREEDY, RowSampling
+
 # mlx-lm's per-row hook: (tokens so far: the prompt, then each generated token, 1-D; logits (1, vocab)).
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
 
@@ -92,35 +91,20 @@ class SamplingOptions:
         return DEFAULT_TEMPERATURE if self.temperature is None else self.temperature
 
 
-def greedy(logprobs: mx.array) -> mx.array:
-    """Argmax. One shared function object, so an all-greedy batch samples in one call."""
-    return mx.argmax(logprobs, axis=-1)
-
-
-def make_sampler(options: SamplingOptions) -> Sampler:
-    """The sampler for one request: greedy at temperature 0, else filtered categorical sampling."""
+def make_sampler(options: SamplingOptions) -> RowSampling:
+    """The request's sampling settings, for the batch step (batch_step.py) to sample its row with:
+    greedy at temperature 0, else top-k, top-p, min-p and temperature with the request's own key."""
     temperature = options.effective_temperature
     if temperature == 0.0:
-        return greedy
-    top_k = DEFAULT_TOP_K if options.top_k is None else options.top_k
-    top_p = DEFAULT_TOP_P if options.top_p is None else options.top_p
-    min_p = DEFAULT_MIN_P if options.min_p is None else options.min_p
+        return GREEDY
     seed = options.seed if options.seed is not None and options.seed >= 0 else int.from_bytes(os.urandom(8), "little")
-    key = mx.random.key(seed & 0xFFFF_FFFF_FFFF_FFFF)
-
-    def sample(logprobs: mx.array) -> mx.array:
-        nonlocal key
-        # One split per decode step: the key sequence depends only on this request's seed.
-        key, step_key = mx.random.split(key)
-        if 0 < top_k < logprobs.shape[-1]:
-            logprobs = apply_top_k(logprobs, top_k)
-        if top_p < 1.0:
-            logprobs = apply_top_p(logprobs, top_p)
-        if min_p > 0.0:
-            logprobs = apply_min_p(logprobs, min_p)
-        return mx.random.categorical(logprobs * (1.0 / temperature), key=step_key)
-
-    return sample
+    return RowSampling(
+        temperature=temperature,
+        top_k=DEFAULT_TOP_K if options.top_k is None else options.top_k,
+        top_p=DEFAULT_TOP_P if options.top_p is None else options.top_p,
+        min_p=DEFAULT_MIN_P if options.min_p is None else options.min_p,
+        seed=seed,
+    )
 
 
 def make_logits_processors(options: SamplingOptions, context_length: int) -> list[LogitsProcessor]:

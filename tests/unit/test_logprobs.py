@@ -89,3 +89,18 @@ def test_bad_top_logprobs_are_invalid_argument(runner: ModelRunner, top: int, lo
     with pytest.raises(InvalidArgument, match="top_logprobs"):
         runner.submit(request)
     assert not runner.has_work()
+
+
+def test_gpt2_byte_table_is_the_published_bytes_to_unicode() -> None:
+    from mlxserve.services.worker.logprobs import byte_decoder
+
+    # openai/gpt-2 src/encoder.py, bytes_to_unicode(), inverted.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(2**8):
+        if b not in bs:
+            bs.append(b)
+            cs.append(2**8 + n)
+            n += 1
+    assert byte_decoder() == {chr(c): b for b, c in zip(bs, cs)}

@@ -322,15 +322,53 @@ def test_mixed_traffic_with_chunked_prefill_and_cancels_keeps_every_output_exact
 def test_one_step_prefills_a_bounded_number_of_prompts(tmp_path_factory: pytest.TempPathFactory) -> None:
     """A step is what the supervisor's wedge detector watches: 32 fresh prompts prefilled in one
     step took over 60 s on a 2-core CPU, and the detector killed a healthy worker."""
-    from mlxserve.services.worker.runner import MAX_PREFILL_BATCH
+    from mlxserve.services.worker.runner import CPU_PREFILL_TOKENS_PER_STEP
     from tests.fixtures.tiny_model import write_tiny_model
 
     wide = ModelRunner(write_tiny_model(tmp_path_factory.mktemp("wide")), num_parallel=32, max_queue=0)
+    bound = CPU_PREFILL_TOKENS_PER_STEP // wide.prefill_step_size
     for i in range(32):
         wide.submit(chat(f"hello {i}", SamplingOptions(temperature=0, num_predict=2)))
     wide.step()
     prefilled = [a for a in wide._active.values() if a.prefilled_ns is not None]
-    assert wide._generator.prefill_batch_size == MAX_PREFILL_BATCH
-    assert len(prefilled) <= MAX_PREFILL_BATCH
+    assert wide._generator.prefill_batch_size == bound < 32
+    assert len(prefilled) <= bound
     frames = drive(wide)
     assert len(frames) == 32 and all(events[-1].done for events in frames.values())
+
+
+def test_prefill_batch_shrinks_to_what_the_memory_budget_holds(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from tests.fixtures.tiny_model import write_tiny_model
+
+    path = write_tiny_model(tmp_path_factory.mktemp("tight"))
+    roomy = ModelRunner(path, num_parallel=4, max_queue=0, prefill_step_size=64)
+    tight = ModelRunner(path, num_parallel=4, max_queue=0, prefill_step_size=64, memory_budget=1)
+    assert roomy._prefill_batch_size() == 4 and tight._prefill_batch_size() == 1
+    for i in range(4):
+        tight.submit(chat(f"hello {i}", SamplingOptions(temperature=0, num_predict=3)))
+    frames = drive(tight)  # one prompt at a time, every request still served
+    assert len(frames) == 4 and all(events[-1].done_reason == "length" for events in frames.values())
+
+
+def test_a_long_prompt_holds_running_requests_back_one_chunk_a_step(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Decoding goes on while a long prompt is prefilled chunk by chunk, and every chunk counts as
+    a step: the supervisor's wedge detector sees progress before the long prompt's first token."""
+    from tests.fixtures.tiny_model import write_tiny_model
+
+    chunked = ModelRunner(write_tiny_model(tmp_path_factory.mktemp("chunked")), num_parallel=2, max_queue=0,
+                          prefill_step_size=16)
+    running = chat("Why?", SamplingOptions(temperature=0, num_predict=200))
+    chunked.submit(running)
+    while not any(e.token_ids for e in chunked.step()):
+        pass
+    long = chat("story " * 150, SamplingOptions(temperature=0, num_predict=2))
+    prompt_tokens = chunked.submit(long).prompt_tokens
+    steps_before, chunk_steps = chunked.steps, 0
+    while True:
+        step = {e.request_id: e for e in chunked.step()}
+        if long.request_id in step:
+            break
+        chunk_steps += 1
+        assert step[running.request_id].token_ids  # the running request got its token this step
+        assert chunked.steps == steps_before + chunk_steps  # each chunk is a step the detector sees
+    assert chunk_steps >= prompt_tokens // 16 - 1

@@ -165,20 +165,27 @@ def drive(runner: ModelRunner, max_steps: int = 500) -> dict[str, list[TokenEven
 
 
 def scripted(monkeypatch: pytest.MonkeyPatch, tokenizer, text: str) -> None:
-    """Make the (random) model 'choose' the tokens of `text`, then EOS: a sampler that follows a script.
+    """Make the (random) model 'choose' the tokens of `text`, then EOS: a logits processor that follows a script.
 
-    The model still runs each step; only the choice is fixed, so this tests everything after
-    sampling: detokenizing, output parsing, frames and the done reason.
+    The model still runs each step; only the choice is fixed (every other token is ruled out, so any
+    sampling settings pick it), so this tests everything after sampling: detokenizing, output
+    parsing, frames and the done reason.
     """
     script = tokenizer.encode(text, add_special_tokens=False)
     eos = min(tokenizer.eos_token_ids)
 
-    def make_sampler(options):
+    def make_logits_processors(options, context_length):
         steps = iter(script)
-        # EOS after the script, and again if the generator samples a step ahead of the stop.
-        return lambda logprobs: mx.array([next(steps, eos)] * logprobs.shape[0], dtype=mx.uint32)
 
-    monkeypatch.setattr(runner_module, "make_sampler", make_sampler)
+        def follow(tokens, logits):
+            # EOS after the script, and again if the generator samples a step ahead of the stop.
+            chosen = next(steps, eos)
+            mask = mx.arange(logits.shape[-1]) == chosen
+            return mx.where(mask, logits, -float("inf"))
+
+        return [follow]
+
+    monkeypatch.setattr(runner_module, "make_logits_processors", make_logits_processors)
 
 
 def submit_and_drive(runner: ModelRunner, request: GenerationRequest) -> list[TokenEvent]:

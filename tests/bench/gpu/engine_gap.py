@@ -10,7 +10,10 @@ Greedy decode tok/s of one stream, on the same prompt, four ways:
   loop_batchkvcache     the same loop over BatchKVCache(left_padding=[0]): array offsets for RoPE,
                         an explicit causal mask per step, batched cache writes (what BatchGenerator
                         feeds the model)
-  batch_generator       BatchGenerator with one sequence (the worker's engine, no serving around it)
+  loop_batchkvcache_nomask  the same with the mask dropped (every position visible at batch 1)
+  batch_generator       BatchGenerator with one sequence (the worker's engine before issue 18)
+  batched_generator     mlxserve's BatchedGenerator (services/worker/batch_step.py): batched
+                        sampling, no mask when no row is padded (the worker's engine now)
 The gap between the first two and loop_batchkvcache is the batch cache's cost; the rest of the
 gap to batch_generator is BatchGenerator's own per-step work.
 """
@@ -46,7 +49,7 @@ def run_stream_generate(model, tokenizer, prompt: list[int], n: int) -> float:
     return tps(times)
 
 
-def run_loop(model, prompt: list[int], n: int, cache) -> float:
+def run_loop(model, prompt: list[int], n: int, cache, *, unmasked: bool = False) -> float:
     """generate_step's pipelining, greedy: queue step k+1 before reading token k."""
     from mlx_lm.generate import generation_stream
 
@@ -54,6 +57,9 @@ def run_loop(model, prompt: list[int], n: int, cache) -> float:
         logits = model(mx.array(prompt)[None], cache=cache)[:, -1, :]
         y = mx.argmax(logits, axis=-1)
         mx.async_eval(y)
+        if unmasked:
+            for c in cache:
+                c.make_mask = lambda *a, **k: None
         times = []
         for _ in range(n):
             nxt = mx.argmax(model(y[:, None], cache=cache)[:, -1, :], axis=-1)
@@ -64,9 +70,11 @@ def run_loop(model, prompt: list[int], n: int, cache) -> float:
     return tps(times)
 
 
-def run_batch_generator(model, tokenizer, prompt: list[int], n: int) -> float:
+def run_batch_generator(model, tokenizer, prompt: list[int], n: int, ours: bool = False) -> float:
     from mlx_lm.generate import BatchGenerator
 
+    if ours:
+        from mlxserve.services.worker.batch_step import BatchedGenerator as BatchGenerator
     gen = BatchGenerator(model, max_tokens=n, stop_tokens=[], completion_batch_size=1, prefill_batch_size=1)
     times = []
     try:
@@ -92,7 +100,10 @@ def measure(path: Path, n: int, repeats: int) -> dict:
         "stream_generate": lambda: run_stream_generate(model, tokenizer, prompt, n),
         "loop_kvcache": lambda: run_loop(model, prompt, n, make_prompt_cache(model)),
         "loop_batchkvcache": lambda: run_loop(model, prompt, n, [BatchKVCache([0]) for _ in model.layers]),
+        "loop_batchkvcache_nomask": lambda: run_loop(model, prompt, n, [BatchKVCache([0]) for _ in model.layers],
+                                                     unmasked=True),
         "batch_generator": lambda: run_batch_generator(model, tokenizer, prompt, n),
+        "batched_generator": lambda: run_batch_generator(model, tokenizer, prompt, n, ours=True),
     }
     for way in ways.values():  # compile kernels, capture graphs
         way()
@@ -100,7 +111,8 @@ def measure(path: Path, n: int, repeats: int) -> dict:
     for name, way in ways.items():
         runs = sorted(way() for _ in range(repeats))
         out[name] = runs[len(runs) // 2]
-        print(f"{path.name:24s} {name:18s} {out[name]:8.1f} tok/s  (runs {', '.join(f'{r:.1f}' for r in runs)})", flush=True)
+        out[name + "_runs"] = runs
+        print(f"{path.name:24s} {name:26s} {out[name]:8.1f} tok/s  (runs {', '.join(f'{r:.1f}' for r in runs)})", flush=True)
     del model
     mx.clear_cache()
     return out

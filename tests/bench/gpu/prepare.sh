@@ -10,6 +10,7 @@
 #   .gpu/tok    SmolLM2-135M's config.json and tokenizer files, from the store's import of the GGUF
 #               (make_models.py writes the random-weight models from them on the device)
 #   .gpu/proj   a wheel of mlxserve itself (fallback when the device cannot install the tree editable)
+#   .gpu/base   HEAD's tree as a tarball (the "before" side of engine-batch-base)
 # Then on the device (tests/bench/gpu/run_device.sh says what each call does):
 #   call 1: carry [".gpu/a"]                     command: bash .gpu/a/stage.sh
 #   call 2: carry [".gpu/b",".gpu/tok",".gpu/proj"] command: bash tests/bench/gpu/run_device.sh setup ...
@@ -66,5 +67,10 @@ PY
 rm -rf .gpu/proj && mkdir -p .gpu/proj
 "$py" -m pip wheel -q --no-deps --no-build-isolation -w .gpu/proj . >/dev/null
 
-du -sh .gpu/a .gpu/b .gpu/tok .gpu/proj
+# 5. HEAD's tree, for before/after runs of the worker's engine (run_device.sh engine-batch-base).
+rm -rf .gpu/base && mkdir -p .gpu/base
+git archive HEAD protos services gateway cli deploy | gzip > .gpu/base/head.tar.gz
+git rev-parse HEAD > .gpu/base/HEAD
+
+du -sh .gpu/a .gpu/b .gpu/tok .gpu/proj .gpu/base
 echo "tree that travels: $(git ls-files -co --exclude-standard -z | du -ch --files0-from=- 2>/dev/null | tail -1)"

@@ -14,6 +14,9 @@
 #   suite-small / suite-8b   tests/bench/bench_suite.py on either model ($SUITE_ARGS replaces the defaults)
 #   profile-small py-spy of the mlxserve worker and gateway while they stream (SmolLM2-shaped model)
 #   engine-gap    tests/bench/gpu/engine_gap.py: batch-1 decode, stream_generate vs BatchGenerator and between
+#   engine-batch-new / engine-batch-base   tests/bench/gpu/engine_batch.py at 1, 8, 32 streams, with the
+#                 carried tree's ModelRunner / HEAD's (.gpu/base/head.tar.gz: prepare.sh writes it)
+#   profile-engine-new / profile-engine-base   py-spy (raw stacks) of engine_batch.py's runner at 32 streams, 8B shape
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-out}
@@ -100,7 +103,43 @@ step_warm() {  # $1: small|8b
 
 step_engine_gap() {
   log engine-gap
-  timeout 300 python3 tests/bench/gpu/engine_gap.py "$SMALL" "$BIG" --json "$OUT/gpu-engine-gap.json"
+  local lay
+  lay=$(tree_for new) || return 1
+  PYTHONPATH=$lay timeout 300 python3 tests/bench/gpu/engine_gap.py "$SMALL" "$BIG" --json "$OUT/gpu-engine-gap.json"
+}
+
+# A folder from which `mlxserve` imports the tree at $2 (PYTHONPATH=$1), as the editable install maps it.
+layout() {
+  rm -rf "$1" && mkdir -p "$1" && cp -r "$2/protos/mlxserve" "$1/mlxserve" || return 1
+  for d in services gateway cli deploy; do ln -s "$(cd "$2" && pwd)/$d" "$1/mlxserve/$d"; done
+}
+
+tree_for() {  # $1: new|base -> prints the layout folder
+  if [ "$1" = base ]; then
+    [ -d /tmp/base-src ] || { mkdir -p /tmp/base-src && tar xzf .gpu/base/head.tar.gz -C /tmp/base-src; }
+    layout /tmp/lay-base /tmp/base-src && echo /tmp/lay-base
+  else
+    layout /tmp/lay-new . && echo /tmp/lay-new
+  fi
+}
+
+step_engine_batch() {  # $1: new|base
+  local lay sides="stream_generate,bg_shared,bg_per_row,runner,runner_greedy"
+  lay=$(tree_for "$1") || return 1
+  [ "$1" = base ] && sides="runner,runner_greedy"
+  sides=${BATCH_SIDES:-$sides}
+  log "engine-batch $1: PYTHONPATH=$lay python3 tests/bench/gpu/engine_batch.py $SMALL $BIG --sides $sides"
+  # shellcheck disable=SC2086  # BATCH_MODELS / BATCH_ARGS (e.g. "--levels 1 --runs 5") narrow a rerun
+  PYTHONPATH=$lay timeout "${BATCH_TIMEOUT:-290}" python3 tests/bench/gpu/engine_batch.py ${BATCH_MODELS:-$SMALL $BIG} --sides "$sides" \
+    --label "$1" --json "$OUT/gpu-engine-batch-$1${BATCH_TAG:-}.json" ${BATCH_ARGS:-} 2>&1 | grep -v '\[info ' | tee "$OUT/engine-batch-$1${BATCH_TAG:-}.log"
+}
+
+step_profile_engine() {  # $1: new|base
+  local lay
+  lay=$(tree_for "$1") || return 1
+  log "profile-engine $1"
+  PYTHONPATH=$lay timeout 150 py-spy record --rate 200 --format raw -o "$OUT/pyspy-engine-$1.txt" -- \
+    python3 tests/bench/gpu/engine_batch.py "$BIG" --levels 32 --sides runner --runs 2 2>&1 | grep -v '\[info ' | tail -5
 }
 
 step_profile_small() {
@@ -124,6 +163,10 @@ for step in "$@"; do
     warm-8b) step_warm 8b || status=1 ;;
     profile-small) step_profile_small || status=1 ;;
     engine-gap) step_engine_gap || status=1 ;;
+    engine-batch-new) step_engine_batch new || status=1 ;;
+    engine-batch-base) step_engine_batch base || status=1 ;;
+    profile-engine-new) step_profile_engine new || status=1 ;;
+    profile-engine-base) step_profile_engine base || status=1 ;;
     *) log "unknown step $step"; status=1 ;;
   esac
 done
