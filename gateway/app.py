@@ -104,6 +104,7 @@ def create_app(settings: Settings, *, backends: Backends | None = None, router: 
         await router.start()
 
     async def stop(app: web.Application) -> None:
+        await app[state.CORE].close()  # leases still being given back
         await router.close()
         await backends.close()
 

@@ -3,7 +3,11 @@
 `TokenRouter` owns the gateway's one ZeroMQ PULL socket and hands each `TokenEvent` frame to the
 queue of the request it names. `GenerationCore.start` runs acquire → register → submit and returns
 a `Generation`, whose `events()` relays frames (watching the worker's health while it waits) and
-whose `close()` cancels an unfinished request and releases the lease, whatever happened.
+whose `close()` cancels an unfinished request and gives the lease back (without waiting for the
+supervisor's answer), whatever happened.
+
+Generations for one model name share a supervisor lease (`_SharedLease`) while the store's change
+marker stays the same: concurrent and back-to-back requests cost one Acquire, not one each.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from google.protobuf.json_format import MessageToDict
 from mlxserve.services.common import logs, rpc
 from mlxserve.services.common.config import Settings
 from mlxserve.services.common.errors import Cancelled, Internal, MlxServeError, NotFound, Timeout, Unavailable
+from mlxserve.services.store.changes import marker_path, read_marker
 from mlxserve.v1 import frames, store_pb2, supervisor_pb2, worker_pb2
 from mlxserve.v1.frames import Stats, TokenEvent, TokenLogprob, ToolCall
 
@@ -39,6 +44,10 @@ PING_TIMEOUT_S = 0.8
 
 # Submits per request: a second one, with a fresh lease, when the first worker could not be reached.
 SUBMIT_ATTEMPTS = 2
+
+# How long a shared lease outlives its last generation, so that the next request needs no Acquire;
+# the model's keep-alive timer starts that much later.
+LEASE_LINGER_S = 0.5
 
 log = logs.get_logger(component="streams")
 
@@ -186,12 +195,31 @@ class Collected:
         return "".join(self.thinking)
 
 
+class _SharedLease:
+    """One supervisor lease used by every generation for a model name that asks the same keep-alive, for
+    as long as the store's change marker reads `marker` and the worker answers. Given back when unused
+    for LEASE_LINGER_S, when a newer lease replaces it, or when its worker is lost."""
+
+    def __init__(self, name: str, lease: supervisor_pb2.AcquireResponse, keep_alive_s: float | None, marker: str) -> None:
+        self.name = name
+        self.lease = lease
+        self.keep_alive_s = keep_alive_s
+        self.marker = marker
+        self.users = 0
+        self.retired = False
+        self.released = False
+        self.timer: asyncio.TimerHandle | None = None
+
+
 class Generation:
     """A submitted request: iterate `events()`, then (always) `close()`."""
 
     def __init__(self, core: GenerationCore, req: GenerationRequest, submit_id: str, lease: supervisor_pb2.AcquireResponse,
-                 stream: _RequestStream, started_ns: int, in_flight: InFlight | None = None) -> None:
+                 stream: _RequestStream, started_ns: int, in_flight: InFlight | None = None,
+                 shared: _SharedLease | None = None) -> None:
         self.core = core
+        self.shared = shared
+        self.worker_lost = False
         self.in_flight = in_flight
         self.first_output_ns: int | None = None
         self.req = req
@@ -323,6 +351,7 @@ class Generation:
             return
         self.core.backends.forget_worker(address)
         self.final = TokenEvent(request_id=self.submit_id, done=True, done_reason="error")
+        self.worker_lost = True
         log.warning("worker_lost", model=self.model, worker=address)
         raise Unavailable(f"the worker for model '{self.model}' exited unexpectedly")
 
@@ -342,7 +371,7 @@ class Generation:
                       eval_count=stats.eval_count if stats else self.generated_tokens)
 
     async def close(self) -> None:
-        """Cancel the request if it did not finish, release the lease, stop routing its frames."""
+        """Cancel the request if it did not finish, stop routing its frames, give the lease back (see release_soon)."""
         if self._closed:
             return
         self._closed = True
@@ -359,9 +388,12 @@ class Generation:
                                    worker_pb2.CancelRequest(request_id=self.submit_id), timeout=2.0, request_id=rid)
                 except MlxServeError as e:
                     log.info("cancel_failed", error=str(e))
-            await core.release(self.lease.lease_id, self.req.keep_alive_s, rid)
         finally:
             core.router.unregister(self.submit_id)
+            if self.shared is not None:
+                core.unshare(self.shared, worker_lost=self.worker_lost)
+            else:
+                core.release_soon(self.lease.lease_id, self.req.keep_alive_s, rid)
 
 
 class GenerationCore:
@@ -373,6 +405,8 @@ class GenerationCore:
         self.router = router
         self.metrics = metrics or GatewayMetrics()
         self._background: set[asyncio.Task] = set()
+        self._shared: dict[str, _SharedLease] = {}  # by model name as requested
+        self._store_marker = marker_path(settings.run_dir)
 
     async def acquire(self, model: str, request_id: str, keep_alive_s: float | None) -> supervisor_pb2.AcquireResponse:
         """A lease on the model's worker. Its `load_duration_s` becomes the time this call took: getting the
@@ -402,9 +436,81 @@ class GenerationCore:
     def _release_orphan(self, call: asyncio.Future, keep_alive_s: float | None, request_id: str) -> None:
         if call.cancelled() or call.exception() is not None:
             return
-        task = asyncio.get_running_loop().create_task(self.release(call.result().lease_id, keep_alive_s, request_id))
+        self.release_soon(call.result().lease_id, keep_alive_s, request_id)
+
+    def release_soon(self, lease_id: str, keep_alive_s: float | None, request_id: str) -> None:
+        """End a lease without waiting for the supervisor: the response does not wait for that round trip.
+        The supervisor orders a late Release after a newer Acquire (the newer request's keep-alive wins), and
+        `close()` waits for the releases still under way."""
+        task = asyncio.get_running_loop().create_task(self.release(lease_id, keep_alive_s, request_id))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _lease_for(self, req: GenerationRequest) -> tuple[supervisor_pb2.AcquireResponse, _SharedLease | None]:
+        """A lease for `req`: the model name's shared one when it is still good, else a fresh Acquire (which
+        becomes the shared one). Not shared: keep_alive 0 (unload as soon as idle), or no store marker."""
+        if req.keep_alive_s == 0:
+            return await self.acquire(req.model, req.request_id, req.keep_alive_s), None
+        started = time.monotonic()
+        marker = read_marker(self._store_marker)  # before Acquire: a change meanwhile retires the lease next time
+        shared = self._shared.get(req.model)
+        if shared is not None and shared.marker == marker and shared.keep_alive_s == req.keep_alive_s:
+            shared.users += 1
+            if shared.timer is not None:
+                shared.timer.cancel()
+                shared.timer = None
+            lease = supervisor_pb2.AcquireResponse()
+            lease.CopyFrom(shared.lease)
+            lease.load_duration_s = max(time.monotonic() - started, 1e-6)
+            return lease, shared
+        lease = await self.acquire(req.model, req.request_id, req.keep_alive_s)
+        if marker is None:
+            return lease, None
+        old = self._shared.get(req.model)
+        if old is not None:
+            self._retire(old)  # the newer lease (and keep-alive) takes over; the old one ends with its last user
+        shared = self._shared[req.model] = _SharedLease(req.model, lease, req.keep_alive_s, marker)
+        shared.users = 1
+        return lease, shared
+
+    def unshare(self, shared: _SharedLease, *, worker_lost: bool = False) -> None:
+        """A generation is done with `shared`; a lost worker retires it at once, else it lingers when unused."""
+        shared.users -= 1
+        if worker_lost:
+            self._retire(shared)
+        elif shared.users == 0:
+            if shared.retired:
+                self._give_back(shared)
+            else:
+                shared.timer = asyncio.get_running_loop().call_later(LEASE_LINGER_S, self._retire, shared)
+
+    def _retire(self, shared: _SharedLease) -> None:
+        """No new generation may use `shared`; it goes back once the last one still using it is done."""
+        shared.retired = True
+        if self._shared.get(shared.name) is shared:
+            del self._shared[shared.name]
+        if shared.users <= 0:
+            self._give_back(shared)
+
+    def _give_back(self, shared: _SharedLease) -> None:
+        if shared.timer is not None:
+            shared.timer.cancel()
+            shared.timer = None
+        if not shared.released:
+            shared.released = True
+            self.release_soon(shared.lease.lease_id, shared.keep_alive_s, "")
+
+    def retire_shared(self) -> None:
+        """Stop sharing every lease (a model was unloaded, or the gateway stops)."""
+        for shared in list(self._shared.values()):
+            self._retire(shared)
+
+    async def close(self) -> None:
+        """Give back the shared leases and wait (briefly) for the releases still under way; the app's
+        cleanup calls it before closing channels."""
+        self.retire_shared()
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=5.0)
 
     async def release(self, lease_id: str, keep_alive_s: float | None, request_id: str) -> None:
         req = supervisor_pb2.ReleaseRequest(lease_id=lease_id)
@@ -418,7 +524,7 @@ class GenerationCore:
     async def load(self, model: str, request_id: str, keep_alive_s: float | None) -> supervisor_pb2.AcquireResponse:
         """Make sure the model is loaded (Ollama's empty-prompt request), holding no lease after."""
         lease = await self.acquire(model, request_id, keep_alive_s)
-        await asyncio.shield(self.release(lease.lease_id, keep_alive_s, request_id))
+        self.release_soon(lease.lease_id, keep_alive_s, request_id)
         return lease
 
     async def unload(self, model: str, request_id: str) -> None:
@@ -426,6 +532,7 @@ class GenerationCore:
 
         As in Ollama, unloading a model that is not loaded succeeds; only an unknown model is NotFound.
         """
+        self.retire_shared()  # its worker is going away
         try:
             await rpc.call("supervisor", self.backends.supervisor().Stop, supervisor_pb2.StopRequest(model=model),
                            timeout=30.0, request_id=request_id)
@@ -459,11 +566,11 @@ class GenerationCore:
             raise
 
     async def _start_once(self, req: GenerationRequest, started: int, in_flight: InFlight) -> Generation:
-        lease = await self.acquire(req.model, req.request_id, req.keep_alive_s)
+        lease, shared = await self._lease_for(req)
         self.metrics.leased(in_flight, lease.model or req.model)
         submit_id = f"{req.request_id}.{secrets.token_hex(4)}"
         stream = self.router.register(submit_id)
-        gen = Generation(self, req, submit_id, lease, stream, started, in_flight)
+        gen = Generation(self, req, submit_id, lease, stream, started, in_flight, shared)
         submit = submit_request(req, submit_id, self.router.address)
         if logs.debug_enabled():
             log.debug("submit", model=gen.model, submit_id=submit_id, worker=lease.worker_address, is_chat=req.is_chat,
@@ -478,6 +585,7 @@ class GenerationCore:
             if isinstance(e, MlxServeError):  # the worker refused or never got it: nothing to cancel
                 gen.final = TokenEvent(request_id=submit_id, done=True, done_reason="error")
             gen.in_flight = None  # still in flight if retried; start() ends it otherwise
+            gen.worker_lost = isinstance(e, Unavailable)
             await gen.close()  # when the client went away mid-Submit, this cancels on the worker
             if isinstance(e, Unavailable):
                 self.backends.forget_worker(lease.worker_address)
@@ -499,7 +607,7 @@ class GenerationCore:
             self.backends.forget_worker(lease.worker_address)
             raise Unavailable(f"the worker for model '{lease.model or req.model}' is not answering: {e.message}") from None
         finally:
-            await asyncio.shield(self.release(lease.lease_id, req.keep_alive_s, req.request_id))
+            self.release_soon(lease.lease_id, req.keep_alive_s, req.request_id)
         return resp.prompt_tokens
 
     async def embed(self, model: str, request_id: str, keep_alive_s: float | None, inputs: list[str], *,
@@ -520,7 +628,7 @@ class GenerationCore:
             self.backends.forget_worker(lease.worker_address)
             raise Unavailable(f"the worker for model '{lease.model or model}' is not answering: {e.message}") from None
         finally:
-            await asyncio.shield(self.release(lease.lease_id, keep_alive_s, request_id))
+            self.release_soon(lease.lease_id, keep_alive_s, request_id)
         return resp, lease
 
 

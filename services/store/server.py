@@ -26,6 +26,7 @@ from mlxserve.services.common.errors import Cancelled, InvalidArgument, Unavaila
 from mlxserve.v1 import common_pb2, store_pb2, store_pb2_grpc
 
 from . import transfer
+from .changes import ChangeMarker, marker_path
 from .importers import ollama
 from .importers.oci_layout import is_package_ref
 from .progress import ProgressCallback, ProgressEvent
@@ -167,9 +168,16 @@ class _ChunkReader(io.RawIOBase):
 
 
 class StoreServicer(store_pb2_grpc.StoreServicer):
-    def __init__(self, store: ModelStore, remotes: transfer.Remotes | None = None) -> None:
+    def __init__(self, store: ModelStore, remotes: transfer.Remotes | None = None, changes: ChangeMarker | None = None) -> None:
         self.store = store
         self.remotes = remotes or transfer.Remotes()
+        self.changes = changes
+
+    def _changed(self) -> None:
+        """A verb that may change what a name resolves to ran (even if it failed half way): readers of
+        the change marker resolve afresh. Called before the verb's answer goes out."""
+        if self.changes is not None:
+            self.changes.changed()
 
     def _relay(self, context: grpc.ServicerContext, what: str, work: Callable[[ProgressCallback, threading.Event], T],
                wrap: Callable[[common_pb2.Progress], Any] = lambda p: p) -> Generator[Any, None, T]:
@@ -226,8 +234,11 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         if not request.name:
             raise InvalidArgument("create: a model name is required")
         spec = create_spec(request)
-        yield from self._relay(context, "create",
-                               lambda progress, _cancel: self.store.create(request.name, spec, progress=progress))
+        try:
+            yield from self._relay(context, "create",
+                                   lambda progress, _cancel: self.store.create(request.name, spec, progress=progress))
+        finally:
+            self._changed()
 
     @rpc.rpc_method
     def Pull(self, request: store_pb2.PullRequest, context: grpc.ServicerContext) -> Iterator[common_pb2.Progress]:
@@ -236,9 +247,12 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         if is_package_ref(request.name) and not request.name.startswith(("http://", "https://", "/")):
             # Relative to what? The store's working folder is no one's business: clients send absolute paths.
             raise InvalidArgument(f"pull: {request.name!r} looks like a file; give a model name, an absolute path or a URL")
-        yield from self._relay(context, "pull", lambda progress, cancel: transfer.pull(
-            self.store, request.name, insecure=request.insecure, progress=progress, cancel=cancel,
-            remotes=self.remotes))
+        try:
+            yield from self._relay(context, "pull", lambda progress, cancel: transfer.pull(
+                self.store, request.name, insecure=request.insecure, progress=progress, cancel=cancel,
+                remotes=self.remotes))
+        finally:
+            self._changed()
 
     @rpc.rpc_method
     def Push(self, request: store_pb2.PushRequest, context: grpc.ServicerContext) -> Iterator[common_pb2.Progress]:
@@ -275,11 +289,17 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
     def Copy(self, request: store_pb2.CopyRequest, context: grpc.ServicerContext) -> store_pb2.CopyResponse:
         if not request.source or not request.destination:
             raise InvalidArgument("copy: both a source and a destination name are required")
-        return store_pb2.CopyResponse(model=summary_pb(disk_full_as_error(self.store.copy)(request.source, request.destination)))
+        try:
+            return store_pb2.CopyResponse(model=summary_pb(disk_full_as_error(self.store.copy)(request.source, request.destination)))
+        finally:
+            self._changed()
 
     @rpc.rpc_method
     def Remove(self, request: store_pb2.RemoveRequest, context: grpc.ServicerContext) -> store_pb2.RemoveResponse:
-        return store_pb2.RemoveResponse(removed_blobs=self.store.remove(request.name))
+        try:
+            return store_pb2.RemoveResponse(removed_blobs=self.store.remove(request.name))
+        finally:
+            self._changed()
 
     @rpc.rpc_method
     def Resolve(self, request: store_pb2.ResolveRequest, context: grpc.ServicerContext) -> store_pb2.ResolveResponse:
@@ -300,7 +320,10 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
 
     @rpc.rpc_method
     def Gc(self, request: store_pb2.GcRequest, context: grpc.ServicerContext) -> store_pb2.GcResponse:
-        report = self.store.gc()
+        try:
+            report = self.store.gc()
+        finally:
+            self._changed()
         return store_pb2.GcResponse(removed_blobs=report.removed_blobs, freed_bytes=report.freed_bytes,
                                     removed_partials=report.removed_partials)
 
@@ -332,21 +355,29 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         models = ollama.select(ollama.scan(root), list(request.names), request.all, root)
         verified: dict[str, str | None] = {}  # blobs hashed in this call: tags often share one GGUF
         for m in models:
-            result = yield from self._relay(
-                context, "import-ollama",
-                lambda progress, _cancel, m=m: ollama.import_model(self.store, m, force=request.force,
-                                                                   dry_run=request.dry_run, progress=progress,
-                                                                   verified=verified),
-                wrap=lambda p, m=m: store_pb2.ImportOllamaEvent(ollama_name=m.ollama_name, progress=p))
+            try:
+                result = yield from self._relay(
+                    context, "import-ollama",
+                    lambda progress, _cancel, m=m: ollama.import_model(self.store, m, force=request.force,
+                                                                       dry_run=request.dry_run, progress=progress,
+                                                                       verified=verified),
+                    wrap=lambda p, m=m: store_pb2.ImportOllamaEvent(ollama_name=m.ollama_name, progress=p))
+            finally:
+                self._changed()
             yield store_pb2.ImportOllamaEvent(ollama_name=m.ollama_name, result=ollama_result_pb(result))
 
 
 def build_server(store: ModelStore, socket_path: Path, max_workers: int = 16,
                  remotes: transfer.Remotes | None = None) -> grpc.Server:
-    """A started-ready (not yet started) gRPC server for `store` bound to a fresh unix socket."""
+    """A started-ready (not yet started) gRPC server for `store` bound to a fresh unix socket.
+
+    The change marker lives next to the socket (the runtime directory); it gets a fresh value now, so
+    that names a reader cached from an earlier store process are resolved again."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="store-rpc"),
                          options=rpc.CHANNEL_OPTIONS)
-    store_pb2_grpc.add_StoreServicer_to_server(StoreServicer(store, remotes), server)
     rpc.prepare_socket_path(socket_path)
+    changes = ChangeMarker(marker_path(socket_path.parent))
+    changes.changed()
+    store_pb2_grpc.add_StoreServicer_to_server(StoreServicer(store, remotes, changes), server)
     server.add_insecure_port(rpc.unix_target(socket_path))
     return server

@@ -6,7 +6,9 @@ manifest digest, so two names for the same weights share one worker).
 
 Keep-alive rules (Ollama's):
 - each Acquire sets the model's keep-alive: the request's value, or the default when unset;
-  a Release that carries a value overrides it again, so the last request's keep-alive wins;
+  a Release that carries a value overrides it again, so the last request's keep-alive wins; a
+  Release of an older lease that arrives after a newer Acquire (the gateway does not wait for its
+  releases) leaves the newer request's value alone;
 - the timer runs only while the model has no lease: it starts when the last lease ends;
 - 0 means "unload as soon as idle"; a negative value means "never expire".
 
@@ -75,6 +77,7 @@ class _Resident:
     idle_since: float | None = None  # set while no lease is held (and not loading)
     memory: int = 0
     loading: bool = False  # reserved by a load in progress: counts against limits, never evicted
+    latest_lease: str | None = None  # the newest Acquire's lease: only its Release may set keep_alive
 
 
 class Residency:
@@ -118,6 +121,7 @@ class Residency:
         if res is None:
             res = self._models[key] = _Resident(keep_alive=ka)
         res.keep_alive = ka
+        res.latest_lease = lease_id
         res.leases.add(lease_id)
         res.idle_since = None
         res.loading = False
@@ -136,7 +140,7 @@ class Residency:
             raise NotFound(f"lease '{lease_id}' not found")
         res = self._models[key]
         res.leases.discard(lease_id)
-        if keep_alive is not None:
+        if keep_alive is not None and res.latest_lease in (lease_id, None):
             res.keep_alive = keep_alive
         if not res.leases:
             res.idle_since = self._clock()

@@ -261,7 +261,8 @@ class WorkerPool:
             key = loaded.ref.digest
             if key in self.residency:
                 expires = self.residency.expires_at(key)
-                in_flight = self.residency.leases(key)
+                # A gateway shares one lease among its requests for a model: the worker counts them.
+                in_flight = max(self.residency.leases(key), info.running + info.waiting if info is not None else 0)
             else:
                 expires, in_flight = self._clock() + self.settings.keep_alive, 0
             wall = math.inf if math.isinf(expires) else time.time() + (expires - self._clock())

@@ -12,6 +12,7 @@ import grpc
 from mlxserve.services.common import logs, rpc
 from mlxserve.services.common.config import Settings
 from mlxserve.services.common.errors import InvalidArgument
+from mlxserve.services.store.changes import marker_path
 from mlxserve.v1 import supervisor_pb2, supervisor_pb2_grpc
 
 from .pool import LoadedInfo, WorkerPool
@@ -78,7 +79,7 @@ async def serve(settings: Settings, pool: WorkerPool | None = None, stop: asynci
     """Serve the Supervisor on settings.supervisor_socket until SIGTERM/SIGINT (or `stop` is set),
     then stop every worker and remove the socket."""
     log = logs.get_logger()
-    resolver = StoreResolver(settings.store_target)
+    resolver = StoreResolver(settings.store_target, changes=marker_path(settings.run_dir))
     pool = pool or WorkerPool(settings, resolver)
     stop = stop or asyncio.Event()
     for path in remove_stale_sockets(settings.run_dir):

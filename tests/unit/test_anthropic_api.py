@@ -18,7 +18,7 @@ from mlxserve.services.common.rpc import rpc_method
 from mlxserve.v1 import worker_pb2
 from mlxserve.v1.frames import Stats, TokenEvent, ToolCall
 from tests.unit.test_gateway_security import KEY, gateway
-from tests.unit.test_gateway_streaming import FakeWorker, harness, run, text
+from tests.unit.test_gateway_streaming import FakeWorker, harness, run, text, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -398,7 +398,8 @@ def test_count_tokens_counts_on_the_worker_without_generating(counting_worker):
             assert resp.status == 200 and await resp.json() == {"input_tokens": 7 * 2 + 5}
             [counted] = counting_worker
             assert [m.role for m in counted.messages] == ["system", "user"] and counted.think is True
-            assert h.worker.submits == [] and len(h.supervisor.releases) == 1  # nothing generated, the lease given back
+            await wait_for(lambda: len(h.supervisor.releases) == 1)  # the lease given back
+            assert h.worker.submits == []  # nothing generated
             missing = await h.post("/v1/messages/count_tokens", {"model": "nope", "messages": USER})
             assert missing.status == 404 and (await missing.json())["error"]["type"] == "not_found_error"
     run(scenario())

@@ -21,7 +21,7 @@ from mlxserve.gateway.validation import BadField, UnsupportedField
 from mlxserve.v1 import worker_pb2
 from mlxserve.v1.frames import Stats, TokenEvent, TokenLogprob, ToolCall, TopLogprob
 
-from .test_gateway_streaming import harness, ndjson, run, sse, text
+from .test_gateway_streaming import harness, ndjson, run, sse, text, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -342,8 +342,7 @@ def test_worker_refusing_a_capability_is_a_400_with_its_message():
             err = (await resp.json())["error"]
             assert resp.status == 400 and err["message"] == "model 'tiny' does not support tools"
             assert err["type"] == "invalid_request_error"
-            await asyncio.sleep(0.05)
-            assert len(h.supervisor.releases) == 2  # the lease goes back even when the worker refuses
+            await wait_for(lambda: len(h.supervisor.releases) == 2)  # the lease goes back even when the worker refuses
     run(scenario())
 
 
@@ -358,7 +357,8 @@ def test_api_embed_takes_a_string_or_a_list_and_returns_ollamas_shape():
             assert body["prompt_eval_count"] == 3 and body["load_duration"] == 250_000_000 and body["total_duration"] > 0
             sent = h.worker.embeds[0]
             assert list(sent.inputs) == ["a b", "cde"] and sent.dimensions == 2 and sent.HasField("truncate") and not sent.truncate
-            assert h.supervisor.acquires[0].keep_alive_s == 60 and len(h.supervisor.releases) == 1
+            await wait_for(lambda: len(h.supervisor.releases) == 1)
+            assert h.supervisor.acquires[0].keep_alive_s == 60 and h.supervisor.releases[0].keep_alive_s == 60
             body = await (await h.post("/api/embed", {"model": "tiny", "input": "hello"})).json()
             assert body["embeddings"] == [[0.0, 5.0, 0.0]]
             legacy = await (await h.post("/api/embeddings", {"model": "tiny", "prompt": "hello"})).json()
@@ -405,5 +405,5 @@ def test_embedding_on_a_generative_model_is_a_400_with_the_workers_message():
             h.worker.refusal = "model 'tiny' does not support embeddings"
             resp = await h.post("/api/embed", {"model": "tiny", "input": "x"})
             assert resp.status == 400 and await resp.json() == {"error": "model 'tiny' does not support embeddings"}
-            assert len(h.supervisor.releases) == 1
+            await wait_for(lambda: len(h.supervisor.releases) == 1)
     run(scenario())

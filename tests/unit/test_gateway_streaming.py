@@ -32,6 +32,7 @@ from mlxserve.gateway.streams import TokenRouter
 from mlxserve.services.common.config import load_settings
 from mlxserve.services.common.errors import Busy, InvalidArgument, NotFound, Unsupported
 from mlxserve.services.common.rpc import ping_response, rpc_method
+from mlxserve.services.store.changes import ChangeMarker, marker_path
 from mlxserve.v1 import common_pb2, frames, store_pb2, store_pb2_grpc, supervisor_pb2, supervisor_pb2_grpc, worker_pb2, worker_pb2_grpc
 from mlxserve.v1.frames import Stats, TokenEvent
 
@@ -125,6 +126,7 @@ class FakeSupervisor(supervisor_pb2_grpc.SupervisorServicer):
         self.dead_addresses: list[str] = []  # handed out (once each) before worker_address
         self.busy = False
         self.acquire_delay = 0.0
+        self.release_delay = 0.0
 
     @rpc_method
     async def Ping(self, request, context):
@@ -144,6 +146,7 @@ class FakeSupervisor(supervisor_pb2_grpc.SupervisorServicer):
 
     @rpc_method
     async def Release(self, request, context):
+        await asyncio.sleep(self.release_delay)
         self.releases.append(request)
         return supervisor_pb2.ReleaseResponse()
 
@@ -308,7 +311,8 @@ def test_empty_prompt_loads_the_model_and_keep_alive_zero_unloads_it():
         async with harness() as h:
             body = await (await h.post("/api/generate", {"model": "tiny"})).json()
             assert body["done"] is True and body["done_reason"] == "load" and body["response"] == ""
-            assert len(h.supervisor.acquires) == 1 and len(h.supervisor.releases) == 1 and h.worker.submits == []
+            await wait_for(lambda: len(h.supervisor.releases) == 1)  # given back without holding up the answer
+            assert len(h.supervisor.acquires) == 1 and h.worker.submits == []
             body = await (await h.post("/api/chat", {"model": "tiny", "messages": []})).json()
             assert body["done_reason"] == "load" and body["message"] == {"role": "assistant", "content": ""}
             body = await (await h.post("/api/generate", {"model": "tiny", "keep_alive": 0})).json()
@@ -362,7 +366,8 @@ def test_a_leased_worker_that_just_died_is_retried_once_with_a_fresh_lease():
             h.worker.plan = [text("Hel"), done()]
             resp = await h.post("/api/generate", {"model": "tiny", "prompt": "Hi", "stream": False})
             assert resp.status == 200 and (await resp.json())["response"] == "Hel"
-            assert [r.lease_id for r in h.supervisor.releases] == ["lease-1", "lease-2"]
+            await wait_for(lambda: len(h.supervisor.releases) == 2)
+            assert sorted(r.lease_id for r in h.supervisor.releases) == ["lease-1", "lease-2"]
             h.supervisor.dead_addresses = [f"unix://{h.home}/gone.sock"] * 2
             resp = await h.post("/api/generate", {"model": "tiny", "prompt": "Hi"})
             assert resp.status == 503 and "is not answering" in (await resp.json())["error"]
@@ -380,6 +385,53 @@ def test_client_disconnect_cancels_the_request_on_the_worker_and_releases_the_le
             resp.close()  # the client goes away mid-stream
             await wait_for(lambda: len(h.worker.cancels) == 1 and len(h.supervisor.releases) == 1)
             assert h.worker.cancels[0] == h.worker.submits[0][0].request_id
+    run(scenario())
+
+
+def test_a_slow_release_does_not_hold_up_the_answer_and_shutdown_waits_for_it():
+    async def scenario():
+        async with harness() as h:
+            h.supervisor.release_delay = 2.0
+            started = time.monotonic()
+            resp = await h.post("/api/generate", {"model": "tiny", "prompt": "Hi", "stream": False})
+            assert resp.status == 200 and (await resp.json())["response"] == "Hello"
+            assert time.monotonic() - started < 1.5 and h.supervisor.releases == []  # answered first
+            await h.client.close()  # the gateway shutting down gives the lease back before it goes
+            assert [r.lease_id for r in h.supervisor.releases] == ["lease-1"]
+    run(scenario())
+
+
+def test_requests_for_a_model_share_one_lease_until_the_store_changes():
+    async def scenario():
+        async with harness() as h:
+            store = ChangeMarker(marker_path(h.home / "run"))
+            store.changed()
+            one = {"model": "tiny", "prompt": "Hi", "stream": False}
+            for _ in range(3):
+                assert (await h.post("/api/generate", one)).status == 200
+            assert len(h.supervisor.acquires) == 1  # one Acquire for three requests
+            await wait_for(lambda: len(h.supervisor.releases) == 1)  # given back once unused for a moment
+            assert (await h.post("/api/generate", one)).status == 200
+            store.changed()  # e.g. `mlxctl rm` or a new create of the name: the next request asks again
+            assert (await h.post("/api/generate", one)).status == 200
+            assert [a.model for a in h.supervisor.acquires] == ["tiny"] * 3
+            assert (await h.post("/api/generate", {**one, "keep_alive": 0})).status == 200  # unload when idle: its own
+            assert len(h.supervisor.acquires) == 4
+            await wait_for(lambda: len(h.supervisor.releases) == 4)
+            assert h.supervisor.releases[-1].keep_alive_s == 0
+    run(scenario())
+
+
+def test_a_shared_lease_on_a_dead_worker_is_dropped_for_a_fresh_one():
+    async def scenario():
+        async with harness() as h:
+            ChangeMarker(marker_path(h.home / "run")).changed()
+            h.supervisor.dead_addresses = [f"unix://{h.home}/gone.sock"]
+            one = {"model": "tiny", "prompt": "Hi", "stream": False}
+            assert (await h.post("/api/generate", one)).status == 200  # lease-1 is dead: retried on lease-2
+            assert (await h.post("/api/generate", one)).status == 200
+            assert len(h.supervisor.acquires) == 2
+            await wait_for(lambda: [r.lease_id for r in h.supervisor.releases][:1] == ["lease-1"])
     run(scenario())
 
 

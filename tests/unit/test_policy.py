@@ -361,3 +361,16 @@ def test_plan_load_evicts_enough_for_the_float32_estimate(res: Residency) -> Non
     need = expected_memory(1000, cpu_float32="auto", cpu_backend=True, budget=10_000, bits=4)
     assert res.plan_load(1000, Limits(memory_budget=10_000)) == []  # the stored size would fit...
     assert res.plan_load(need, Limits(memory_budget=10_000)) == ["a"]  # ... the float32 one does not
+
+
+def test_a_release_arriving_after_a_newer_acquire_leaves_the_newer_keep_alive(res: Residency, clock: FakeClock) -> None:
+    # The gateway gives leases back without waiting: request 1's Release (keep_alive 0) may land after
+    # request 2's Acquire (keep_alive 60); request 2 came last, so its keep-alive wins.
+    res.acquire("m", "l1", keep_alive=0)
+    res.acquire("m", "l2", keep_alive=60)
+    res.release("l1", keep_alive=0)
+    res.release("l2")
+    clock.advance(59)
+    assert res.expired() == []
+    clock.advance(1)
+    assert res.expired() == ["m"]

@@ -791,3 +791,22 @@ def test_gpu_workers_and_cpu_float32_never_reserve_the_stored_size(settings: Set
     never.cpu_backend = True
     assert gpu.expected_memory(ref) == 10_000
     assert never.expected_memory(ref) == 10_000
+
+
+def test_ps_counts_the_requests_a_worker_holds_when_one_lease_serves_several(settings: Settings, store: FakeStore) -> None:
+    # A gateway shares one lease among its requests for a model: in_flight comes from the worker's own
+    # count when that is larger ("busy" reports one request running while no lease is held here).
+    store.add("busy", mode="busy")
+
+    async def scenario() -> None:
+        pool = make_pool(settings, store)
+        pool.start()
+        try:
+            lease = await pool.acquire("busy", "r1")
+            await pool.release(lease.lease_id)
+            [info] = await pool.list_loaded()
+            assert info.in_flight == 1
+        finally:
+            await pool.close()
+
+    run(scenario())
