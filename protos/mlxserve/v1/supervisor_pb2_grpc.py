@@ -78,7 +78,8 @@ class SupervisorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Acquire(self, request, context):
-        """Ensure a worker for the model is running and lease it for one request.
+        """Ensure a worker for the model is running and lease it: the gateway holds one lease per model name
+        for the requests it has in flight (and 0.5 s after), and gives it back with Release.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
