@@ -89,6 +89,8 @@ def stream_turn(system: System, messages: list[dict], max_tokens: int = 8, extra
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
+            if chunk.get("error"):  # the stream's own error event: a failed turn is not a measurement
+                raise RuntimeError(f"the turn failed after {time.perf_counter() - started:.1f} s: {chunk['error']}")
             usage = chunk.get("usage") or usage
             for choice in chunk.get("choices") or []:
                 piece = (choice.get("delta") or {}).get("content") or ""
@@ -170,8 +172,8 @@ def step_cost(system: System, home: Path, messages: list[dict], rounds: int, win
             stream_turn(system, [{"role": "user", "content": "Tell me a long story about the sea."}], max_tokens=100_000,
                         extra={"logit_bias": {"2": -100}},  # no <|im_end|>: B decodes until it is stopped
                         on_token=lambda _: b_times.append(time.perf_counter()))
-        except OSError:
-            pass  # ended by the unload below
+        except (OSError, RuntimeError):
+            pass  # ended by the unload below (a closed connection, or the stream's "shutting down" error)
 
     writes_before = len(worker_events(home, "prefix_disk_written"))
     b = threading.Thread(target=decode_b, daemon=True)
