@@ -14,6 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import mlx.core as mx
+from mlx_lm.sample_utils import make_logits_processors as mlx_logits_processors
+from mlx_lm.sample_utils import make_repetition_penalty
+
 from mlxserve.services.common.errors import InvalidArgument
 
 from .batch_step import GREEDY, RowSampling
@@ -117,30 +120,20 @@ def make_logits_processors(options: SamplingOptions, context_length: int) -> lis
     """
     processors: list[LogitsProcessor] = []
     if options.logit_bias:
-        ids = mx.array(list(options.logit_bias.keys()), dtype=mx.int32)
-        biases = mx.array(list(options.logit_bias.values()), dtype=mx.float32)
-
-        def logit_bias(tokens: mx.array, logits: mx.array) -> mx.array:
-            return logits.at[:, ids].add(biases.astype(logits.dtype))
-
-        processors.append(logit_bias)
+        # mlx-lm's own processor (the bias is added as float32, so a bf16 row is promoted: more precise).
+        processors += mlx_logits_processors(logit_bias=options.logit_bias)
 
     penalty = options.repeat_penalty
     window = DEFAULT_REPEAT_LAST_N if options.repeat_last_n is None else options.repeat_last_n
     if window == -1:
         window = options.num_ctx or context_length
     if penalty is not None and penalty != 1.0 and window > 0:
+        # llama.cpp's repeat_penalty over the last `window` tokens (prompt included) is exactly mlx-lm's
+        # repetition penalty: positive logits divided, negative multiplied, once per distinct token.
+        processors.append(make_repetition_penalty(penalty, window))
 
-        def repeat_penalty(tokens: mx.array, logits: mx.array) -> mx.array:
-            recent = tokens[-window:]
-            if recent.size == 0:
-                return logits
-            selected = logits[:, recent]
-            # Duplicate ids write the same value, so a token is penalized once however often it recurs.
-            logits[:, recent] = mx.where(selected < 0, selected * penalty, selected / penalty)
-            return logits
-
-        processors.append(repeat_penalty)
+    # Not mlx-lm's presence/frequency penalties: those look at the last N tokens, prompt included;
+    # OpenAI's count the whole output and only the output.
 
     presence = options.presence_penalty or 0.0
     frequency = options.frequency_penalty or 0.0
