@@ -37,13 +37,17 @@ class Served:
             return resolve(name)
 
         self.store.resolve = counted  # type: ignore[method-assign]
+        self.digest_of = lambda name: resolve(name).digest  # uncounted: what the store holds now
         self.server = build_server(self.store, self.sock)
         self.server.start()
         self.channel = rpc.sync_channel(rpc.unix_target(self.sock))
         self.stub = store_pb2_grpc.StoreStub(self.channel)
 
-    def create(self, name: str, folder: Path) -> None:
+    def create(self, name: str, folder: Path) -> str:
+        """Create `name` from `folder`; the new model's digest (a manifest records when it was made, so
+        the same folder made twice may be two digests)."""
         list(self.stub.Create(store_pb2.CreateRequest(name=name, from_path=str(folder)), timeout=60))
+        return self.digest_of(name)
 
     def restart(self) -> None:
         self.server.stop(0)
@@ -96,8 +100,8 @@ def test_a_name_is_resolved_once_until_the_store_changes(served: Served, folders
             assert recreated.digest != first.digest  # the new model, not the cached one
 
             served.stub.Copy(store_pb2.CopyRequest(source="tiny", destination="tiny:other"), timeout=30)
-            served.create("tiny", a)  # copy keeps b under the new name; tiny is a again
-            assert (await resolver.resolve("tiny")).digest == first.digest
+            again = served.create("tiny", a)  # copy keeps b under the new name; tiny is a again
+            assert (await resolver.resolve("tiny")).digest == again != recreated.digest
             assert (await resolver.resolve("tiny:other")).digest == recreated.digest
 
             asked = len(served.resolves)
