@@ -17,6 +17,7 @@ from mlxserve.gateway.validation import BadField, UnsupportedField
 from mlxserve.services.common.rpc import rpc_method
 from mlxserve.v1 import worker_pb2
 from mlxserve.v1.frames import Stats, TokenEvent, ToolCall
+from tests.unit.test_gateway_responses_api import sse_events as events
 from tests.unit.test_gateway_security import KEY, gateway
 from tests.unit.test_gateway_streaming import FakeWorker, harness, run, text, wait_for
 
@@ -35,19 +36,6 @@ def body(**fields: Any) -> dict[str, Any]:
 def finished(reason: str = "stop", stop_sequence: str | None = None, cached: int = 0) -> TokenEvent:
     return TokenEvent(request_id="", done=True, done_reason=reason, stop_sequence=stop_sequence,
                       stats=Stats(prompt_eval_count=10 - cached, eval_count=3, prompt_tokens=10, cached_tokens=cached))
-
-
-async def events(resp) -> list[tuple[str, dict]]:
-    """(event, data) pairs of an SSE body; checks that each `event:` names its data's `type`."""
-    out = []
-    for block in (await resp.text()).split("\n\n"):
-        if not block.strip():
-            continue
-        lines = dict(line.split(": ", 1) for line in block.splitlines())
-        data = json.loads(lines["data"])
-        assert lines["event"] == data["type"]
-        out.append((lines["event"], data))
-    return out
 
 
 @pytest.fixture

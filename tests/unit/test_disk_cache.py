@@ -8,7 +8,6 @@ import shutil
 import time
 from pathlib import Path
 
-import mlx.core as mx
 import pytest
 from mlx_lm.models.cache import KVCache
 
@@ -20,29 +19,12 @@ from mlxserve.services.worker.runner import ModelRunner
 from mlxserve.services.worker.sampling import SamplingOptions
 from mlxserve.v1.frames import TokenEvent
 from tests.fixtures.tiny_model import tiny_model_dir  # noqa: F401 - fixture
+from tests.unit.test_prefix_cache import held, kv
 
 MODEL = "a" * 64
 OTHER = "b" * 64
 COMPUTE = "cpu float32"
 MIN = 8  # min_tokens in these tests
-
-
-def kv(n_tokens: int, start: float = 0.0) -> list[KVCache]:
-    """A 2-layer cache of `n_tokens` positions whose keys hold their position (+ start)."""
-    layers = []
-    for _ in range(2):
-        c = KVCache()
-        positions = mx.arange(n_tokens, dtype=mx.float32) + start
-        c.keys = mx.broadcast_to(positions[None, None, :, None], (1, 1, n_tokens, 4)) + 0
-        c.values = c.keys + 0
-        c.offset = n_tokens
-        layers.append(c)
-    return layers
-
-
-def held(cache: list[KVCache]) -> list[float]:
-    keys, _ = cache[0].keys_and_values()
-    return keys[0, 0, :, 0].tolist()
 
 
 def disk(root: Path, model: str = MODEL, max_bytes: int = 1 << 30, compute: str = COMPUTE) -> DiskPrefixCache:
