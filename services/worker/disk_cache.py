@@ -157,6 +157,8 @@ class DiskPrefixCache:
     def find(self, tokens: Sequence[int]) -> DiskMatch | None:
         """The entry that can stand in for the longest prefix of `tokens` (at least `min_tokens`,
         leaving one token to evaluate), from the index alone: nothing is read yet."""
+        if len(tokens) <= self.min_tokens:
+            return None  # no prefix of it can be min_tokens long and leave a token to evaluate
         query = np.asarray(tokens, dtype=np.int64)
         best: DiskMatch | None = None
         with self._lock:

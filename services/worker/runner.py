@@ -216,7 +216,7 @@ class ModelRunner:
         max_tokens = room if num_predict is None or num_predict < 0 else min(num_predict, room)
         constraint = self._build_constraint(request, tokens)
         pending = _Pending(request, tokens, max_tokens, time.perf_counter_ns(), truncated, constraint)
-        if self.needs_checkpoints:
+        if self.needs_checkpoints and len(tokens) > CHECKPOINT_MIN_TOKENS:  # else no prefix could be long enough
             checkpoint = system_prefix_length(self.tokenizer, request, tokens)
             pending.checkpoint = checkpoint if checkpoint >= CHECKPOINT_MIN_TOKENS else 0
         with self._lock:
