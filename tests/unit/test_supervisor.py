@@ -149,7 +149,8 @@ def pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
+        # Reaped between the kill(0) and the read: reading /proc/<pid>/stat then fails with ESRCH.
         return False
 
 
