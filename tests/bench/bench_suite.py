@@ -4,7 +4,7 @@
     python tests/bench/bench_suite.py [--model-path GGUF_or_MLX_folder] [--name NAME]
         [--sides mlxserve,mlx_lm_server,in_process,llama_cpp] [--num-predict N] [--runs R]
         [--concurrency 1,2,4,8,16,32] [--concurrency-num-predict N] [--turns 8]
-        [--cold-runs 2] [--prefill-tokens 1000] [--llama-cpp-threads 2]
+        [--cold-runs 2] [--prefill-tokens 1000] [--llama-cpp-threads 2] [--repeats 3]
         [--bandwidth-gbs GB/s] [--json PATH] [--markdown]
 
 The CPU comparison of issue 18 (mlxserve vs llama.cpp, SmolLM2-135M Q4_1):
@@ -14,7 +14,11 @@ The CPU comparison of issue 18 (mlxserve vs llama.cpp, SmolLM2-135M Q4_1):
         --json tests/bench/results/cpu-vs-llamacpp.json
 
 The same workload runs on every side, one side at a time (so no side competes with another for
-cores or memory):
+cores or memory), --repeats times, each time in fresh processes and with prompts of its own; every
+figure is the median over the repeats (each repeat's own figure a median of --runs), with the
+spread (min-max) over the repeats beside it. Kernels compiled on first use (MLX's CUDA backend
+keeps them on disk, shared by every process) must be warm before the first repeat: see
+tests/bench/gpu/run_device.sh's warm steps.
   - mlxserve: `python -m mlxserve.cli serve` in a fresh home, the model imported with
     `--model NAME=PATH` (a GGUF file or an MLX/Hugging Face folder); MLXSERVE_NUM_PARALLEL is
     raised to the largest --concurrency and MLXSERVE_MAX_QUEUE to at least twice that, so every
@@ -22,7 +26,7 @@ cores or memory):
   - mlx_lm.server: `python -m mlx_lm server` on 127.0.0.1 over the *same files* (the store's view
     of the imported model), with --decode-concurrency and --prompt-concurrency set to the same
     largest --concurrency.
-  - in-process: the view loaded with `mlx_lm.load` in this process; `stream_generate` for a single
+  - in-process: the view loaded with `mlx_lm.load` in a child process of the suite; `stream_generate` for a single
     stream, one `BatchGenerator` for N streams (the engine the worker runs, with no serving around it).
   - llama_cpp: `python -m llama_cpp.server` (pip install 'llama-cpp-python[server]') on 127.0.0.1
     over the *GGUF file itself* (a GGUF --model-path only), --n_threads/--n_threads_batch
@@ -65,7 +69,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -284,10 +288,12 @@ class Workload:
     turns: int
     cold_runs: int
     prefill_tokens: int = 0
+    repeat: int = 0          # which fresh-process repeat this is: each gets prompts of its own
 
     def prompts(self) -> tuple[list[list[dict[str, str]]], list[list[list[dict[str, str]]]], list[str]]:
         """The same prompts for every side: single-stream runs, one list per level, chat questions."""
         counter = PromptCounter()
+        counter.next = 1_000 * self.repeat
         single = [story_messages(k, shared_system=False) for k in counter.take(self.runs)]
         levels = [[story_messages(k, shared_system=False) for k in counter.take(n)] for n in self.levels]
         questions = [CHAT_QUESTIONS[t % len(CHAT_QUESTIONS)] for t in range(self.turns)]
@@ -297,7 +303,8 @@ class Workload:
 
     def prefill_prompts(self) -> list[list[dict[str, str]]]:
         """--runs long prompts of about --prefill-tokens tokens, each opening with its own text."""
-        return [long_messages(100_000 + k, self.prefill_tokens) for k in range(self.runs)] if self.prefill_tokens else []
+        first = 100_000 + 1_000 * self.repeat
+        return [long_messages(first + k, self.prefill_tokens) for k in range(self.runs)] if self.prefill_tokens else []
 
 
 _FILLER = ("The harbour master logged the tides each morning, the ferry crossed at nine and at four, "
@@ -345,7 +352,7 @@ def measure_server(client: GatewayClient, wl: Workload, on_peak: Callable[[], di
     long_prompts = wl.prefill_prompts()
     if long_prompts:
         say(f"  prefill: {len(long_prompts)} x ~{wl.prefill_tokens}-token prompts")
-        asyncio.run(prefill_once(client.url, client.model, long_messages(99_999, wl.prefill_tokens)))  # warm this shape
+        asyncio.run(prefill_once(client.url, client.model, long_messages(99_000 + wl.repeat, wl.prefill_tokens)))  # warm this shape
         runs = [asyncio.run(prefill_once(client.url, client.model, m)) for m in long_prompts]
         out["prefill"] = {"prefill_tps": median([r["prefill_tps"] for r in runs]),
                           "prompt_tokens": median([r["prompt_tokens"] for r in runs]), "runs": runs}
@@ -397,12 +404,14 @@ def cold_start(make: Callable[[], Server], model: str, k: int, after: Callable[[
         server.stop()
 
 
-def run_mlxserve(wl: Workload, source: Path, home: Path, num_parallel: int) -> tuple[dict[str, Any], Path]:
-    """Import the model (first start), measure, then cold-start twice in the same home."""
+def run_mlxserve(wl: Workload, source: Path, home: Path, num_parallel: int, *, imported: bool = False) -> tuple[dict[str, Any], Path]:
+    """Import the model (first start; `imported`: a repeat, the store already holds it), measure,
+    then cold-start --cold-runs times in the same home."""
     from mlxserve.services.store.store import ModelStore
 
-    say(f"mlxserve: serve in {home}, importing {wl.name}={source} (num_parallel {num_parallel})")
-    server = mlxserve_server(home, {wl.name: source}, num_parallel)
+    say(f"mlxserve: serve in {home}, " + ("model already imported" if imported else f"importing {wl.name}={source}")
+        + f" (num_parallel {num_parallel})")
+    server = mlxserve_server(home, None if imported else {wl.name: source}, num_parallel)
     out: dict[str, Any] = {"num_parallel": num_parallel, "max_queue": max(64, 2 * num_parallel), "wedge_timeout": WEDGE_TIMEOUT}
     try:
         server.start()
@@ -479,6 +488,17 @@ def run_llama_cpp(wl: Workload, gguf: Path, log_dir: Path, threads: int) -> dict
     finally:
         server.stop()
     return out
+
+
+def run_in_process_fresh(wl: Workload, view: Path, log_dir: Path) -> dict[str, Any]:
+    """`run_in_process` in a new Python process, as the servers run in theirs (nothing warm but
+    MLX's on-disk kernel cache, which every side shares)."""
+    job = log_dir / f"in-process-{wl.repeat}.json"
+    job.write_text(json.dumps({"workload": asdict(wl), "view": str(view)}))
+    out = log_dir / f"in-process-{wl.repeat}.out.json"
+    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--in-process-child", str(job), "--json", str(out)],
+                   check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
+    return json.loads(out.read_text())
 
 
 def run_in_process(wl: Workload, view: Path) -> dict[str, Any]:
@@ -560,6 +580,55 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def _combine(values: list[Any]) -> Any:
+    """Median of numbers; dicts key by key and equal-length lists item by item; else the first."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    if all(isinstance(v, dict) for v in present):
+        return {k: _combine([v.get(k) for v in present]) for k in present[0]}
+    if all(isinstance(v, list) for v in present) and len({len(v) for v in present}) == 1:
+        return [_combine(list(col)) for col in zip(*present)]
+    if all(v == present[0] for v in present):  # settings and counts that every repeat shares keep their type
+        return present[0]
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return median(present)
+    return next((v for v in present if v not in ([], {})), present[0])
+
+
+def combine(repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """One side's result over its fresh-process repeats: every measure the median of the repeats'
+    (each repeat's own figure is already a median of --runs), cold starts from the first repeat;
+    the repeats themselves are kept under "repeats"."""
+    out = _combine(repeats)
+    out["cold"] = repeats[0].get("cold", [])
+    out["repeats"] = repeats
+    return out
+
+
+def spread(d: dict[str, Any] | None) -> dict[str, Any]:
+    """min and max over a side's repeats of the measures the tables quote."""
+    reps = (d or {}).get("repeats") or []
+
+    def mm(xs: list[Any]) -> list[float] | None:
+        xs = [x for x in xs if x is not None]
+        return [min(xs), max(xs)] if xs else None
+
+    if not reps:
+        return {}
+    out: dict[str, Any] = {"repeats": len(reps),
+                           "single_decode_tps": mm([r.get("single", {}).get("decode_tps") for r in reps]),
+                           "single_ttft_s": mm([r.get("single", {}).get("ttft_s") for r in reps])}
+    levels = len(reps[0].get("concurrency", []))
+    out["concurrency_tps"] = [mm([r["concurrency"][i].get("tps") for r in reps if len(r.get("concurrency", [])) > i])
+                              for i in range(levels)]
+    out["concurrency_ttft_s"] = [mm([r["concurrency"][i].get("ttft_s") for r in reps if len(r.get("concurrency", [])) > i])
+                                 for i in range(levels)]
+    if any(r.get("prefill") for r in reps):
+        out["prefill_tps"] = mm([(r.get("prefill") or {}).get("prefill_tps") for r in reps])
+    return out
+
+
 def analyze(doc: dict[str, Any]) -> dict[str, Any]:
     """Ratios and PASS/MISS against each target."""
     s = doc["sides"]
@@ -585,12 +654,18 @@ def analyze(doc: dict[str, Any]) -> dict[str, Any]:
         row["pass"] = None if row["vs_mlx_lm_server"] is None else row["vs_mlx_lm_server"] >= target
         rows.append(row)
     out["aggregate"] = rows
+    if ms and ls and ms.get("concurrency") and ls.get("concurrency"):
+        top_ms, top_ls = ms["concurrency"][-1], ls["concurrency"][-1]
+        ok = None if top_ms.get("ttft_s") is None or top_ls.get("ttft_s") is None else top_ms["ttft_s"] <= top_ls["ttft_s"]
+        out["ttft_at_most_streams"] = {"streams": top_ms["streams"], "mlxserve": top_ms.get("ttft_s"),
+                                       "mlx_lm_server": top_ls.get("ttft_s"), "target": "mlxserve <= mlx_lm.server", "pass": ok}
     chat = {}
     for side, d in (("mlxserve", ms), ("mlx_lm_server", ls)):
         if d and d.get("chat"):
             r = ratio(d["chat"][-1]["ttft_s"], d["chat"][0]["ttft_s"])
             chat[side] = {"last_over_first": r, "target": CHAT_TARGET, "pass": r is not None and r <= CHAT_TARGET}
     out["chat"] = chat
+    out["spread"] = {side: spread(d) for side, d in s.items() if d and d.get("repeats")}
     lc = s.get("llama_cpp")
     if ms and lc:
         out["llama_cpp"] = vs_llama_cpp(doc["config"], ms, lc)
@@ -634,23 +709,37 @@ def mib(x: int | None) -> str:
     return "-" if not x else f"{x / 2**20:.0f} MiB"
 
 
+def fs(x: Any, mm: list[float] | None, spec: str = ".2f") -> str:
+    """A median with its spread over the repeats: "12.30 (11.90-12.80)"."""
+    return f(x, spec) + (f" ({format(mm[0], spec)}-{format(mm[1], spec)})" if x is not None and mm else "")
+
+
 def render(doc: dict[str, Any], markdown: bool) -> str:
     """The report as tables; `markdown` writes them as Markdown rows ready for RESULTS.md."""
     c, s, a = doc["config"], doc["sides"], doc["analysis"]
     ms, ls, ip = (s.get(k) or {} for k in DEFAULT_SIDES)
+    sp = {k: a.get("spread", {}).get(k, {}) for k in SIDES}
+
+    def level_mm(side: str, key: str, i: int) -> list[float] | None:
+        xs = sp[side].get(key) or []
+        return xs[i] if i < len(xs) else None
     tables: list[tuple[str, list[str], list[list[str]]]] = []
 
     def med(d: dict[str, Any], key: str) -> float | None:
         return median([x.get(key) for x in d.get("cold", [])])
 
     sg = a.get("single_decode_vs_in_process", {})
-    tables.append((f"Single stream (median of {c['runs']}, {c['num_predict']} new tokens)",
+    reps = c.get("repeats", 1)
+    over = f"median of {c['runs']} runs" + (f" in each of {reps} fresh-process repeats, median of the repeats (min-max)" if reps > 1 else "")
+    tables.append((f"Single stream ({over}; {c['num_predict']} new tokens)",
                    ["measure", "mlxserve", "mlx_lm.server", "in-process", "mlxserve / in-process", "mlxserve / mlx_lm.server", "target"],
-                   [["decode tok/s", f(ms.get("single", {}).get("decode_tps")), f(ls.get("single", {}).get("decode_tps")),
-                     f(ip.get("single", {}).get("decode_tps")), f(sg.get("ratio"), ".3f"),
+                   [["decode tok/s", fs(ms.get("single", {}).get("decode_tps"), sp["mlxserve"].get("single_decode_tps")),
+                     fs(ls.get("single", {}).get("decode_tps"), sp["mlx_lm_server"].get("single_decode_tps")),
+                     fs(ip.get("single", {}).get("decode_tps"), sp["in_process"].get("single_decode_tps")), f(sg.get("ratio"), ".3f"),
                      f(a.get("single_decode_vs_mlx_lm_server"), ".3f"), f">= {SINGLE_TARGET} vs in-process {pf(sg.get('pass'))}"],
-                    ["TTFT s", f(ms.get("single", {}).get("ttft_s"), ".3f"), f(ls.get("single", {}).get("ttft_s"), ".3f"),
-                     f(ip.get("single", {}).get("ttft_s"), ".3f"), f(a.get("single_ttft_in_process_over_mlxserve"), ".3f"),
+                    ["TTFT s", fs(ms.get("single", {}).get("ttft_s"), sp["mlxserve"].get("single_ttft_s"), ".3f"),
+                     fs(ls.get("single", {}).get("ttft_s"), sp["mlx_lm_server"].get("single_ttft_s"), ".3f"),
+                     fs(ip.get("single", {}).get("ttft_s"), sp["in_process"].get("single_ttft_s"), ".3f"), f(a.get("single_ttft_in_process_over_mlxserve"), ".3f"),
                      f(a.get("single_ttft_mlx_lm_server_over_mlxserve"), ".3f"), "(ratios: other / mlxserve, higher is better)"]]))
     def load(d: dict[str, Any]) -> str:
         la = d.get("load_average")
@@ -675,10 +764,18 @@ def render(doc: dict[str, Any], markdown: bool) -> str:
                    f"{ms.get('num_parallel', '-')}, mlx_lm.server decode/prompt concurrency {ls.get('decode_concurrency', '-')})",
                    ["streams", "mlxserve", "mlx_lm.server", "in-process", "mlxserve / mlx_lm.server", "mlxserve / in-process",
                     "mlxserve TTFT s", "mlx_lm.server TTFT s", "target"],
-                   [[str(r["streams"]), f(r["mlxserve"]), f(r["mlx_lm_server"]), f(r["in_process"]), f(r["vs_mlx_lm_server"], ".3f"),
+                   [[str(r["streams"]), fs(r["mlxserve"], level_mm("mlxserve", "concurrency_tps", i)),
+                     fs(r["mlx_lm_server"], level_mm("mlx_lm_server", "concurrency_tps", i)),
+                     fs(r["in_process"], level_mm("in_process", "concurrency_tps", i)), f(r["vs_mlx_lm_server"], ".3f"),
                      f(r["vs_in_process"], ".3f"),
-                     f(ms["concurrency"][i]["ttft_s"], ".2f") if ms else "-", f(ls["concurrency"][i]["ttft_s"], ".2f") if ls else "-",
+                     fs(ms["concurrency"][i]["ttft_s"], level_mm("mlxserve", "concurrency_ttft_s", i)) if ms else "-",
+                     fs(ls["concurrency"][i]["ttft_s"], level_mm("mlx_lm_server", "concurrency_ttft_s", i)) if ls else "-",
                      f">= {r['target']} vs mlx_lm.server {pf(r['pass'])}"] for i, r in enumerate(a["aggregate"])]))
+    if a.get("ttft_at_most_streams"):
+        t = a["ttft_at_most_streams"]
+        tables.append((f"TTFT p50 with {t['streams']} new requests at once (target: mlxserve <= mlx_lm.server)",
+                       ["mlxserve s", "mlx_lm.server s", "target"],
+                       [[f(t["mlxserve"], ".3f"), f(t["mlx_lm_server"], ".3f"), pf(t["pass"])]]))
     if ms.get("chat") or ls.get("chat"):
         n = max(len(ms.get("chat", [])), len(ls.get("chat", [])))
         rows = []
@@ -745,6 +842,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bandwidth-gbs", type=float, help="memory bandwidth in GB/s, for the batch-1 decode ceiling (H100: 3350)")
     p.add_argument("--json", type=Path, metavar="PATH", help="write everything (config, raw results, analysis) as JSON")
     p.add_argument("--markdown", action="store_true", help="print the tables as Markdown rows (for RESULTS.md)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="fresh-process repeats of every side (medians over them, spread min-max; default 3)")
+    p.add_argument("--in-process-child", type=Path, help=argparse.SUPPRESS)  # internal: one in-process repeat
     p.add_argument("--keep-home", action="store_true", help="keep the temporary mlxserve home")
     p.add_argument("--render", type=Path, metavar="JSON", help="only print the tables of an earlier run's --json file")
     args = p.parse_args(argv)
@@ -755,14 +855,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.sides:
         p.error("--sides names no side")
     args.levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
-    if args.num_predict < 2 or args.runs < 1 or not args.levels or min(args.levels) < 1:
-        p.error("--num-predict must be >= 2, --runs >= 1 and --concurrency levels >= 1")
+    if args.num_predict < 2 or args.runs < 1 or args.repeats < 1 or not args.levels or min(args.levels) < 1:
+        p.error("--num-predict must be >= 2, --runs and --repeats >= 1 and --concurrency levels >= 1")
     args.concurrency_num_predict = args.concurrency_num_predict or args.num_predict
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.in_process_child:  # one repeat of the in-process side, in this fresh process
+        job = json.loads(args.in_process_child.read_text())
+        args.json.write_text(json.dumps(run_in_process(Workload(**job["workload"]), Path(job["view"])), default=str))
+        return 0
     if args.render:
         doc = json.loads(args.render.read_text())
         doc["analysis"] = analyze(doc)
@@ -783,6 +887,7 @@ def main(argv: list[str] | None = None) -> int:
     top = max(args.levels)
     home = Path(tempfile.mkdtemp(prefix="mlxserve-suite-", dir=os.environ.get("BENCH_TMP")))
     doc: dict[str, Any] = {"config": {
+        "repeats": args.repeats,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine(), "versions": versions(), "name": args.name, "model_path": str(source), "sides": args.sides,
         "num_predict": args.num_predict, "concurrency_num_predict": args.concurrency_num_predict, "runs": args.runs,
@@ -791,31 +896,45 @@ def main(argv: list[str] | None = None) -> int:
         "dialect": "OpenAI /v1/chat/completions, stream, include_usage, temperature 0",
     }, "sides": {}}
     started = time.monotonic()
+    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in args.sides}
     try:
-        if "mlxserve" in args.sides:
-            load0 = os.getloadavg()  # the machine may be shared: say how busy it was while each side ran
-            doc["sides"]["mlxserve"], view = run_mlxserve(wl, source, home, top)
-            doc["sides"]["mlxserve"]["load_average"] = {"start": list(load0), "end": list(os.getloadavg())}
-        else:  # the other sides still load the store's view of the same model: import it
-            from mlxserve.services.store.store import ModelStore
+        view: Path | None = None
+        # Each repeat runs every side in fresh processes, one side after another (so none competes
+        # with another for the device), with prompts of its own; drift over time hits every side alike.
+        for r in range(args.repeats):
+            wl_r = replace(wl, repeat=r, cold_runs=wl.cold_runs if r == 0 else 0)
+            say(f"== repeat {r + 1}/{args.repeats}")
+            if "mlxserve" in args.sides:
+                load0 = os.getloadavg()  # the machine may be shared: say how busy it was while each side ran
+                side, view = run_mlxserve(wl_r, source, home, top, imported=r > 0)
+                side["load_average"] = {"start": list(load0), "end": list(os.getloadavg())}
+                runs["mlxserve"].append(side)
+            elif view is None:  # the other sides still load the store's view of the same model: import it
+                from mlxserve.services.store.store import ModelStore
 
-            importer = mlxserve_server(home, {args.name: source}, top)
-            try:
-                importer.start()
-                importer.wait_ready()
-            finally:
-                importer.stop()
-            view = ModelStore(home / "models").resolve(args.name).view_path
-        doc["config"]["view_path"] = str(view)
-        doc["config"]["weight_bytes"] = weight_bytes(view)
-        if "mlx_lm_server" in args.sides:
-            doc["sides"]["mlx_lm_server"] = run_mlx_lm_server(wl, view, home, top)
-        if "in_process" in args.sides:
-            doc["sides"]["in_process"] = run_in_process(wl, view)
-        if "llama_cpp" in args.sides:
-            load0 = os.getloadavg()
-            doc["sides"]["llama_cpp"] = run_llama_cpp(wl, source, home, args.llama_cpp_threads)
-            doc["sides"]["llama_cpp"]["load_average"] = {"start": list(load0), "end": list(os.getloadavg())}
+                importer = mlxserve_server(home, {args.name: source}, top)
+                try:
+                    importer.start()
+                    importer.wait_ready()
+                finally:
+                    importer.stop()
+                view = ModelStore(home / "models").resolve(args.name).view_path
+            doc["config"]["view_path"] = str(view)
+            doc["config"]["weight_bytes"] = weight_bytes(view)
+            if "mlx_lm_server" in args.sides:
+                runs["mlx_lm_server"].append(run_mlx_lm_server(wl_r, view, home, top))
+            if "in_process" in args.sides:
+                runs["in_process"].append(run_in_process_fresh(wl_r, view, home))
+            if "llama_cpp" in args.sides:
+                load0 = os.getloadavg()
+                side = run_llama_cpp(wl_r, source, home, args.llama_cpp_threads)
+                side["load_average"] = {"start": list(load0), "end": list(os.getloadavg())}
+                runs["llama_cpp"].append(side)
+            for side, results in runs.items():
+                if results:
+                    doc["sides"][side] = combine(results)
+            if args.json and r + 1 < args.repeats:  # a run cut short (a device's time limit) keeps what it measured
+                write_json(args.json, doc | {"partial": {"repeats_done": r + 1}})
     finally:
         if not args.keep_home:
             shutil.rmtree(home, ignore_errors=True)
@@ -824,9 +943,15 @@ def main(argv: list[str] | None = None) -> int:
     doc["analysis"] = analyze(doc)
     print(render(doc, args.markdown))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        write_json(args.json, doc)
     return 0
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

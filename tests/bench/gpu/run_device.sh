@@ -74,7 +74,7 @@ step_serving_8b() {
 }
 
 # The suite as /tmp/i9/SUITE_READY gives it (tests/bench/bench_suite.py), JSON and log into $OUT.
-SUITE_ARGS_DEFAULT="--num-predict 256 --runs 3 --concurrency 1,2,4,8,16,32 --turns 8 --cold-runs 2 --markdown"
+SUITE_ARGS_DEFAULT="--num-predict 128 --runs 2 --repeats 3 --concurrency 1,8,16,32 --turns 0 --cold-runs 0 --markdown"
 step_suite() {  # $1: small|8b
   local path name
   if [ "$1" = small ]; then path=$SMALL; name=smollm2; else path=$BIG; name=llama8b; fi
