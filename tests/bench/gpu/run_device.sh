@@ -93,10 +93,10 @@ step_suite() {  # $1: small|8b
 step_warm() {  # $1: small|8b
   log "warm $1"
   if [ "$1" = small ]; then  # every side once (the worker's own sampling path too), tiny workload
-    timeout 240 python3 tests/bench/bench_suite.py --model-path "$SMALL" --name warm --num-predict 8 --runs 1 \
-      --concurrency 1,2,4,8,16,32 --turns 2 --cold-runs 0 > "$OUT/warm-small.log" 2>&1
+    timeout 240 python3 tests/bench/bench_suite.py --model-path "$SMALL" --name warm --num-predict 8 --runs 1 --repeats 1 \
+      --concurrency "${WARM_LEVELS:-1,8,16,32}" --turns 2 --cold-runs 0 > "$OUT/warm-small.log" 2>&1
   else  # same vocabulary as the small model, so only the transformer's shapes are new: the engine alone
-    timeout 240 python3 tests/bench/gpu/warm_kernels.py "$BIG" > "$OUT/warm-8b.log" 2>&1
+    timeout 240 python3 tests/bench/gpu/warm_kernels.py "$BIG" --levels "${WARM_LEVELS:-1,8,16,32}" > "$OUT/warm-8b.log" 2>&1
   fi || { log "warm $1 failed:"; tail -30 "$OUT/warm-$1.log"; return 1; }
   tail -8 "$OUT/warm-$1.log"; du -sh /tmp/mlx 2>/dev/null
 }
