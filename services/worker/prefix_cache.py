@@ -5,8 +5,13 @@ prompt; the KV state of such a prefix is already known from an earlier request. 
 the longest stored prefix of a new prompt (or a stored sequence that shares a longer prefix
 with it, trimmed back), and hands out a private copy: the batch then evaluates only the rest.
 
-Bounded in bytes and in entries, evicting the least recently used. Engine thread only (MLX
-arrays belong to the thread's stream); `nbytes` may be read from any thread.
+The entries live in mlx-lm's `LRUPromptCache`: its trie of token sequences, its byte count, its
+eviction (least recently used first, finished sequences before system-prompt checkpoints) and
+its dropping of the stored prefixes a new trimmable sequence covers. This module adds what that
+one does not do: a hit always leaves a token to evaluate, a hit counts as a use for the eviction
+order, a sequence that a stored one already covers is not stored again, a cache over the byte
+bound is refused, and the disk tier. Engine thread only (MLX arrays belong to the thread's
+stream); `nbytes` may be read from any thread.
 
 With a `DiskPrefixCache` behind it (disk_cache.py), long sequences are also written to disk, and
 a prompt whose longest stored prefix is on disk only (a new worker, or one whose memory evicted
@@ -15,17 +20,21 @@ it) loads it from there; the memory cache keeps it from then on. Memory wins a t
 
 from __future__ import annotations
 
-import collections
 import copy
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import mlx.core as mx
-from mlx_lm.models.cache import PromptTrie, can_trim_prompt_cache, trim_prompt_cache
+from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 
 from .disk_cache import DiskPrefixCache
 
-_MODEL = "model"  # PromptTrie keys its tries by model; one cache serves one model
+_MODEL = "model"  # LRUPromptCache keys its entries by model; one cache serves one model
+
+# LRUPromptCache's kinds of entry, evicted in this order: "assistant" (a finished sequence) while
+# any is stored, the newest included, then "system" (the KV state of a system prompt alone, which
+# serves every session that starts with it). mlx-lm's third kind, "user", is not used here.
+CacheType = Literal["assistant", "system"]
 
 
 @dataclass(frozen=True)
@@ -38,10 +47,21 @@ class CacheHit:
     source: str = "memory"   # or "disk"
 
 
-@dataclass
-class _Entry:
-    cache: list[Any]
-    nbytes: int
+class _Stored(list):
+    """One entry's per-layer caches, knowing the tokens they hold and the entry's kind.
+
+    `LRUPromptCache.fetch_nearest_cache` hands back a deep copy of an entry without saying which
+    one; the copy's `source` says it, so that the hit can count as a use of that entry.
+    """
+
+    def __init__(self, layers: list[Any], tokens: list[int], cache_type: CacheType, source: _Stored | None = None) -> None:
+        super().__init__(layers)
+        self.tokens = tokens
+        self.cache_type = cache_type
+        self.source = source
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Stored:
+        return _Stored([copy.deepcopy(c, memo) for c in self], self.tokens, self.cache_type, source=self)
 
 
 class PrefixCache:
@@ -53,12 +73,11 @@ class PrefixCache:
         self.max_bytes = max_bytes
         self.max_entries = max_entries
         self.disk = disk
-        self._trie = PromptTrie()
-        self._entries: collections.OrderedDict[tuple[int, ...], _Entry] = collections.OrderedDict()  # oldest first
-        self.nbytes = 0
+        self._store = LRUPromptCache(max_size=max_entries, max_bytes=max_bytes)
+        self.nbytes = 0  # the store's count, set after each change: other threads never see one under way
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._store)
 
     def lookup(self, tokens: list[int]) -> CacheHit | None:
         """The longest reusable prefix of `tokens`, leaving at least one token to evaluate.
@@ -75,7 +94,7 @@ class PrefixCache:
         if cache is None:
             return hit
         entry_tokens = found.entry.tokens.tolist()
-        self._insert_memory(entry_tokens, cache)
+        self._insert_memory(entry_tokens, cache, "assistant")
         kept = self._lookup_memory(tokens)
         if kept is not None and kept.cached >= found.reusable:
             return replace(kept, source="disk")
@@ -83,10 +102,13 @@ class PrefixCache:
         trim_prompt_cache(cache, len(entry_tokens) - found.reusable)
         return CacheHit(cache=cache, cached=found.reusable, rest=list(tokens[found.reusable:]), source="disk")
 
-    def insert(self, tokens: list[int], cache: list[Any], *, prompt_tokens: int | None = None) -> None:
+    def insert(self, tokens: list[int], cache: list[Any], *, prompt_tokens: int | None = None,
+               cache_type: CacheType = "assistant") -> None:
         """Store `cache`, which holds the KV state of exactly `tokens` (`prompt_tokens` of them the
-        prompt); the cache is kept as is, and handed to the disk cache when there is one."""
-        self._insert_memory(tokens, cache)
+        prompt); the cache is kept as is, and handed to the disk cache when there is one.
+        `cache_type` "system" marks a system prompt's checkpoint, evicted after every finished
+        sequence."""
+        self._insert_memory(tokens, cache, cache_type)
         if self.disk is not None and tokens and cache:
             self.disk.save(tokens, cache, prompt_tokens=prompt_tokens)
 
@@ -95,74 +117,60 @@ class PrefixCache:
         if self.disk is not None:
             self.disk.close(timeout)
 
-    def _lookup_memory(self, tokens: list[int]) -> CacheHit | None:
-        if len(tokens) < 2 or not self._entries:
-            return None
-        found = self._trie.search(_MODEL, tokens)
-        candidates: list[tuple[int, tuple[int, ...]]] = []  # (tokens reused, stored key)
-        # A stored sequence that shares a prefix with the prompt or extends past it: trim it
-        # back to the shared part, minus one token so that the batch has something to evaluate.
-        if found.exact is not None:
-            candidates.append((len(tokens) - 1, tuple(tokens)))
-        if found.longer is not None:
-            candidates.append((min(len(tokens) - 1, found.common_prefix), tuple(found.longer)))
-        # A stored sequence that is a prefix of the prompt: used as it is.
-        if found.shorter is not None and len(found.shorter) < len(tokens):
-            candidates.append((len(found.shorter), tuple(found.shorter)))
-        for reused, key in sorted(candidates, reverse=True):
-            entry = self._entries[key]
-            excess = len(key) - reused
-            if reused <= 0 or (excess > 0 and not can_trim_prompt_cache(entry.cache)):
-                continue
-            cache = copy.deepcopy(entry.cache)
-            if excess > 0:
-                trim_prompt_cache(cache, excess)
-            self._entries.move_to_end(key)
-            return CacheHit(cache=cache, cached=reused, rest=list(tokens[reused:]))
-        return None
+    def clear(self) -> None:
+        """Drop every entry (e.g. when the batch's state is unknown after a failure)."""
+        self._store = LRUPromptCache(max_size=self.max_entries, max_bytes=self.max_bytes)
+        self.nbytes = 0
 
-    def _insert_memory(self, tokens: list[int], cache: list[Any]) -> None:
+    def _lookup_memory(self, tokens: list[int]) -> CacheHit | None:
+        if len(tokens) < 2 or not len(self._store):
+            return None
+        tokens = list(tokens)
+        found, rest = self._store.fetch_nearest_cache(_MODEL, tokens)
+        if found is not None and not rest:
+            # The prompt itself is stored, but the batch needs a token to evaluate for the next
+            # logits: cut the copy back by one, or else take the best entry for all but the last.
+            if can_trim_prompt_cache(found):
+                trim_prompt_cache(found, 1)
+                rest = tokens[-1:]
+            else:
+                found, rest = self._store.fetch_nearest_cache(_MODEL, tokens[:-1])
+                rest = [*rest, tokens[-1]]
+        if found is None:
+            return None
+        self._touch(found.source)
+        return CacheHit(cache=list(found), cached=len(tokens) - len(rest), rest=list(rest))
+
+    def _insert_memory(self, tokens: list[int], cache: list[Any], cache_type: CacheType) -> None:
         """Keep `cache` (exactly `tokens`) in memory.
 
-        Redundant entries go: stored prefixes of `tokens` (the new cache can be trimmed to
-        them), and `tokens` itself when a stored sequence extends it. Then the least recently
-        used entries are evicted until both bounds hold; a cache larger than the byte bound
-        alone is not stored.
+        Not when a stored trimmable sequence extends `tokens` (it serves every prompt this one
+        would; it counts as used instead), nor when the cache alone is over the byte bound
+        (LRUPromptCache would empty itself trying to fit it). The store drops the stored
+        prefixes of a trimmable `tokens` and evicts until both bounds hold.
         """
         if not tokens or not cache or self.max_entries == 0:
             return
-        key = tuple(tokens)
-        trimmable = can_trim_prompt_cache(cache)
-        if trimmable and key not in self._entries:
-            found = self._trie.search(_MODEL, tokens)
-            if found.longer is not None and found.common_prefix == len(tokens):
-                longer = tuple(found.longer)
-                if can_trim_prompt_cache(self._entries[longer].cache):
-                    self._entries.move_to_end(longer)
-                    return
-        mx.eval([c.state for c in cache])  # detach from the batch's arrays before keeping it
-        nbytes = sum(c.nbytes for c in cache)
-        if nbytes > self.max_bytes:
+        tokens = list(tokens)
+        if can_trim_prompt_cache(cache) and (longer := self._stored_extension(tokens)) is not None:
+            self._touch(longer)
             return
-        self._pop(key)
-        entry = _Entry(cache, nbytes)
-        self._trie.add(_MODEL, tokens, entry)
-        self._entries[key] = entry
-        self.nbytes += nbytes
-        if trimmable:
-            for length, _ in self._trie.pop_prefixes(_MODEL, tokens):
-                self.nbytes -= self._entries.pop(key[:length]).nbytes
-        while len(self._entries) > self.max_entries or self.nbytes > self.max_bytes:
-            self._pop(next(iter(self._entries)))
+        mx.eval([c.state for c in cache])  # detach from the batch's arrays before keeping it
+        if sum(c.nbytes for c in cache) > self.max_bytes:
+            return
+        self._store.insert_cache(_MODEL, tokens, _Stored(cache, tokens, cache_type), cache_type=cache_type)
+        self.nbytes = self._store.nbytes
 
-    def clear(self) -> None:
-        """Drop every entry (e.g. when the batch's state is unknown after a failure)."""
-        self._trie = PromptTrie()
-        self._entries.clear()
-        self.nbytes = 0
+    def _stored_extension(self, tokens: list[int]) -> _Stored | None:
+        """The stored trimmable sequence that extends `tokens` past their end, if any."""
+        found, _ = self._store.fetch_nearest_cache(_MODEL, tokens)  # a lazy copy, never evaluated
+        if found is None:
+            return None
+        stored = found.source.tokens
+        return found.source if len(stored) > len(tokens) and stored[: len(tokens)] == tokens else None
 
-    def _pop(self, key: tuple[int, ...]) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self._trie.pop(_MODEL, list(key))
-            self.nbytes -= entry.nbytes
+    def _touch(self, entry: _Stored) -> None:
+        """Count a use of `entry`: fetching leaves LRUPromptCache's order as it was, while
+        inserting an entry again moves it to the most recent end of its kind's queue."""
+        self._store.insert_cache(_MODEL, entry.tokens, entry, cache_type=entry.cache_type)
+        self.nbytes = self._store.nbytes

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import pytest
-from mlx_lm.models.cache import KVCache
+from mlx_lm.models.cache import KVCache, RotatingKVCache
 
 from mlxserve.services.worker.prefix_cache import PrefixCache
 from mlxserve.services.worker.prompts import ChatMessage, GenerationRequest
@@ -133,6 +133,55 @@ def test_zero_entries_disables_the_cache() -> None:
     store = PrefixCache(max_bytes=1 << 20, max_entries=0)
     store.insert([1, 2, 3], kv(3))
     assert len(store) == 0 and store.lookup([1, 2, 3, 4]) is None
+
+
+def test_a_system_prompt_checkpoint_outlives_older_and_newer_finished_sequences() -> None:
+    store = PrefixCache(max_bytes=1 << 20, max_entries=2)
+    store.insert([9, 9, 9], kv(3), cache_type="system")
+    store.insert([1, 1, 1], kv(3))
+    store.insert([2, 2, 2], kv(3))  # over the bound: the older finished sequence goes, not the checkpoint
+    assert len(store) == 2
+    assert store.lookup([1, 1, 1, 5]) is None
+    assert store.lookup([9, 9, 9, 5]) is not None and store.lookup([2, 2, 2, 5]) is not None
+
+
+def test_checkpoints_alone_evict_the_least_recently_used_one() -> None:
+    store = PrefixCache(max_bytes=1 << 20, max_entries=2)
+    store.insert([7, 7, 7], kv(3), cache_type="system")
+    store.insert([8, 8, 8], kv(3), cache_type="system")
+    assert store.lookup([7, 7, 7, 5]) is not None  # [7, 7, 7] is now the most recent
+    store.insert([9, 9, 9], kv(3), cache_type="system")
+    assert store.lookup([8, 8, 8, 5]) is None
+    assert store.lookup([7, 7, 7, 5]) is not None and store.lookup([9, 9, 9, 5]) is not None
+
+
+def wrapped(n_tokens: int, window: int) -> list[RotatingKVCache]:
+    """A sliding-window cache of `n_tokens` positions: past its window it cannot be cut back."""
+    layers = [RotatingKVCache(max_size=window) for _ in range(LAYERS)]
+    for c in layers:
+        positions = mx.broadcast_to(mx.arange(n_tokens, dtype=mx.float32)[None, None, :, None], (1, 1, n_tokens, 4))
+        c.update_and_fetch(positions + 0, positions + 0)
+    return layers
+
+
+def test_prompt_equal_to_a_sequence_that_cannot_be_cut_back_uses_a_shorter_entry() -> None:
+    store = PrefixCache(max_bytes=1 << 20, max_entries=8)
+    store.insert([1, 2, 3, 4, 5, 6], wrapped(6, window=4))
+    store.insert([1, 2, 3], wrapped(3, window=4), cache_type="system")
+    hit = store.lookup([1, 2, 3, 4, 5, 6])
+    assert hit is not None and hit.cached == 3 and hit.rest == [4, 5, 6]
+    assert len(store) == 2
+
+
+def test_byte_count_matches_what_is_stored_after_hits_and_replacements() -> None:
+    store = PrefixCache(max_bytes=1 << 20, max_entries=8)
+    store.insert([1, 2, 3, 4], kv(4))
+    store.lookup([1, 2, 3, 4, 5])
+    store.insert([1, 2, 3, 4], kv(4))  # the same sequence again replaces it
+    store.insert([5, 6], kv(2))
+    assert len(store) == 2 and store.nbytes == entry_bytes(4) + entry_bytes(2)
+    store.clear()
+    assert len(store) == 0 and store.nbytes == 0 and store.lookup([1, 2, 3, 4, 5]) is None
 
 
 # -- in the runner -----------------------------------------------------------------------------------
