@@ -9,11 +9,14 @@ lives in prompts.py.)
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from mlx_lm.generate import TextStateMachine
 
 from mlxserve.services.common import logs
 from mlxserve.v1.frames import ToolCall
@@ -36,17 +39,6 @@ class Parsed:
 _NORMAL, _THINKING, _TOOL = "normal", "thinking", "tool"
 
 
-def _held_prefix(text: str, markers: Sequence[str]) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of one of `markers`."""
-    best = 0
-    for marker in markers:
-        for n in range(min(len(marker) - 1, len(text)), best, -1):
-            if text.endswith(marker[:n]):
-                best = n
-                break
-    return best
-
-
 def starts_in_thinking(tokenizer: Any, prompt_tokens: Sequence[int]) -> bool:
     """True when the prompt opened a think block it did not close (mlx-lm server's test)."""
     if not getattr(tokenizer, "has_thinking", False) or not prompt_tokens:
@@ -63,48 +55,71 @@ class OutputParser:
     content. Thinking is split whenever the tokenizer has think markers; `think=False` only
     changes the prompt. `prompt_tokens` decides whether the output starts inside a think block.
     A call the parser rejects stays in the content, markers and all, with a warning logged.
+
+    Finding the markers is mlx-lm's `TextStateMachine` (what its server uses): it strips them,
+    switches state, and holds back text that may be the start of one. On top of it: whitespace
+    next to a marker is layout (dropped), and the body of a call goes to the tool parser.
     """
 
     def __init__(
         self, tokenizer: Any, tools: bool | Sequence[dict] = False, think: bool | None = None, *, prompt_tokens: Sequence[int] = (),
     ) -> None:
         self.tools = list(tools) if isinstance(tools, Sequence) and not isinstance(tools, str) else None
-        self._think = None
-        if getattr(tokenizer, "has_thinking", False):
-            self._think = (tokenizer.think_start, tokenizer.think_end)
+        transitions: dict[str, list[tuple[str, str]]] = {_NORMAL: []}
+        thinks = getattr(tokenizer, "has_thinking", False)
+        if thinks:
+            transitions[_NORMAL].append((tokenizer.think_start, _THINKING))
+            transitions[_THINKING] = [(tokenizer.think_end, _NORMAL)]
         self._tool_markers = None
         self._tool_parser = None
         if tools and getattr(tokenizer, "has_tool_calling", False):
-            self._tool_markers = (tokenizer.tool_call_start, tokenizer.tool_call_end)
+            self._tool_markers = (tokenizer.tool_call_start, tokenizer.tool_call_end or "")
             self._tool_parser = tokenizer.tool_parser
+            transitions[_NORMAL].append((tokenizer.tool_call_start, _TOOL))
+            # Mistral's [TOOL_CALLS] has no closing marker: the calls run to the end.
+            transitions[_TOOL] = [(tokenizer.tool_call_end, _NORMAL)] if tokenizer.tool_call_end else []
         self.think = think
-        self._state = _THINKING if self._think and starts_in_thinking(tokenizer, prompt_tokens) else _NORMAL
-        self._buffer = ""       # text not yet classified (a possible marker start)
+        initial = _THINKING if thinks and starts_in_thinking(tokenizer, prompt_tokens) else _NORMAL
+        self._machine = TextStateMachine(transitions)
+        self._state = self._machine.make_state(initial)
+        self._layout = ""       # trailing whitespace held back: dropped if a marker follows it
         self._tool_text = ""    # the body of the tool call being read
-        self._trim = self._state == _THINKING  # drop whitespace right after a marker
+        self._trim = initial == _THINKING  # drop whitespace right after a marker
         self.made_tool_call = False
 
     def feed(self, text: str) -> Parsed:
         """Classify the new text; returns what is certain so far (possibly nothing)."""
         out = Parsed()
-        self._buffer += text
-        while self._buffer:
-            if not self._advance(out):
-                break
+        self._state, segments = TextStateMachine.split(self._state, text)
+        # One segment per state passed through: all but the last end at a marker.
+        for (kind, piece), (after, _) in itertools.pairwise(segments):
+            self._close(out, kind, piece, after)
+        kind, piece = segments[-1]
+        if kind == _TOOL:
+            self._tool_text += piece
+            return out
+        text = self._layout + piece
+        if kind == _THINKING or self._tool_markers:
+            # Whitespace before an end-of-thinking or a call is layout: wait to see which.
+            ready = text.rstrip()
+            self._layout = text[len(ready):]
+            text = ready
+        else:
+            self._layout = ""
+        self._emit(out, kind, text)
         return out
 
     def finish(self) -> Parsed:
         """End of output: flush what was held back; an unterminated tool call is tried as is."""
         out = Parsed()
-        rest, self._buffer = self._buffer, ""
-        if self._state == _TOOL:
+        _, rest, kind = TextStateMachine.flush(self._state)
+        rest, self._layout = self._layout + rest, ""
+        if kind == _TOOL:
             self._tool_text += rest
             self._end_tool_call(out, closed=False)
-        elif self._state == _THINKING:
-            self._emit(out, _THINKING, rest)
         else:
-            self._emit(out, _NORMAL, rest)
-        self._state = _NORMAL
+            self._emit(out, kind, rest)
+        self._state = self._machine.make_state(_NORMAL)
         return out
 
     # -- internals ---------------------------------------------------------------------------------
@@ -120,54 +135,22 @@ class OutputParser:
         else:
             out.content += text
 
-    def _advance(self, out: Parsed) -> bool:
-        """Consume what can be decided from the buffer; False when the rest must wait for more."""
-        buf = self._buffer
-        if self._state == _TOOL:
-            end = self._tool_markers[1]
-            if not end:  # Mistral's [TOOL_CALLS] has no closing marker: the calls run to the end
-                self._tool_text += buf
-                self._buffer = ""
-                return False
-            at = buf.find(end)
-            if at < 0:
-                keep = _held_prefix(buf, [end])
-                self._tool_text += buf[: len(buf) - keep]
-                self._buffer = buf[len(buf) - keep:]
-                return False
-            self._tool_text += buf[:at]
-            self._buffer = buf[at + len(end):]
+    def _close(self, out: Parsed, kind: str, piece: str, after: str) -> None:
+        """`piece`, the last text of state `kind`, ended at the marker into state `after`."""
+        text, self._layout = self._layout + piece, ""
+        if kind == _TOOL:
+            self._tool_text += text
             self._end_tool_call(out, closed=True)
-            self._state = _NORMAL
-            return True
-        if self._state == _THINKING:
-            markers = [self._think[1]]
-        else:
-            markers = ([self._think[0]] if self._think else []) + ([self._tool_markers[0]] if self._tool_markers else [])
-        found = [(buf.find(m), m) for m in markers if m in buf]
-        if not found:
-            keep = _held_prefix(buf, markers)
-            if self._state == _THINKING or self._tool_markers:
-                # Whitespace before an end-of-thinking or a call is layout: wait to see which.
-                ready = buf[: len(buf) - keep]
-                keep += len(ready) - len(ready.rstrip())
-            self._emit(out, self._state, buf[: len(buf) - keep])
-            self._buffer = buf[len(buf) - keep:]
-            return False
-        at, marker = min(found)
-        before = buf[:at]
-        self._buffer = buf[at + len(marker):]
-        if self._state == _THINKING:
-            self._emit(out, _THINKING, before.rstrip())
-            self._state, self._trim = _NORMAL, True
-        elif self._think and marker == self._think[0]:
-            self._emit(out, _NORMAL, before)
-            self._state, self._trim = _THINKING, True
+        elif kind == _THINKING:
+            self._emit(out, _THINKING, text.rstrip())
+            self._trim = True
+        elif after == _THINKING:
+            self._emit(out, _NORMAL, text)
+            self._trim = True
         else:
             # Whitespace between content and a call is layout, not content.
-            self._emit(out, _NORMAL, before.rstrip())
-            self._state, self._tool_text = _TOOL, ""
-        return True
+            self._emit(out, _NORMAL, text.rstrip())
+            self._tool_text = ""
 
     def _end_tool_call(self, out: Parsed, *, closed: bool) -> None:
         body, self._tool_text = self._tool_text, ""

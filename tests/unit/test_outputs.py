@@ -146,3 +146,11 @@ def test_a_prompt_that_opens_the_think_block_starts_in_thinking(think):
     assert (opened.thinking, opened.content) == ("reasoning", "answer")
     closed = run(OutputParser(tok, tools=False, think=think, prompt_tokens=[1, 7, 8]), ["answer"])
     assert (closed.thinking, closed.content) == ("", "answer")
+
+
+def test_text_that_turns_out_not_to_be_a_marker_is_shown_before_the_end():
+    parser = OutputParser(fake_tokenizer(), tools=True)
+    shown = [parser.feed(piece).content for piece in ["x = a ", "<< b;", " <", "<", " c"]]
+    assert "".join(shown) == "x = a << b; << c"  # all of it streamed, none left for finish()
+    assert shown[2:4] == ["", ""]  # "<" could still have begun a marker
+    assert parser.finish().content == ""
