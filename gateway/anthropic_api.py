@@ -22,8 +22,8 @@ from aiohttp import web
 
 from mlxserve.services.common import logs
 from mlxserve.services.common.errors import MlxServeError
-from mlxserve.v1 import worker_pb2
 from mlxserve.v1.frames import Stats, TokenEvent, ToolCall
+from mlxserve.v1.requests import ChatMessage, SamplingOptions, Tool, ToolChoice
 
 from . import state
 from .openai_api import sse_response_headers
@@ -148,9 +148,9 @@ def _arguments(value: Any, where: str) -> str:
 
 
 def _assistant_turn(blocks: list[AnthropicBlock], where: str, calls: dict[str, str],
-                    ignored: list[str]) -> worker_pb2.ChatMessage:
+                    ignored: list[str]) -> ChatMessage:
     """An assistant turn: its text, its earlier reasoning (thinking blocks), its tool calls."""
-    message = worker_pb2.ChatMessage(role="assistant")
+    message = ChatMessage(role="assistant")
     texts: list[str] = []
     thoughts: list[str] = []
     for j, block in enumerate(blocks):
@@ -178,14 +178,14 @@ def _assistant_turn(blocks: list[AnthropicBlock], where: str, calls: dict[str, s
 
 
 def _user_turns(blocks: list[AnthropicBlock], where: str, calls: dict[str, str],
-                ignored: list[str]) -> list[worker_pb2.ChatMessage]:
+                ignored: list[str]) -> list[ChatMessage]:
     """A user turn: tool_result blocks become tool turns (answering a call made earlier), text the user's message."""
-    out: list[worker_pb2.ChatMessage] = []
+    out: list[ChatMessage] = []
     texts: list[str] = []
 
     def flush() -> None:
         if texts:
-            out.append(worker_pb2.ChatMessage(role="user", content=_joined(texts)))
+            out.append(ChatMessage(role="user", content=_joined(texts)))
             texts.clear()
 
     for j, block in enumerate(blocks):
@@ -197,19 +197,19 @@ def _user_turns(blocks: list[AnthropicBlock], where: str, calls: dict[str, str],
             if call_id not in calls:
                 raise BadField(f"{at}.tool_use_id", f"'{at}.tool_use_id' is {call_id!r}, which no earlier tool_use block has")
             flush()
-            out.append(worker_pb2.ChatMessage(role="tool", content=_tool_result_text(block, at), tool_call_id=call_id,
-                                              tool_name=calls[call_id]))
+            out.append(ChatMessage(role="tool", content=_tool_result_text(block, at), tool_call_id=call_id,
+                                   tool_name=calls[call_id]))
         elif _server_block(block.type):
             _drop(ignored, at)
         else:
             raise _refuse(block, at, "user")
     flush()
     if not out:
-        out.append(worker_pb2.ChatMessage(role="user", content=""))
+        out.append(ChatMessage(role="user", content=""))
     return out
 
 
-def parse_messages(items: list[AnthropicMessage], ignored: list[str]) -> list[worker_pb2.ChatMessage]:
+def parse_messages(items: list[AnthropicMessage], ignored: list[str]) -> list[ChatMessage]:
     """`messages` → chat messages, in order. A tool_result must answer a tool_use of an earlier turn."""
     if items[-1].role == "assistant":
         last = f"messages[{len(items) - 1}]"
@@ -218,16 +218,16 @@ def parse_messages(items: list[AnthropicMessage], ignored: list[str]) -> list[wo
     if items[0].role == "system":
         raise BadField("messages[0].role", "'messages[0].role': a system message cannot open the conversation; "
                                            "put it in the top-level 'system'")
-    out: list[worker_pb2.ChatMessage] = []
+    out: list[ChatMessage] = []
     calls: dict[str, str] = {}  # tool_use id → the tool it called
     for i, m in enumerate(items):
         where = f"messages[{i}]"
         if isinstance(m.content, str):
-            out.append(worker_pb2.ChatMessage(role=m.role, content=m.content))
+            out.append(ChatMessage(role=m.role, content=m.content))
         elif m.role == "system":
             # Kept in place (the template renders it there, or the worker folds it into the turn
             # before): moving it to the top would change the prefix every earlier turn was cached under.
-            out.append(worker_pb2.ChatMessage(role="system", content=parse_system(m.content, ignored, f"{where}.content")))
+            out.append(ChatMessage(role="system", content=parse_system(m.content, ignored, f"{where}.content")))
         elif m.role == "assistant":
             out.append(_assistant_turn(m.content, where, calls, ignored))
         else:
@@ -246,13 +246,13 @@ def parse_tools(tools: list[AnthropicTool] | None, ignored: list[str]) -> ToolPl
             continue
         name = _required(tool.name, f"{where}.name")
         schema = _required(tool.input_schema, f"{where}.input_schema")
-        plan.tools.append(worker_pb2.Tool(name=name, description=tool.description or "", parameters_json=schema_text(schema)))
+        plan.tools.append(Tool(name=name, description=tool.description or "", parameters=schema))
         if tool.strict:
             plan.strict.append(f"{where}.strict")
     return plan
 
 
-def parse_tool_choice(plan: ToolPlan, choice: AnthropicToolChoice | None) -> worker_pb2.ToolChoice:
+def parse_tool_choice(plan: ToolPlan, choice: AnthropicToolChoice | None) -> ToolChoice:
     """auto → AUTO, any → REQUIRED, tool → REQUIRED of that tool (once), none → NONE; disable_parallel_tool_use → one call."""
     if choice is not None:
         if choice.type == "tool":
@@ -286,12 +286,12 @@ def asks_for_caching(body: MessagesInput) -> bool:
             or any(marked(m.content) for m in body.messages))
 
 
-def _translate(body: MessagesInput, ignored: list[str], request_id: str, options: worker_pb2.SamplingOptions) -> GenerationRequest:
+def _translate(body: MessagesInput, ignored: list[str], request_id: str, options: SamplingOptions) -> GenerationRequest:
     """What /v1/messages and its count_tokens share: the prompt (system, messages, tools), thinking, output format."""
     messages = parse_messages(body.messages, ignored)
     system = parse_system(body.system, ignored)
     if system:
-        messages.insert(0, worker_pb2.ChatMessage(role="system", content=system))
+        messages.insert(0, ChatMessage(role="system", content=system))
     req = GenerationRequest(model=model_name(body.model), request_id=request_id, messages=messages, options=options,
                             ignored=ignored)
     plan = parse_tools(body.tools, ignored)
@@ -324,7 +324,7 @@ def parse_messages_request(data: dict[str, Any], request_id: str) -> tuple[Gener
 def parse_count_tokens_request(data: dict[str, Any], request_id: str) -> GenerationRequest:
     """A /v1/messages/count_tokens body → the request whose prompt is counted."""
     body, ignored = decode(data, CountTokensRequest)
-    return _translate(body, ignored, request_id, worker_pb2.SamplingOptions())
+    return _translate(body, ignored, request_id, SamplingOptions())
 
 
 # -- rendering --------------------------------------------------------------------------------------------

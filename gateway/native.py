@@ -12,8 +12,9 @@ from aiohttp import web
 
 from mlxserve.services.common import logs, rpc
 from mlxserve.services.common.errors import MlxServeError
-from mlxserve.v1 import common_pb2, store_pb2, supervisor_pb2, worker_pb2
+from mlxserve.v1 import common_pb2, store_pb2, supervisor_pb2
 from mlxserve.v1.frames import TokenEvent, TokenLogprob, ToolCall
+from mlxserve.v1.requests import ChatMessage, SamplingOptions
 
 from . import state
 from .request_types import ChatRequest, GenerateRequest, NativeMessage, NativeToolCall, Options
@@ -46,7 +47,7 @@ class _WithOptions(msgspec.Struct):
     options: Options | None = None
 
 
-def parse_options(data: dict[str, Any] | None) -> worker_pb2.SamplingOptions:
+def parse_options(data: dict[str, Any] | None) -> SamplingOptions:
     """Ollama `options` as a JSON object → SamplingOptions (unknown keys are ignored, as Ollama does)."""
     body, _ = decode({"options": data}, _WithOptions)
     return from_options(body.options)
@@ -85,20 +86,20 @@ def parse_generate(data: dict[str, Any], request_id: str) -> tuple[GenerationReq
     return req, body.stream is not False
 
 
-def parse_tool_calls(calls: list[NativeToolCall] | None, where: str) -> list[worker_pb2.ToolCall]:
+def parse_tool_calls(calls: list[NativeToolCall] | None, where: str) -> list[ToolCall]:
     """An assistant message's Ollama tool calls ([{function: {name, arguments}}]) → ToolCall."""
     return [tool_call(c.id, c.function.name, parse_arguments(c.function.arguments, f"{where}[{j}].function.arguments"))
             for j, c in enumerate(calls or [])]
 
 
-def parse_messages(items: list[NativeMessage] | None) -> list[worker_pb2.ChatMessage]:
+def parse_messages(items: list[NativeMessage] | None) -> list[ChatMessage]:
     """Ollama chat messages → ChatMessage (tool calls, tool results and thinking included); images are refused."""
-    out: list[worker_pb2.ChatMessage] = []
+    out: list[ChatMessage] = []
     for i, m in enumerate(items or []):
         if m.images:
             raise UnsupportedField(f"messages[{i}].images", f"'messages[{i}].images' is not supported: no model served "
                                                              "here takes images (there are no vision models yet)")
-        out.append(worker_pb2.ChatMessage(
+        out.append(ChatMessage(
             role=m.role, content=m.content or "", thinking=m.thinking or "",
             tool_calls=parse_tool_calls(m.tool_calls, f"messages[{i}].tool_calls"),
             tool_name=m.tool_name or "", tool_call_id=m.tool_call_id or "",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from datetime import datetime
@@ -12,8 +11,9 @@ from aiohttp import web
 
 from mlxserve.services.common import logs, rpc
 from mlxserve.services.common.errors import NotFound
-from mlxserve.v1 import store_pb2, worker_pb2
+from mlxserve.v1 import store_pb2
 from mlxserve.v1.frames import TokenLogprob, ToolCall
+from mlxserve.v1.requests import ChatMessage, ToolChoice
 
 from . import models_api, state
 from .request_types import ChatCompletionRequest, CompletionRequest, ContentPart, OpenAIMessage, OpenAIToolCall, ResponseFormat
@@ -47,9 +47,9 @@ def parse_content(value: str | list[ContentPart] | None, where: str) -> str:
     return "".join(texts)
 
 
-def parse_tool_calls(items: list[OpenAIToolCall] | None, where: str) -> list[worker_pb2.ToolCall]:
+def parse_tool_calls(items: list[OpenAIToolCall] | None, where: str) -> list[ToolCall]:
     """An assistant message's tool_calls (function calls; arguments as JSON text) → ToolCall."""
-    calls: list[worker_pb2.ToolCall] = []
+    calls: list[ToolCall] = []
     for j, item in enumerate(items or []):
         at = f"{where}[{j}]"
         if item.type != "function":
@@ -60,15 +60,15 @@ def parse_tool_calls(items: list[OpenAIToolCall] | None, where: str) -> list[wor
     return calls
 
 
-def parse_messages(items: list[OpenAIMessage]) -> list[worker_pb2.ChatMessage]:
+def parse_messages(items: list[OpenAIMessage]) -> list[ChatMessage]:
     """OpenAI messages → ChatMessage: names, assistant tool calls (and legacy function_call) and reasoning,
     tool results by tool_call_id (or, for the legacy function role, by name)."""
-    out: list[worker_pb2.ChatMessage] = []
+    out: list[ChatMessage] = []
     call_names: dict[str, str] = {}  # tool results name the function their call asked for
     for i, m in enumerate(items):
         where = f"messages[{i}]"
-        message = worker_pb2.ChatMessage(role=ROLES[m.role], content=parse_content(m.content, f"{where}.content"),
-                                         name=m.name or "")
+        message = ChatMessage(role=ROLES[m.role], content=parse_content(m.content, f"{where}.content"),
+                              name=m.name or "")
         if m.audio:
             raise UnsupportedField(f"{where}.audio", f"'{where}.audio' is not supported: no model served here takes audio")
         if m.role == "assistant":
@@ -94,7 +94,7 @@ def parse_messages(items: list[OpenAIMessage]) -> list[worker_pb2.ChatMessage]:
 
 
 def parse_response_format(value: ResponseFormat | None) -> str:
-    """`response_format` → SubmitRequest.format: text → "", json_object → "json", json_schema → the schema.
+    """`response_format` → GenerationRequest.format: text → "", json_object → "json", json_schema → the schema.
 
     Output is always constrained to the schema, so `strict` (true or false) is honoured either way.
     """
@@ -127,7 +127,7 @@ def parse_think(effort: str | None) -> bool | None:
 def extensions(body: Any, req: GenerationRequest) -> None:
     """The local-server extensions every /v1/* generation route honours (sampling ones are in openai_sampling)."""
     if body.chat_template_kwargs:
-        req.chat_template_kwargs_json = json.dumps(body.chat_template_kwargs, ensure_ascii=False, separators=(",", ":"))
+        req.chat_template_kwargs = body.chat_template_kwargs
     req.keep_alive_s = parse_keep_alive(body.keep_alive)
 
 
@@ -137,7 +137,7 @@ def log_advisory(body: Any) -> None:
         log.debug("openai_advisory_fields", **{k: v if isinstance(v, str) else "<object>" for k, v in given.items()})
 
 
-def parse_tools(body: ChatCompletionRequest) -> tuple[ToolPlan, worker_pb2.ToolChoice]:
+def parse_tools(body: ChatCompletionRequest) -> tuple[ToolPlan, ToolChoice]:
     """tools / tool_choice / parallel_tool_calls, or the legacy functions / function_call → (plan, the worker's ToolChoice)."""
     if body.tools and body.functions:
         raise BadField("functions", "send 'tools' or the legacy 'functions', not both")

@@ -20,8 +20,8 @@ from aiohttp import web
 
 from mlxserve.services.common import logs
 from mlxserve.services.common.errors import MlxServeError
-from mlxserve.v1 import worker_pb2
 from mlxserve.v1.frames import TokenEvent, TokenLogprob, ToolCall
+from mlxserve.v1.requests import ChatMessage
 
 from . import state
 from .openai_api import extensions, log_advisory, parse_content, sse_response_headers
@@ -85,15 +85,15 @@ def parse_reasoning_text(item: ResponsesItem) -> str:
     return ""
 
 
-def parse_input(value: str | list[ResponsesItem], ignored: list[str]) -> list[worker_pb2.ChatMessage]:
+def parse_input(value: str | list[ResponsesItem], ignored: list[str]) -> list[ChatMessage]:
     """`input` → chat messages: a string is one user message; items are messages, function calls and their outputs.
 
     Items of hosted tools (web_search_call, ...) are dropped and named in `ignored`: they ran
     elsewhere, and this server runs none.
     """
     if isinstance(value, str):
-        return [worker_pb2.ChatMessage(role="user", content=value)]
-    out: list[worker_pb2.ChatMessage] = []
+        return [ChatMessage(role="user", content=value)]
+    out: list[ChatMessage] = []
     call_names: dict[str, str] = {}
     thinking = ""  # a reasoning item belongs to the assistant turn after it
     for i, item in enumerate(value):
@@ -102,7 +102,7 @@ def parse_input(value: str | list[ResponsesItem], ignored: list[str]) -> list[wo
         if kind == "message":
             if item.role is None:
                 raise BadField(f"{where}.role", f"'{where}.role' is required")
-            msg = worker_pb2.ChatMessage(role=INPUT_ROLES[item.role], content=parse_content(item.content, f"{where}.content"))
+            msg = ChatMessage(role=INPUT_ROLES[item.role], content=parse_content(item.content, f"{where}.content"))
             if item.role == "assistant" and thinking:
                 msg.thinking, thinking = thinking, ""
             out.append(msg)
@@ -116,14 +116,14 @@ def parse_input(value: str | list[ResponsesItem], ignored: list[str]) -> list[wo
             if prev is not None and prev.role == "assistant" and (prev.tool_calls or not thinking):
                 prev.tool_calls.append(call)  # parallel calls, or the calls of the message just before: one turn
             else:
-                out.append(worker_pb2.ChatMessage(role="assistant", thinking=thinking, tool_calls=[call]))
+                out.append(ChatMessage(role="assistant", thinking=thinking, tool_calls=[call]))
                 thinking = ""
         elif kind == "function_call_output":
             if not item.call_id:
                 raise BadField(f"{where}.call_id", f"'{where}.call_id' is required")
             text = parse_content(item.output, f"{where}.output")
-            out.append(worker_pb2.ChatMessage(role="tool", content=text, tool_call_id=item.call_id,
-                                              tool_name=call_names.get(item.call_id, item.name or "")))
+            out.append(ChatMessage(role="tool", content=text, tool_call_id=item.call_id,
+                                   tool_name=call_names.get(item.call_id, item.name or "")))
         elif kind == "reasoning":
             thinking = parse_reasoning_text(item)
         elif kind == "item_reference":
@@ -134,12 +134,12 @@ def parse_input(value: str | list[ResponsesItem], ignored: list[str]) -> list[wo
             ignored.append(where)
             log.debug("input_item_dropped", item=where, type=kind)
     if thinking:  # reasoning with no turn after it: keep it on an assistant turn of its own
-        out.append(worker_pb2.ChatMessage(role="assistant", thinking=thinking))
+        out.append(ChatMessage(role="assistant", thinking=thinking))
     return out
 
 
 def parse_text_format(text: TextConfig | None, ignored: list[str]) -> tuple[str, dict[str, Any]]:
-    """`text.format` → (SubmitRequest.format, the format echoed back): text, json_object or json_schema.
+    """`text.format` → (GenerationRequest.format, the format echoed back): text, json_object or json_schema.
 
     Output is always constrained to the schema, so `strict` is honoured either way; `verbosity` is
     a hint this server cannot follow (named as ignored unless "medium").
@@ -218,7 +218,7 @@ def parse_responses_request(data: dict[str, Any], request_id: str) -> tuple[Gene
                             temperature=body.temperature, top_p=body.top_p, metadata=body.metadata or {})
     messages = parse_input(body.input, ignored)
     if body.instructions:
-        messages.insert(0, worker_pb2.ChatMessage(role="system", content=body.instructions))
+        messages.insert(0, ChatMessage(role="system", content=body.instructions))
     if body.stream_options is not None and not body.stream:
         raise BadField("stream_options", "'stream_options' is only allowed when 'stream' is true")
     req = GenerationRequest(model=model_name(body.model), request_id=request_id, messages=messages, ignored=ignored,

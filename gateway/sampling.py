@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlxserve.v1 import worker_pb2
+from mlxserve.v1.requests import SamplingOptions
 
 from .request_types import Options
 from .validation import BadField, stop_list
@@ -26,22 +26,16 @@ def check_num_predict(value: int | None, where: str) -> int | None:
     return value
 
 
-def _proto(values: dict[str, Any], stop: list[str], logit_bias: dict[int, float] | None = None) -> worker_pb2.SamplingOptions:
+def _options(values: dict[str, Any], stop: list[str], logit_bias: dict[int, float] | None = None) -> SamplingOptions:
     """SamplingOptions with each option given (None: left unset, so the model's defaults apply).
 
     top_p 0 is sent as top_k 1: a nucleus of probability 0 keeps just the most likely token
     (llama.cpp, and so Ollama, keeps at least one), and the worker takes top_p only in (0, 1].
     """
-    out = worker_pb2.SamplingOptions()
     if values.get("top_p") == 0:
         values = {**values, "top_p": None, "top_k": 1}
-    for key, value in values.items():
-        if value is not None:
-            setattr(out, key, value)
-    out.stop.extend(stop)
-    for token, bias in (logit_bias or {}).items():
-        out.logit_bias[token] = bias
-    return out
+    return SamplingOptions(**{key: value for key, value in values.items() if value is not None},
+                           stop=tuple(stop), logit_bias=logit_bias or None)
 
 
 def _values(options: Options | None, prefix: str) -> dict[str, Any]:
@@ -51,12 +45,12 @@ def _values(options: Options | None, prefix: str) -> dict[str, Any]:
     return {key: getattr(options, key) for key in _NUMERIC}
 
 
-def from_options(options: Options | None, prefix: str = "options.") -> worker_pb2.SamplingOptions:
+def from_options(options: Options | None, prefix: str = "options.") -> SamplingOptions:
     """Ollama's `options` → SamplingOptions."""
-    return _proto(_values(options, prefix), stop_list(options.stop if options else None))
+    return _options(_values(options, prefix), stop_list(options.stop if options else None))
 
 
-def openai_sampling(body: Any, *, max_tokens: int | None, max_key: str) -> worker_pb2.SamplingOptions:
+def openai_sampling(body: Any, *, max_tokens: int | None, max_key: str) -> SamplingOptions:
     """The sampling fields of an OpenAI request (chat, completions, responses) over its `options` extension.
 
     `max_tokens` is the request's output limit (-1: none), read from the field named `max_key`.
@@ -74,4 +68,4 @@ def openai_sampling(body: Any, *, max_tokens: int | None, max_key: str) -> worke
     stop = getattr(body, "stop", None)
     stops = stop_list(stop) if stop is not None else stop_list(body.options.stop if body.options else None)
     bias = {int(token): value for token, value in (getattr(body, "logit_bias", None) or {}).items()}
-    return _proto(values, stops, bias)
+    return _options(values, stops, bias)

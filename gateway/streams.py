@@ -18,19 +18,19 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import msgspec
 import zmq
 import zmq.asyncio
-from google.protobuf.json_format import MessageToDict
 
 from mlxserve.services.common import logs, rpc
 from mlxserve.services.common.config import Settings
 from mlxserve.services.common.errors import Cancelled, Internal, MlxServeError, NotFound, Timeout, Unavailable
 from mlxserve.services.store.changes import marker_path, read_marker
-from mlxserve.v1 import frames, store_pb2, supervisor_pb2, worker_pb2
+from mlxserve.v1 import frames, requests, store_pb2, supervisor_pb2, worker_pb2
 from mlxserve.v1.frames import Stats, TokenEvent, TokenLogprob, ToolCall
+from mlxserve.v1.requests import ChatMessage, SamplingOptions, Tool, ToolChoice
 
 from .backends import Backends
 from .metrics import GatewayMetrics, InFlight
@@ -143,24 +143,26 @@ class TokenRouter:
 class GenerationRequest:
     """One generation, dialect-free: chat `messages` or a `prompt`, plus sampling options.
 
-    The output controls mirror SubmitRequest: `format` is "" / "json" / a JSON schema as text,
-    `tools` and `tool_choice` the typed tools, `think`/`truncate` None for the model's default.
-    `ignored` names the request's fields that the server ignores (the X-Mlxserve-Ignored header).
+    Its parts are the worker's own types (requests.py): `worker_request()` puts them, unconverted,
+    into the one GenerationRequest the worker decodes. `format` is "" / "json" / a JSON schema as
+    text, `think`/`truncate` None for the model's default. The fields after `model` that the worker
+    never sees are the gateway's: keep-alive, call limits, rendering, and `ignored` (the request's
+    fields that the server ignores: the X-Mlxserve-Ignored header).
     """
 
     model: str
     request_id: str
-    options: worker_pb2.SamplingOptions = field(default_factory=worker_pb2.SamplingOptions)
-    messages: list[worker_pb2.ChatMessage] | None = None  # None: a prompt request
+    options: SamplingOptions = field(default_factory=SamplingOptions)
+    messages: list[ChatMessage] | None = None  # None: a prompt request
     prompt: str = ""
     system: str = ""
     raw: bool = False
     keep_alive_s: float | None = None
     format: str = ""
-    tools: list[worker_pb2.Tool] = field(default_factory=list)
-    tool_choice: worker_pb2.ToolChoice = field(default_factory=worker_pb2.ToolChoice)
+    tools: list[Tool] = field(default_factory=list)
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
     max_tool_calls: int | None = None     # calls past this many are dropped (parallel_tool_calls false, max_tool_calls)
-    chat_template_kwargs_json: str = ""
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # extra template variables
     context: list[int] = field(default_factory=list)  # /api/generate: token ids the prompt continues
     want_context: bool = False            # /api/generate: answer with `context` (prompt + output token ids)
     think: bool | None = None
@@ -574,9 +576,9 @@ class GenerationCore:
         submit = submit_request(req, submit_id, self.router.address)
         if logs.debug_enabled():
             log.debug("submit", model=gen.model, submit_id=submit_id, worker=lease.worker_address, is_chat=req.is_chat,
-                      messages=len(req.messages or []), prompt_chars=len(req.prompt), options=MessageToDict(req.options),
+                      messages=len(req.messages or []), prompt_chars=len(req.prompt), options=msgspec.to_builtins(req.options),
                       format=bool(req.format), tools=[t.name for t in req.tools],
-                      tool_choice=MessageToDict(req.tool_choice), context=len(req.context), think=req.think, keep_alive_s=req.keep_alive_s,
+                      tool_choice=req.tool_choice.mode, context=len(req.context), think=req.think, keep_alive_s=req.keep_alive_s,
                       load_duration_s=round(lease.load_duration_s, 3))
         try:
             resp = await rpc.call("worker", self.backends.worker(lease.worker_address).Submit, submit,
@@ -632,19 +634,18 @@ class GenerationCore:
         return resp, lease
 
 
-def submit_request(req: GenerationRequest, submit_id: str, reply_to: str) -> worker_pb2.SubmitRequest:
-    """The worker's SubmitRequest for `req` (CountTokens takes the same message)."""
-    submit = worker_pb2.SubmitRequest(
-        request_id=submit_id, reply_to=reply_to, options=req.options, is_chat=req.is_chat,
-        prompt=req.prompt, system=req.system, raw=req.raw, messages=req.messages or [],
-        format=req.format, tools=req.tools, tool_choice=req.tool_choice, logprobs=req.logprobs,
-        top_logprobs=req.top_logprobs, chat_template_kwargs_json=req.chat_template_kwargs_json,
-        context=req.context, want_prompt_tokens=req.want_context,
+def worker_request(req: GenerationRequest, submit_id: str) -> requests.GenerationRequest:
+    """What the worker runs for `req`: its worker-side fields, by reference (the parts are already the
+    worker's types), under the id its frames will carry."""
+    return requests.GenerationRequest(
+        request_id=submit_id, is_chat=req.is_chat, messages=tuple(req.messages or ()), prompt=req.prompt,
+        system=req.system, raw=req.raw, options=req.options, format=req.format, tools=tuple(req.tools),
+        tool_choice=req.tool_choice, think=req.think, logprobs=req.logprobs, top_logprobs=req.top_logprobs,
+        truncate=req.truncate, chat_template_kwargs=req.chat_template_kwargs, context=tuple(req.context),
+        want_prompt_tokens=req.want_context, thinking_budget=req.thinking_budget,
     )
-    if req.think is not None:
-        submit.think = req.think
-    if req.truncate is not None:
-        submit.truncate = req.truncate
-    if req.thinking_budget is not None:
-        submit.thinking_budget = req.thinking_budget
-    return submit
+
+
+def submit_request(req: GenerationRequest, submit_id: str, reply_to: str) -> worker_pb2.SubmitRequest:
+    """The worker's SubmitRequest for `req` (CountTokens takes the same message): one encoded request."""
+    return worker_pb2.SubmitRequest(reply_to=reply_to, request=requests.encode(worker_request(req, submit_id)))

@@ -12,29 +12,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlxserve.v1 import worker_pb2
+from mlxserve.v1.frames import ToolCall
+from mlxserve.v1.requests import Tool, ToolChoice
 
 from .request_types import FunctionDef, ToolDef
-from .validation import BadField, UnsupportedField, schema_text
+from .validation import BadField, UnsupportedField
 
-AUTO = worker_pb2.ToolChoice.AUTO
-NONE = worker_pb2.ToolChoice.NONE
-REQUIRED = worker_pb2.ToolChoice.REQUIRED
+AUTO = "auto"
+NONE = "none"
+REQUIRED = "required"
 MODES = {"auto": AUTO, "none": NONE, "required": REQUIRED}
 
 
-def function_tool(fn: FunctionDef) -> worker_pb2.Tool:
-    return worker_pb2.Tool(name=fn.name, description=fn.description or "",
-                           parameters_json=schema_text(fn.parameters) if fn.parameters is not None else "")
+def function_tool(fn: FunctionDef) -> Tool:
+    return Tool(name=fn.name, description=fn.description or "", parameters=fn.parameters)
 
 
-def chat_tools(tools: list[ToolDef] | None, where: str = "tools") -> tuple[list[worker_pb2.Tool], list[str]]:
+def chat_tools(tools: list[ToolDef] | None, where: str = "tools") -> tuple[list[Tool], list[str]]:
     """Ollama and OpenAI chat tool definitions → (Tools, paths of `strict` flags asked for).
 
     Only function tools exist in these APIs' local use; a custom (free-text) tool is refused: the
     model could not call it.
     """
-    out: list[worker_pb2.Tool] = []
+    out: list[Tool] = []
     strict: list[str] = []
     for i, tool in enumerate(tools or []):
         at = f"{where}[{i}]"
@@ -52,8 +52,8 @@ def chat_tools(tools: list[ToolDef] | None, where: str = "tools") -> tuple[list[
 class ToolPlan:
     """What a request asks about tools: the tools the model sees, the choice, and an optional call limit."""
 
-    tools: list[worker_pb2.Tool] = field(default_factory=list)
-    mode: int = AUTO
+    tools: list[Tool] = field(default_factory=list)
+    mode: str = AUTO
     allowed: list[str] = field(default_factory=list)
     single: bool = False
     max_calls: int | None = None  # calls past this many are dropped (Responses' max_tool_calls)
@@ -74,11 +74,11 @@ class ToolPlan:
             raise BadField(where, f"'{where}' names {name!r}, which is not one of the request's tools")
         self.mode, self.allowed, self.single = REQUIRED, [name], True
 
-    def choice(self, where: str) -> worker_pb2.ToolChoice:
+    def choice(self, where: str) -> ToolChoice:
         """The ToolChoice for the worker; forcing a call with no tools to call is a 400."""
         if self.mode == REQUIRED and not self.tools:
             raise BadField(where, f"'{where}' asks for a tool call, but the request has no tools")
-        return worker_pb2.ToolChoice(mode=self.mode, allowed=self.allowed, single=self.single)
+        return ToolChoice(mode=self.mode, allowed=tuple(self.allowed), single=self.single)
 
     def ignored(self) -> list[str]:
         """`strict` asks for arguments that follow the schema: only a forced call is constrained."""
@@ -149,5 +149,5 @@ def _tool_name(tool: dict[str, Any], where: str, *, nested: bool) -> str:
     return name
 
 
-def tool_call(call_id: str | None, name: str, arguments_json: str) -> worker_pb2.ToolCall:
-    return worker_pb2.ToolCall(id=call_id or "", name=name, arguments_json=arguments_json)
+def tool_call(call_id: str | None, name: str, arguments_json: str) -> ToolCall:
+    return ToolCall(name=name, arguments=arguments_json or "{}", id=call_id or "")

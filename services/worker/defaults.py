@@ -11,11 +11,12 @@ options only: no template, so no system and no messages.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from mlxserve.services.common import logs
 from mlxserve.services.common.errors import Internal, InvalidArgument
@@ -52,7 +53,7 @@ class ModelDefaults:
         """
         options = merge_options(request.options, self.options)
         if request.raw or not templated:
-            return dataclasses.replace(request, options=options)
+            return request if options is request.options else msgspec.structs.replace(request, options=options)
         if request.is_chat:
             turns = list(request.messages)
         else:
@@ -67,14 +68,20 @@ class ModelDefaults:
         # A prompt that continues a `context` already has the model's opening messages in it.
         opening = () if request.context else self.messages
         messages = (*system, *opening, *turns[lead:])
-        return dataclasses.replace(request, is_chat=True, messages=messages, prompt="", system="", options=options)
+        return msgspec.structs.replace(request, is_chat=True, messages=messages, prompt="", system="", options=options)
+
+
+_NO_OPTIONS = SamplingOptions()
+_MERGED_FIELDS = tuple(name for name in SamplingOptions.__struct_fields__ if name != "stop")
 
 
 def merge_options(requested: SamplingOptions, defaults: SamplingOptions) -> SamplingOptions:
     """`requested`, with each option it leaves unset taken from `defaults`."""
+    if defaults == _NO_OPTIONS:  # most models set none: nothing to merge on the Submit path
+        return requested
     merged = {
-        f.name: getattr(defaults, f.name) if getattr(requested, f.name) is None else getattr(requested, f.name)
-        for f in dataclasses.fields(SamplingOptions) if f.name != "stop"
+        name: getattr(defaults, name) if getattr(requested, name) is None else getattr(requested, name)
+        for name in _MERGED_FIELDS
     }
     return SamplingOptions(**merged, stop=requested.stop or defaults.stop)
 

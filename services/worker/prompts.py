@@ -12,160 +12,19 @@ capability the model's template lacks.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
+from msgspec.structs import replace
+
 from mlxserve.services.common.errors import InvalidArgument, Unsupported
-from mlxserve.v1.frames import ToolCall
+# The request type is shared with the gateway (one definition, sent as is); re-exported for the worker.
+from mlxserve.v1.requests import (MAX_TOP_LOGPROBS, ROLES, TOOL_CHOICE_MODES, ChatMessage, GenerationRequest,  # noqa: F401
+                                  SamplingOptions, Tool, ToolChoice)
 
-from .sampling import SamplingOptions
-
-ROLES = ("system", "user", "assistant", "tool")
-MAX_TOP_LOGPROBS = 20  # OpenAI's limit, which Ollama shares
-TOOL_CHOICE_MODES = ("auto", "none", "required")
-
-# apply_chat_template's own parameters: not template variables, and some would change what is
-# rendered behind the request's back (another template, tokenized output, no generation prompt).
-_TEMPLATE_CONTROLS = frozenset({
-    "chat_template", "continue_final_message", "tokenize", "sanitize_control_tokens", "padding", "truncation",
-    "max_length", "return_tensors", "return_dict", "return_assistant_tokens_mask", "tokenizer_kwargs",
-})
 # The request's own variables: its values win over chat_template_kwargs.
 _REQUEST_VARIABLES = frozenset({"messages", "conversation", "conversations", "tools", "add_generation_prompt"})
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    role: str
-    content: str
-    thinking: str = ""                      # assistant reasoning from an earlier turn
-    tool_calls: tuple[ToolCall, ...] = ()   # assistant turn: the calls it made (arguments: JSON object text)
-    tool_name: str = ""                     # tool turn: the tool that answered
-    tool_call_id: str = ""                  # tool turn: the call it answers
-    name: str = ""                          # the author's name (OpenAI `name`), for templates that show it
-
-
-@dataclass(frozen=True)
-class Tool:
-    """A function the model may call; `parameters` is its arguments' JSON Schema (None: takes none)."""
-
-    name: str
-    description: str = ""
-    parameters: Any = None
-
-
-@dataclass(frozen=True)
-class ToolChoice:
-    """auto: the model decides; none: tools stay out of the prompt; required: it must call one of
-    `allowed` (every tool when empty), once when `single`, with arguments its schema accepts."""
-
-    mode: str = "auto"
-    allowed: tuple[str, ...] = ()
-    single: bool = False
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """One generation. Chat requests carry `messages`; the others carry `prompt` (+ `system`).
-
-    `raw=True` sends `prompt` to the tokenizer as is, with no template. `context` (prompt
-    requests only) is token ids the prompt continues: they come first, and the prompt's own
-    tokens follow as a continuation (no second BOS).
-    """
-
-    request_id: str
-    is_chat: bool = False
-    messages: tuple[ChatMessage, ...] = ()
-    prompt: str = ""
-    system: str = ""
-    raw: bool = False
-    options: SamplingOptions = field(default_factory=SamplingOptions)
-    format: str = ""             # "" none, "json", or a JSON schema as text (constrained decoding)
-    tools: tuple[Tool, ...] = ()
-    tool_choice: ToolChoice = field(default_factory=ToolChoice)
-    think: bool | None = None    # None: the model's default
-    logprobs: bool = False       # return each generated token's logprob
-    top_logprobs: int = 0        # and this many alternatives (0..20)
-    truncate: bool | None = None  # None/True: drop the oldest messages to fit; False: refuse
-    chat_template_kwargs: Mapping[str, Any] = field(default_factory=dict)  # extra template variables
-    context: tuple[int, ...] = ()   # token ids the prompt continues (Ollama's /api/generate context)
-    want_prompt_tokens: bool = False  # Submit answers with the prompt's token ids
-    thinking_budget: int | None = None  # at most this many reasoning tokens, then the think block is closed
-
-    def validate(self) -> None:
-        if not self.request_id:
-            raise InvalidArgument("request_id is required")
-        if self.is_chat:
-            if not self.messages:
-                raise InvalidArgument("a chat request needs at least one message")
-            if self.prompt or self.system or self.raw:
-                raise InvalidArgument("a chat request takes messages, not prompt/system/raw")
-            if self.context:
-                raise InvalidArgument("context is only accepted with a prompt, not with chat messages")
-            for m in self.messages:
-                if m.role not in ROLES:
-                    raise InvalidArgument(f"unknown message role {m.role!r} (expected one of {', '.join(ROLES)})")
-                for call in m.tool_calls:
-                    if not call.name:
-                        raise InvalidArgument("each tool call in the messages needs a function name")
-        else:
-            if self.messages:
-                raise InvalidArgument("messages are only accepted on a chat request (is_chat)")
-            if self.raw and self.system:
-                raise InvalidArgument("raw prompts take no system message (raw skips the template)")
-            if self.raw and (self.tools or self.think or self.chat_template_kwargs):
-                raise InvalidArgument("raw prompts take no tools, think or chat_template_kwargs (raw skips the template)")
-        if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
-            raise InvalidArgument(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {self.top_logprobs}")
-        if self.top_logprobs and not self.logprobs:
-            raise InvalidArgument("top_logprobs needs logprobs to be enabled")
-        if self.thinking_budget is not None and self.thinking_budget < 0:
-            raise InvalidArgument(f"thinking_budget must be >= 0, got {self.thinking_budget}")
-        self._validate_tools()
-        self._validate_template_kwargs()
-        self.options.validate()
-
-    def _validate_tools(self) -> None:
-        names = [t.name for t in self.tools]
-        for i, tool in enumerate(self.tools):
-            if not tool.name:
-                raise InvalidArgument(f"tools[{i}] needs a name")
-            if tool.parameters is not None and not isinstance(tool.parameters, dict):
-                raise InvalidArgument(f"the parameters of tool {tool.name!r} must be a JSON Schema object")
-        choice = self.tool_choice
-        if choice.mode not in TOOL_CHOICE_MODES:
-            raise InvalidArgument(f"tool_choice must be one of {', '.join(TOOL_CHOICE_MODES)}, got {choice.mode!r}")
-        unknown = [n for n in choice.allowed if n not in names]
-        if unknown:
-            raise InvalidArgument(f"tool_choice names a tool the request does not define: {', '.join(map(repr, unknown))}")
-        if choice.mode == "required":
-            if not self.tools:
-                raise InvalidArgument("tool_choice 'required' needs at least one tool")
-            if self.format:
-                raise InvalidArgument("a required tool call cannot be combined with format (structured output): "
-                                      "the call's arguments already follow the tool's schema")
-
-    def _validate_template_kwargs(self) -> None:
-        if not isinstance(self.chat_template_kwargs, Mapping):
-            raise InvalidArgument("chat_template_kwargs must be a JSON object")
-        controls = sorted(k for k in self.chat_template_kwargs if k in _TEMPLATE_CONTROLS)
-        if controls:
-            raise InvalidArgument(f"chat_template_kwargs cannot set {', '.join(map(repr, controls))}: "
-                                  "not a template variable")
-
-    @property
-    def plain_prompt(self) -> bool:
-        """A prompt with nothing that needs a template (no system, tools, think or template variables):
-        on a model without a chat template it is completed as it is."""
-        return not (self.is_chat or self.raw or self.system or self.template_tools_on or self.think or self.chat_template_kwargs)
-
-    @property
-    def template_tools_on(self) -> bool:
-        """Whether the template gets the request's tools (not with tool_choice 'none')."""
-        return bool(self.tools) and self.tool_choice.mode != "none"
 
 
 def check_token_ids(ids: Sequence[int], limit: int, what: str) -> None:
@@ -218,7 +77,7 @@ def fit_prompt(tokenizer: Any, request: GenerationRequest, context: int) -> tupl
     def without_oldest(n: int) -> list[int]:
         dropped = set(droppable[:n])
         kept = tuple(m for i, m in enumerate(messages) if i not in dropped)
-        return encode_prompt(tokenizer, dataclasses.replace(request, messages=kept))
+        return encode_prompt(tokenizer, replace(request, messages=kept))
 
     # The fewest drops that fit: prompts only shrink as messages go, so bisect over the count.
     low, high, best = 1, len(droppable), None
@@ -245,7 +104,7 @@ def system_prefix_length(tokenizer: Any, request: GenerationRequest, tokens: lis
         leading += 1
     if leading == 0 or leading == len(request.messages):
         return 0
-    probe = dataclasses.replace(request, messages=(*request.messages[:leading], ChatMessage("user", "")))
+    probe = replace(request, messages=(*request.messages[:leading], ChatMessage("user", "")))
     try:
         head = tokenizer.encode(render_prompt(tokenizer, probe), add_special_tokens=False)
     except Exception:  # noqa: BLE001 - the real prompt rendered; a probe that does not only loses a checkpoint

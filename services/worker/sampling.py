@@ -8,16 +8,15 @@ reads or advances MLX's global random state.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import mlx.core as mx
 from mlx_lm.sample_utils import make_logits_processors as mlx_logits_processors
 from mlx_lm.sample_utils import make_repetition_penalty
 
-from mlxserve.services.common.errors import InvalidArgument
+# The options type is part of the request that the gateway sends (one definition); re-exported here.
+from mlxserve.v1.requests import DEFAULT_TEMPERATURE, SamplingOptions  # noqa: F401
 
 from .batch_step import GREEDY, RowSampling
 
@@ -25,73 +24,12 @@ from .batch_step import GREEDY, RowSampling
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
 
 # Ollama's defaults for options a request leaves unset.
-DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_K = 40
 DEFAULT_TOP_P = 0.9
 DEFAULT_MIN_P = 0.0
 # repeat_penalty's window when a request sets the penalty but not the window (Ollama's default).
 # The penalty itself is off unless asked for, so plain greedy decoding stays the model's argmax.
 DEFAULT_REPEAT_LAST_N = 64
-
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    """What a request may ask of the decoder. `None` means "use the default"."""
-
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    seed: int | None = None          # < 0 or None: a fresh random seed
-    num_predict: int | None = None   # max new tokens; < 0 or None: until the context is full
-    stop: tuple[str, ...] = field(default_factory=tuple)
-    num_ctx: int | None = None
-    repeat_penalty: float | None = None     # Ollama/llama.cpp: divides positive logits, multiplies negative
-    repeat_last_n: int | None = None        # its window over prompt + output; 0 off, -1 the whole context
-    presence_penalty: float | None = None   # OpenAI: minus this once for each token already generated
-    frequency_penalty: float | None = None  # OpenAI: minus this per earlier occurrence in the output
-    logit_bias: dict[int, float] | None = None  # token id -> added to its logit
-
-    def validate(self) -> None:
-        """Raise InvalidArgument naming the first option out of range."""
-        if self.temperature is not None and not (0.0 <= self.temperature <= 100.0):
-            raise InvalidArgument(f"temperature must be between 0 and 100, got {self.temperature}")
-        if self.top_p is not None and not (0.0 < self.top_p <= 1.0):
-            raise InvalidArgument(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k is not None and self.top_k < 0:
-            raise InvalidArgument(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
-        if self.min_p is not None and not (0.0 <= self.min_p <= 1.0):
-            raise InvalidArgument(f"min_p must be in [0, 1], got {self.min_p}")
-        if self.num_ctx is not None and self.num_ctx <= 0:
-            raise InvalidArgument(f"num_ctx must be positive, got {self.num_ctx}")
-        if self.num_predict == 0:
-            raise InvalidArgument("num_predict must not be 0 (use a positive count, or -1 for no limit)")
-        for s in self.stop:
-            if not s:
-                raise InvalidArgument("stop strings must not be empty")
-        if self.repeat_penalty is not None and not (0.0 < self.repeat_penalty <= 100.0):
-            raise InvalidArgument(f"repeat_penalty must be in (0, 100] (1 disables it), got {self.repeat_penalty}")
-        if self.repeat_last_n is not None and self.repeat_last_n < -1:
-            raise InvalidArgument(f"repeat_last_n must be >= -1 (0 disables, -1 means num_ctx), got {self.repeat_last_n}")
-        for name in ("presence_penalty", "frequency_penalty"):
-            value = getattr(self, name)
-            if value is not None and not (-100.0 <= value <= 100.0):
-                raise InvalidArgument(f"{name} must be between -100 and 100, got {value}")
-        for token, bias in (self.logit_bias or {}).items():
-            if isinstance(token, bool) or not isinstance(token, int) or token < 0:
-                raise InvalidArgument(f"logit_bias keys must be token ids (integers >= 0), got {token!r}")
-            if not math.isfinite(bias):
-                raise InvalidArgument(f"logit_bias for token {token} must be a finite number, got {bias}")
-
-    def check_vocabulary(self, vocab_size: int) -> None:
-        """Raise InvalidArgument if logit_bias names a token the model does not have."""
-        unknown = sorted(t for t in (self.logit_bias or {}) if t >= vocab_size)
-        if unknown:
-            raise InvalidArgument(f"logit_bias names token ids outside the vocabulary of {vocab_size}: {unknown[:5]}")
-
-    @property
-    def effective_temperature(self) -> float:
-        return DEFAULT_TEMPERATURE if self.temperature is None else self.temperature
 
 
 def make_sampler(options: SamplingOptions) -> RowSampling:

@@ -1,112 +1,34 @@
 """The Worker gRPC service: a thin translation from protos to the ModelRunner and back.
 
-Submit registers where the request's frames go (`reply_to`) before queueing it, so even a frame
+Submit decodes the request (requests.GenerationRequest, the gateway's own object: one decode, no
+copies) and registers where its frames go (`reply_to`) before queueing it, so even a frame
 produced at once has an address; the engine's frames are routed through `route()` to the one
 FrameSender thread.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
+import msgspec
 
 from mlxserve.services.common import logs
 from mlxserve.services.common.errors import InvalidArgument, Unsupported
 from mlxserve.services.common.rpc import ping_response, rpc_method
-from mlxserve.v1 import worker_pb2, worker_pb2_grpc
-from mlxserve.v1.frames import TokenEvent, ToolCall
+from mlxserve.v1 import requests, worker_pb2, worker_pb2_grpc
+from mlxserve.v1.frames import TokenEvent
 
 from .blas import BlasReport, confirm_blas
 from .embeddings import EmbeddingRunner
-from .prompts import ChatMessage, GenerationRequest, Tool, ToolChoice
 from .replies import FrameSender
 from .runner import ModelRunner
-from .sampling import SamplingOptions
 
 log = logs.get_logger()
 
 REPLY_SCHEMES = ("ipc://", "tcp://", "inproc://")
-
-
-def options_from_proto(o: worker_pb2.SamplingOptions) -> SamplingOptions:
-    def opt(name: str) -> Any:
-        return getattr(o, name) if o.HasField(name) else None
-
-    return SamplingOptions(
-        temperature=opt("temperature"),
-        top_p=opt("top_p"),
-        top_k=opt("top_k"),
-        min_p=opt("min_p"),
-        seed=opt("seed"),
-        num_predict=opt("num_predict"),
-        stop=tuple(o.stop),
-        num_ctx=opt("num_ctx"),
-        repeat_penalty=opt("repeat_penalty"),
-        repeat_last_n=opt("repeat_last_n"),
-        presence_penalty=opt("presence_penalty"),
-        frequency_penalty=opt("frequency_penalty"),
-        logit_bias=dict(o.logit_bias) or None,
-    )
-
-
-_TOOL_CHOICE_MODES = {
-    worker_pb2.ToolChoice.AUTO: "auto", worker_pb2.ToolChoice.NONE: "none", worker_pb2.ToolChoice.REQUIRED: "required",
-}
-
-
-def _json_value(text: str, what: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError as e:
-        raise InvalidArgument(f"{what} is not valid JSON: {e}") from None
-
-
-def tool_from_proto(t: worker_pb2.Tool) -> Tool:
-    parameters = _json_value(t.parameters_json, f"the parameters of tool {t.name!r}") if t.parameters_json else None
-    return Tool(name=t.name, description=t.description, parameters=parameters)
-
-
-def message_from_proto(m: worker_pb2.ChatMessage) -> ChatMessage:
-    return ChatMessage(
-        role=m.role, content=m.content, thinking=m.thinking,
-        tool_calls=tuple(ToolCall(name=c.name, arguments=c.arguments_json or "{}", id=c.id) for c in m.tool_calls),
-        tool_name=m.tool_name, tool_call_id=m.tool_call_id, name=m.name,
-    )
-
-
-def request_from_proto(req: worker_pb2.SubmitRequest) -> GenerationRequest:
-    """Translate a SubmitRequest (reply_to aside) into the runner's request."""
-    mode = _TOOL_CHOICE_MODES.get(req.tool_choice.mode)
-    if mode is None:
-        raise InvalidArgument(f"unknown tool_choice mode {req.tool_choice.mode}")
-    kwargs = _json_value(req.chat_template_kwargs_json, "chat_template_kwargs") if req.chat_template_kwargs_json else {}
-    if not isinstance(kwargs, dict):
-        raise InvalidArgument("chat_template_kwargs must be a JSON object")
-    return GenerationRequest(
-        request_id=req.request_id,
-        is_chat=req.is_chat,
-        messages=tuple(message_from_proto(m) for m in req.messages),
-        prompt=req.prompt,
-        system=req.system,
-        raw=req.raw,
-        options=options_from_proto(req.options),
-        format=req.format,
-        tools=tuple(tool_from_proto(t) for t in req.tools),
-        tool_choice=ToolChoice(mode=mode, allowed=tuple(req.tool_choice.allowed), single=req.tool_choice.single),
-        think=req.think if req.HasField("think") else None,
-        logprobs=req.logprobs,
-        top_logprobs=req.top_logprobs,
-        truncate=req.truncate if req.HasField("truncate") else None,
-        chat_template_kwargs=kwargs,
-        context=tuple(req.context),
-        want_prompt_tokens=req.want_prompt_tokens,
-        thinking_budget=req.thinking_budget if req.HasField("thinking_budget") else None,
-    )
 
 
 def resident_memory_bytes() -> int:
@@ -150,7 +72,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     def Submit(self, request: worker_pb2.SubmitRequest, context: Any) -> worker_pb2.SubmitResponse:
         if not request.reply_to.startswith(REPLY_SCHEMES):
             raise InvalidArgument(f"reply_to must be a ZeroMQ address ({', '.join(REPLY_SCHEMES)}), got {request.reply_to!r}")
-        gen = request_from_proto(request)
+        gen = requests.decode(request.request)
         with self._lock:
             if gen.request_id in self._reply_to:
                 raise InvalidArgument(f"request_id {gen.request_id!r} is already in use")
@@ -165,7 +87,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                  queue_position=result.queue_position)
         if logs.debug_enabled():
             log.debug("submit_options", **logs.submit_fields(gen.request_id), is_chat=gen.is_chat, messages=len(gen.messages),
-                      options=MessageToDict(request.options), format=bool(gen.format), tools=len(gen.tools),
+                      options=msgspec.to_builtins(gen.options), format=bool(gen.format), tools=len(gen.tools),
                       tool_choice=gen.tool_choice.mode, think=gen.think, logprobs=gen.logprobs, truncate=gen.truncate,
                       context=len(gen.context), template_kwargs=sorted(gen.chat_template_kwargs))
         return worker_pb2.SubmitResponse(prompt_tokens=result.prompt_tokens, queue_position=result.queue_position,
@@ -176,7 +98,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         """The prompt `request` would make, counted as Submit templates and tokenizes it; nothing is queued."""
         if not isinstance(self.runner, ModelRunner):
             raise Unsupported(f"model '{self.model_name}' is an embedding model: it has no prompts to count")
-        gen = request_from_proto(request)
+        gen = requests.decode(request.request)
         count = self.runner.count(gen)
         log.info("tokens_counted", **logs.submit_fields(gen.request_id), prompt_tokens=count)
         return worker_pb2.CountTokensResponse(prompt_tokens=count)

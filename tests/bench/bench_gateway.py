@@ -1,7 +1,7 @@
 """Benchmark (a script, not a test): what the gateway itself costs, next to a direct engine call.
 
     python tests/bench/bench_gateway.py [--tokens 128] [--runs 20] [--concurrency 1,4,16]
-                                        [--requests 200] [--json [PATH]]
+                                        [--requests 200] [--rounds 3] [--json [PATH]]
 
 Starts the real system (`mlxctl serve` via tests/e2e/harness.py) serving a tiny random-weight
 llama (tests/fixtures/tiny_model.py), whose decode step takes about a millisecond on a CPU, so
@@ -20,7 +20,10 @@ Measured, side by side in one run:
        nanosecond counters), p50 and p99 over the runs: the work the gateway does per token.
   2. Tiny requests per second (/api/generate, one new token, stream false) at each --concurrency,
      against the in-process engine completing the same requests; and `GET /api/version` RPS, the
-     floor that the HTTP stack alone sets.
+     floor that the HTTP stack alone sets. Both sides run in alternating rounds (--rounds, each of
+     --requests requests, the system idle while the in-process engine runs), so that a change in the
+     machine's load hits both alike; each level reports the medians of the rounds and the median of
+     the per-round ratios. The load average before and after is recorded with the results.
 """
 
 from __future__ import annotations
@@ -195,6 +198,28 @@ class InProcess:
 # ------------------------------------------------------------------------------------------ running
 
 
+def rps_rounds(url: str, local: InProcess, concurrency: int, requests: int, rounds: int, first_k: int) -> dict[str, Any]:
+    """Tiny-request RPS through the gateway and in-process, in alternating rounds after a warm-up of each."""
+    print(f"tiny requests at concurrency {concurrency}: {rounds} rounds of gateway, then in-process...", file=sys.stderr, flush=True)
+    asyncio.run(gateway_rps(url, concurrency, min(requests, 50), first_k))
+    local.rps(concurrency, min(requests, 50), first_k + 500_000)
+    out: list[dict[str, float]] = []
+    for r in range(rounds):
+        k = first_k + (r + 1) * requests
+        time.sleep(0.3)  # let the other side's BLAS threads stop spinning
+        gateway = asyncio.run(gateway_rps(url, concurrency, requests, k))
+        time.sleep(0.3)
+        in_process = local.rps(concurrency, requests, k + 500_000)
+        out.append({"gateway_rps": gateway, "in_process_rps": in_process, "ratio": gateway / in_process})
+    return {"concurrency": concurrency,
+            "gateway_rps": statistics.median(r["gateway_rps"] for r in out),
+            "in_process_rps": statistics.median(r["in_process_rps"] for r in out),
+            "ratio": statistics.median(r["ratio"] for r in out),
+            "ratio_min": min(r["ratio"] for r in out), "ratio_max": max(r["ratio"] for r in out),
+            "version_rps": asyncio.run(gateway_rps(url, concurrency, requests, 0, "/api/version")),
+            "rounds": out}
+
+
 def find_gateway_pid(root_pid: int) -> int | None:
     from tests.e2e.harness import descendants
 
@@ -227,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=20, help="sequential streams for the per-token measure")
     ap.add_argument("--concurrency", default="1,4,16", help="comma-separated client counts for the RPS measure")
     ap.add_argument("--requests", type=int, default=200, help="tiny requests per RPS measurement")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating gateway / in-process rounds per concurrency level")
     ap.add_argument("--json", nargs="?", const="-", help="write the report as JSON (to PATH, or stdout)")
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
@@ -235,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     from tests.fixtures.tiny_model import write_tiny_model
 
     report: dict[str, Any] = {"config": {**vars(args), "machine": f"{platform.machine()} {os.cpu_count()} cpus",
-                                         "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}}
+                                         "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
+                                         "loadavg_before": os.getloadavg()}}
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         model_dir = write_tiny_model(Path(tmp) / "tiny")
         print("starting the system...", file=sys.stderr, flush=True)
@@ -246,23 +273,16 @@ def main(argv: list[str] | None = None) -> int:
             gw_pid = find_gateway_pid(system.proc.pid)
             print(f"per-token: {args.runs} x {args.tokens} tokens through the gateway...", file=sys.stderr, flush=True)
             report["per_token_gateway"] = asyncio.run(gateway_per_token(system.url, gw_pid, args.runs, args.tokens, 0))
-            report["rps"] = []
-            for i, c in enumerate(levels):
-                print(f"tiny requests at concurrency {c} through the gateway...", file=sys.stderr, flush=True)
-                report["rps"].append({"concurrency": c,
-                                      "gateway_rps": asyncio.run(gateway_rps(system.url, c, args.requests, 10_000 * (i + 1))),
-                                      "version_rps": asyncio.run(gateway_rps(system.url, c, args.requests, 0, "/api/version"))})
+            from mlxserve.services.common import logs
+
+            logs.configure("bench", "warning", None)  # the engine's per-request info lines would flood the report
+            local = InProcess(model_dir, num_parallel=max(levels))
+            report["per_token_in_process"] = local.per_token(args.runs, args.tokens, 0)
+            report["rps"] = [rps_rounds(system.url, local, c, args.requests, args.rounds, 1_000_000 * (i + 1))
+                             for i, c in enumerate(levels)]
         finally:
             system.stop()
-        print("in-process engine...", file=sys.stderr, flush=True)
-        from mlxserve.services.common import logs
-
-        logs.configure("bench", "warning", None)  # the engine's per-request info lines would flood the report
-        local = InProcess(model_dir, num_parallel=max(levels))
-        report["per_token_in_process"] = local.per_token(args.runs, args.tokens, 0)
-        for i, row in enumerate(report["rps"]):
-            row["in_process_rps"] = local.rps(row["concurrency"], args.requests, 10_000 * (i + 1))
-            row["ratio"] = row["gateway_rps"] / row["in_process_rps"]
+    report["config"]["loadavg_after"] = os.getloadavg()
 
     g, p = report["per_token_gateway"], report["per_token_in_process"]
     report["added_latency_per_token_us"] = {"p50": g["interval_p50_us"] - p["interval_p50_us"],
@@ -288,10 +308,13 @@ def print_report(r: dict[str, Any]) -> None:
     if "cpu_per_token_p50_us" in g:
         print(f"  {'gateway CPU per token':34} {g['cpu_per_token_p50_us']:10.1f} {g['cpu_per_token_p99_us']:10.1f}", file=out)
     print("\ntiny requests (1 new token, stream false), requests/s", file=out)
-    print(f"  {'clients':>7} {'gateway':>9} {'in-process':>11} {'ratio':>6} {'GET /api/version':>17}", file=out)
+    print(f"  {'clients':>7} {'gateway':>9} {'in-process':>11} {'ratio':>6} {'(min-max)':>11} {'GET /api/version':>17}", file=out)
     for row in r["rps"]:
+        spread = f"{row['ratio_min']:.2f}-{row['ratio_max']:.2f}"
         print(f"  {row['concurrency']:7d} {row['gateway_rps']:9.1f} {row['in_process_rps']:11.1f} "
-              f"{row['ratio']:6.2f} {row['version_rps']:17.1f}", file=out)
+              f"{row['ratio']:6.2f} {spread:>11} {row['version_rps']:17.1f}", file=out)
+    print(f"  (medians of {len(r['rps'][0]['rounds']) if r['rps'] else 0} alternating rounds; load average "
+          f"{r['config']['loadavg_before'][0]:.2f} before, {r['config']['loadavg_after'][0]:.2f} after)", file=out)
 
 
 if __name__ == "__main__":

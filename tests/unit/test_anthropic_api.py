@@ -15,8 +15,9 @@ from mlxserve.gateway import anthropic_api
 from mlxserve.gateway.anthropic_api import parse_count_tokens_request, parse_messages_request, usage_json
 from mlxserve.gateway.validation import BadField, UnsupportedField
 from mlxserve.services.common.rpc import rpc_method
-from mlxserve.v1 import worker_pb2
+from mlxserve.v1 import requests, worker_pb2
 from mlxserve.v1.frames import Stats, TokenEvent, ToolCall
+from mlxserve.v1.requests import GenerationRequest
 from tests.unit.test_gateway_responses_api import sse_events as events
 from tests.unit.test_gateway_security import KEY, gateway
 from tests.unit.test_gateway_streaming import FakeWorker, harness, run, text, wait_for
@@ -39,14 +40,15 @@ def finished(reason: str = "stop", stop_sequence: str | None = None, cached: int
 
 
 @pytest.fixture
-def counting_worker(monkeypatch: pytest.MonkeyPatch) -> list[worker_pb2.SubmitRequest]:
-    """The fake worker answers CountTokens: 7 tokens per message plus 5 per tool; the requests are kept."""
-    counted: list[worker_pb2.SubmitRequest] = []
+def counting_worker(monkeypatch: pytest.MonkeyPatch) -> list[GenerationRequest]:
+    """The fake worker answers CountTokens: 7 tokens per message plus 5 per tool; the requests are kept (decoded)."""
+    counted: list[GenerationRequest] = []
 
     @rpc_method
     async def CountTokens(self, request, context):
-        counted.append(request)
-        return worker_pb2.CountTokensResponse(prompt_tokens=7 * len(request.messages) + 5 * len(request.tools))
+        gen = requests.decode(request.request)
+        counted.append(gen)
+        return worker_pb2.CountTokensResponse(prompt_tokens=7 * len(gen.messages) + 5 * len(gen.tools))
 
     monkeypatch.setattr(FakeWorker, "CountTokens", CountTokens, raising=False)
     return counted
@@ -89,7 +91,7 @@ def test_tool_use_and_tool_result_blocks_become_calls_and_tool_turns():
         ("user", "Summarize.")]
     assistant = req.messages[1]
     assert assistant.thinking == "I should read it."
-    assert [(c.id, c.name, c.arguments_json) for c in assistant.tool_calls] == [
+    assert [(c.id, c.name, c.arguments) for c in assistant.tool_calls] == [
         ("toolu_1", "Read", '{"path":"a.txt","limit":5}'), ("toolu_2", "Read", '{"path":"b.txt"}')]
     assert [(m.tool_call_id, m.tool_name) for m in req.messages[2:4]] == [("toolu_1", "Read"), ("toolu_2", "Read")]
     assert req.ignored == ["messages[1].content[1]"]  # redacted thinking: nothing a local model can read
@@ -122,18 +124,19 @@ def test_tools_keep_their_schema_key_order_and_server_tools_are_dropped_and_name
         {"type": "custom", "name": "Write", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}},
     ]), "rid")
     assert [t.name for t in req.tools] == ["Edit", "Write"]
-    assert req.tools[0].parameters_json == '{"type":"object","required":["b"],"properties":{"z":{"type":"string"},"b":{"type":"integer"}}}'
+    assert json.dumps(req.tools[0].parameters, separators=(",", ":")) == \
+        '{"type":"object","required":["b"],"properties":{"z":{"type":"string"},"b":{"type":"integer"}}}'
     assert req.ignored == ["tools[1]", "tools[2]", "tools[0].strict"]
-    assert req.tool_choice.mode == worker_pb2.ToolChoice.AUTO and req.max_tool_calls is None
+    assert req.tool_choice.mode == "auto" and req.max_tool_calls is None
 
 
 @pytest.mark.parametrize("choice, mode, allowed, single", [
-    ({"type": "auto"}, worker_pb2.ToolChoice.AUTO, [], False),
-    ({"type": "auto", "disable_parallel_tool_use": True}, worker_pb2.ToolChoice.AUTO, [], True),
-    ({"type": "any"}, worker_pb2.ToolChoice.REQUIRED, [], False),
-    ({"type": "any", "disable_parallel_tool_use": True}, worker_pb2.ToolChoice.REQUIRED, [], True),
-    ({"type": "tool", "name": "Read"}, worker_pb2.ToolChoice.REQUIRED, ["Read"], True),
-    ({"type": "none"}, worker_pb2.ToolChoice.NONE, [], False),
+    ({"type": "auto"}, "auto", [], False),
+    ({"type": "auto", "disable_parallel_tool_use": True}, "auto", [], True),
+    ({"type": "any"}, "required", [], False),
+    ({"type": "any", "disable_parallel_tool_use": True}, "required", [], True),
+    ({"type": "tool", "name": "Read"}, "required", ["Read"], True),
+    ({"type": "none"}, "none", [], False),
 ])
 def test_tool_choice_maps_to_the_workers_choice(choice, mode, allowed, single):
     req, _, _ = parse_messages_request(body(tools=[READ, {**READ, "name": "Write"}], tool_choice=choice), "rid")
@@ -274,9 +277,9 @@ def test_tool_calls_are_tool_use_blocks_with_parsed_input_and_the_thinking_budge
                                       {"type": "tool_use", "id": "toolu_abc123", "name": "Read", "input": {"path": "a.txt", "limit": 5}}]
             assert out["stop_reason"] == "tool_use"
             submit, _ = h.worker.submits[0]
-            assert submit.tool_choice.mode == worker_pb2.ToolChoice.REQUIRED
+            assert submit.tool_choice.mode == "required"
             assert (submit.think, submit.thinking_budget) == (True, 1024)
-            assert json.loads(submit.tools[0].parameters_json) == SCHEMA
+            assert submit.tools[0].parameters == SCHEMA
     run(scenario())
 
 

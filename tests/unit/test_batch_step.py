@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import mlx.core as mx
+import msgspec
 import pytest
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
 from mlxserve.services.worker.batch_step import (
@@ -90,7 +89,7 @@ def test_rows_of_equal_length_decoded_without_a_mask_match_their_solo_outputs(ru
     greedy = SamplingOptions(temperature=0, num_predict=16)
     requests = [chat(f"Story number {k}", greedy) for k in (1, 2)]
     assert len({len(runner.tokenizer.encode(r.messages[0].content)) for r in requests}) == 1
-    solo = [tokens(run_alone(runner, dataclasses.replace(r, request_id=f"{r.request_id}-alone"))) for r in requests]
+    solo = [tokens(run_alone(runner, msgspec.structs.replace(r, request_id=f"{r.request_id}-alone"))) for r in requests]
     for r in requests:
         runner.submit(r)
     frames = drive(runner)

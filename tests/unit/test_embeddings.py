@@ -20,7 +20,7 @@ from mlxserve.services.common.rpc import sync_channel
 from mlxserve.services.store.store import ModelStore
 from mlxserve.services.worker.embeddings import EmbeddingRunner, is_embedding_model
 from mlxserve.services.worker.engine import Engine
-from mlxserve.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from mlxserve.v1 import common_pb2, requests, worker_pb2, worker_pb2_grpc
 from tests.fixtures.minilm import MODEL_NAME, find_minilm_dir
 from tests.fixtures.smollm2 import load_reference
 from tests.fixtures.tiny_model import tiny_model_dir  # noqa: F401 - fixture
@@ -260,7 +260,8 @@ def test_worker_process_answers_embed_and_refuses_generate(minilm_view: Path, re
             stub.Embed(worker_pb2.EmbedRequest(request_id="e2", inputs=["x " * 400], truncate=False), timeout=30)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         with pytest.raises(grpc.RpcError) as err:
-            stub.Submit(worker_pb2.SubmitRequest(request_id="g1", reply_to="ipc:///tmp/nowhere", prompt="hi"), timeout=5)
+            stub.Submit(worker_pb2.SubmitRequest(reply_to="ipc:///tmp/nowhere",
+                                                 request=requests.encode(requests.GenerationRequest("g1", prompt="hi"))), timeout=5)
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # Unsupported (HTTP 400 at the gateway)
         assert f"model '{MODEL_NAME}' does not support generate" in err.value.details()
     finally:

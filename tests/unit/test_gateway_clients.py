@@ -11,14 +11,14 @@ import json
 import openai
 import pytest
 
-from mlxserve.v1 import worker_pb2
+from mlxserve.v1.requests import GenerationRequest
 from mlxserve.v1.frames import Stats, TokenEvent, ToolCall
 
 from .test_gateway_streaming import harness, run, sse, text
 
 pytestmark = pytest.mark.timeout(30)
 
-AUTO, NONE, REQUIRED = worker_pb2.ToolChoice.AUTO, worker_pb2.ToolChoice.NONE, worker_pb2.ToolChoice.REQUIRED
+AUTO, NONE, REQUIRED = "auto", "none", "required"
 USER_SCHEMA = {"properties": {"name": {"title": "Name", "type": "string"}, "age": {"title": "Age", "type": "integer"}},
                "required": ["name", "age"], "title": "User", "type": "object"}
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
@@ -35,7 +35,7 @@ def calls(*names: str) -> list[TokenEvent]:
                                                                  for i, n in enumerate(names)]), finished("tool_calls")]
 
 
-def submit_of(h) -> worker_pb2.SubmitRequest:
+def submit_of(h) -> GenerationRequest:
     return h.worker.submits[-1][0]
 
 
@@ -63,7 +63,7 @@ def test_instructor_forces_its_function_by_name():
             # A named function is OpenAI's "forced function": exactly that one, called once.
             assert (submit.tool_choice.mode, list(submit.tool_choice.allowed), submit.tool_choice.single) == (
                 REQUIRED, ["User"], True)
-            assert [t.name for t in submit.tools] == ["User"] and json.loads(submit.tools[0].parameters_json) == USER_SCHEMA
+            assert [t.name for t in submit.tools] == ["User"] and submit.tools[0].parameters == USER_SCHEMA
     run(scenario())
 
 
@@ -172,7 +172,7 @@ def test_legacy_functions_and_function_call_map_to_tools_and_answer_in_the_legac
             assert (submit.tool_choice.mode, list(submit.tool_choice.allowed), submit.tool_choice.single) == (
                 REQUIRED, ["get_weather"], True)
             assistant, result = submit.messages[1], submit.messages[2]
-            assert [(c.name, json.loads(c.arguments_json)) for c in assistant.tool_calls] == [("get_weather", {"city": "Rome"})]
+            assert [(c.name, json.loads(c.arguments)) for c in assistant.tool_calls] == [("get_weather", {"city": "Rome"})]
             assert (result.role, result.tool_name, result.content) == ("tool", "get_weather", "18C")
 
             h.worker.plan = calls("get_weather")
@@ -212,7 +212,7 @@ def test_vercel_ollama_provider_extra_fields_on_api_chat_are_ignored_and_named()
             assert resp.status == 200, await resp.text()
             assert resp.headers["X-Mlxserve-Ignored"] == "options.num_thread,temperature,top_p,max_output_tokens,tool_choice"
             submit = submit_of(h)
-            assert submit.options.temperature == pytest.approx(0.3) and not submit.options.HasField("top_p")
+            assert submit.options.temperature == pytest.approx(0.3) and submit.options.top_p is None
             for path, body in [("/api/generate", {"model": "tiny", "prompt": "hi", "max_output_tokens": 5}),
                                ("/api/embed", {"model": "tiny", "input": "hi", "top_p": 0.9})]:
                 resp = await h.post(path, body)
@@ -249,7 +249,7 @@ def test_local_server_extensions_on_v1_are_honoured():
             o = submit_of(h).options
             assert (o.temperature, o.top_k, o.min_p, o.repeat_penalty, o.num_ctx, list(o.stop)) == (
                 0.5, 20, pytest.approx(0.05), pytest.approx(1.1), 4096, ["END"])  # top-level fields win over options
-            assert json.loads(submit_of(h).chat_template_kwargs_json) == {"enable_thinking": False}
+            assert submit_of(h).chat_template_kwargs == {"enable_thinking": False}
             assert h.supervisor.acquires[-1].keep_alive_s == 600
     run(scenario())
 

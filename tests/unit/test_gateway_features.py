@@ -18,7 +18,6 @@ import pytest
 from mlxserve.gateway.native import parse_chat, parse_generate, parse_options
 from mlxserve.gateway.openai_api import parse_chat_completion, parse_completion
 from mlxserve.gateway.validation import BadField, UnsupportedField
-from mlxserve.v1 import worker_pb2
 from mlxserve.v1.frames import Stats, TokenEvent, TokenLogprob, ToolCall, TopLogprob
 
 from .test_gateway_streaming import harness, ndjson, run, sse, text, wait_for
@@ -47,7 +46,7 @@ def test_native_penalty_options_reach_the_worker():
     o = parse_options({"repeat_penalty": 1.1, "repeat_last_n": 64, "presence_penalty": 0.5, "frequency_penalty": -0.5})
     assert (o.repeat_penalty, o.repeat_last_n, o.presence_penalty, o.frequency_penalty) == (
         pytest.approx(1.1), 64, 0.5, -0.5)
-    assert not parse_options({}).HasField("repeat_penalty")
+    assert parse_options({}).repeat_penalty is None
     with pytest.raises(BadField) as e:
         parse_options({"repeat_last_n": -2})
     assert e.value.param == "options.repeat_last_n"
@@ -77,13 +76,13 @@ def test_ollama_chat_carries_tools_think_logprobs_truncate_and_tool_turns():
                              {"role": "tool", "content": "18C", "tool_name": "get_weather"}]}, "rid")
     [tool_def] = req.tools
     assert (tool_def.name, tool_def.description) == ("get_weather", "Weather in a city")
-    assert json.loads(tool_def.parameters_json) == WEATHER["function"]["parameters"]
-    assert req.tool_choice.mode == worker_pb2.ToolChoice.AUTO  # Ollama's chat has no tool_choice: the model decides
+    assert tool_def.parameters == WEATHER["function"]["parameters"]
+    assert req.tool_choice.mode == "auto"  # Ollama's chat has no tool_choice: the model decides
     assert (req.think, req.logprobs, req.top_logprobs, req.truncate) == (True, True, 3, False)
     assistant, tool = req.messages[1], req.messages[2]
     assert assistant.thinking == "I should call the tool."
     [call] = assistant.tool_calls
-    assert (call.id, call.name, json.loads(call.arguments_json)) == ("", "get_weather", {"city": "Paris"})
+    assert (call.id, call.name, json.loads(call.arguments)) == ("", "get_weather", {"city": "Paris"})
     assert (tool.role, tool.content, tool.tool_name) == ("tool", "18C", "get_weather")
 
 
@@ -143,13 +142,13 @@ def test_openai_tool_turns_become_chat_messages_with_names_found_by_call_id():
     assistant, tool = req.messages[1], req.messages[2]
     assert (assistant.content, assistant.thinking) == ("", "Call it.")
     [call] = assistant.tool_calls
-    assert (call.id, call.name, json.loads(call.arguments_json)) == ("call_1", "get_weather", {"city": "Paris"})
+    assert (call.id, call.name, json.loads(call.arguments)) == ("call_1", "get_weather", {"city": "Paris"})
     assert (tool.role, tool.tool_call_id, tool.tool_name, tool.content) == ("tool", "call_1", "get_weather", "18C")
 
 
 def test_openai_tool_choice_none_asks_the_worker_for_no_call():
     req, _, _ = parse_chat_completion({"model": "tiny", "messages": USER, "tools": [WEATHER], "tool_choice": "none"}, "rid")
-    assert req.tool_choice.mode == worker_pb2.ToolChoice.NONE  # the worker keeps the tools out of the template
+    assert req.tool_choice.mode == "none"  # the worker keeps the tools out of the template
 
 
 @pytest.mark.parametrize("effort, think", [("none", False), ("low", True), ("high", True)])
@@ -210,7 +209,7 @@ def test_ollama_chat_returns_thinking_and_tool_calls_with_object_arguments():
                 {"id": "call_abc", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}
             assert out["done_reason"] == "stop"  # Ollama has no tool_calls reason
             submit = h.worker.submits[0][0]
-            assert [t.name for t in submit.tools] == ["get_weather"] and submit.HasField("think") and submit.think
+            assert [t.name for t in submit.tools] == ["get_weather"] and submit.think is True
             lines = await ndjson(await h.post("/api/chat", {**body, "stream": True}))
             assert lines[0]["message"]["thinking"] == "Need the weather."
             assert lines[1]["message"]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}

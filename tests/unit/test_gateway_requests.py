@@ -49,8 +49,8 @@ def test_generate_translates_prompt_system_raw_and_options():
 
 def test_options_left_out_stay_unset_so_the_model_defaults_apply():
     o = parse_options({"temperature": 0})
-    assert o.HasField("temperature") and o.temperature == 0
-    assert not o.HasField("top_p") and not o.HasField("num_predict") and not o.HasField("seed")
+    assert o.temperature == 0
+    assert (o.top_p, o.num_predict, o.seed) == (None, None, None)
 
 
 @pytest.mark.parametrize("options, field", [

@@ -11,7 +11,6 @@ import pytest
 
 from mlxserve.gateway.openai_responses import parse_responses_request
 from mlxserve.gateway.validation import BadField, UnsupportedField
-from mlxserve.v1 import worker_pb2
 from mlxserve.v1.frames import Stats, TokenEvent, ToolCall
 
 from .test_gateway_streaming import harness, run, text
@@ -65,7 +64,7 @@ def test_input_items_become_chat_turns_with_function_calls_and_their_outputs():
     assert roles == [("system", "Use tools."), ("user", "Weather in Paris?"), ("assistant", ""), ("tool", "sunny"),
                      ("assistant", "It is sunny.")]
     [call] = req.messages[2].tool_calls
-    assert (call.id, call.name, json.loads(call.arguments_json)) == ("call_1", "get_weather", {"city": "Paris"})
+    assert (call.id, call.name, json.loads(call.arguments)) == ("call_1", "get_weather", {"city": "Paris"})
     assert (req.messages[3].tool_call_id, req.messages[3].tool_name) == ("call_1", "get_weather")
 
 
@@ -74,10 +73,10 @@ def test_text_format_and_function_tools_take_the_chat_paths():
                                             "text": {"format": {"type": "json_schema", "name": "w", "schema": SCHEMA}}}, "rid")
     assert json.loads(req.format) == SCHEMA and echo.text_format["name"] == "w"
     [tool] = req.tools
-    assert (tool.name, tool.description, json.loads(tool.parameters_json)) == ("get_weather", "Weather in a city", SCHEMA)
+    assert (tool.name, tool.description, tool.parameters) == ("get_weather", "Weather in a city", SCHEMA)
     req, _, _ = parse_responses_request({"model": "tiny", "input": "Hi", "text": {"format": {"type": "json_object"}},
                                          "tools": [WEATHER], "tool_choice": "none"}, "rid")
-    assert req.format == "json" and req.tool_choice.mode == worker_pb2.ToolChoice.NONE
+    assert req.format == "json" and req.tool_choice.mode == "none"
 
 
 @pytest.mark.parametrize("field, value", [

@@ -33,7 +33,7 @@ from mlxserve.services.common.config import load_settings
 from mlxserve.services.common.errors import Busy, InvalidArgument, NotFound, Unsupported
 from mlxserve.services.common.rpc import ping_response, rpc_method
 from mlxserve.services.store.changes import ChangeMarker, marker_path
-from mlxserve.v1 import common_pb2, frames, store_pb2, store_pb2_grpc, supervisor_pb2, supervisor_pb2_grpc, worker_pb2, worker_pb2_grpc
+from mlxserve.v1 import common_pb2, frames, requests, store_pb2, store_pb2_grpc, supervisor_pb2, supervisor_pb2_grpc, worker_pb2, worker_pb2_grpc
 from mlxserve.v1.frames import Stats, TokenEvent
 
 pytestmark = pytest.mark.timeout(30)
@@ -51,11 +51,13 @@ def text(t: str) -> TokenEvent:
 
 
 class FakeWorker(worker_pb2_grpc.WorkerServicer):
-    """Plays `plan` for each Submit: TokenEvents (request_id filled in), sleeps (float), or "die"."""
+    """Plays `plan` for each Submit: TokenEvents (request_id filled in), sleeps (float), or "die". `submits` holds
+    each request as the worker decodes it, with the call's metadata."""
 
     def __init__(self) -> None:
         self.plan: list[Any] = [text("Hel"), text("lo"), done()]
-        self.submits: list[tuple[worker_pb2.SubmitRequest, dict[str, str]]] = []
+        self.submits: list[tuple[requests.GenerationRequest, dict[str, str]]] = []
+        self.reply_to: list[str] = []  # each Submit's frame address
         self.cancels: list[str] = []
         self.refusal: str | None = None  # set: Submit and Embed fail as a model lacking the capability
         self.embeds: list[worker_pb2.EmbedRequest] = []
@@ -69,14 +71,16 @@ class FakeWorker(worker_pb2_grpc.WorkerServicer):
 
     @rpc_method
     async def Submit(self, request, context):
-        self.submits.append((request, dict(context.invocation_metadata())))
+        gen = requests.decode(request.request)
+        self.submits.append((gen, dict(context.invocation_metadata())))
+        self.reply_to.append(request.reply_to)
         if self.refusal:
             raise Unsupported(self.refusal)
-        task = asyncio.get_running_loop().create_task(self._play(request))
+        task = asyncio.get_running_loop().create_task(self._play(request.reply_to, gen.request_id))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         # The prompt's token ids, as a worker returns them when asked (for /api/generate's `context`).
-        ids = [*request.context, 7, 8, 9] if request.want_prompt_tokens else []
+        ids = [*gen.context, 7, 8, 9] if gen.want_prompt_tokens else []
         return worker_pb2.SubmitResponse(prompt_tokens=5, prompt_token_ids=ids)
 
     @rpc_method
@@ -99,9 +103,9 @@ class FakeWorker(worker_pb2_grpc.WorkerServicer):
         self.cancels.append(request.request_id)
         return worker_pb2.CancelResponse(cancelled=True)
 
-    async def _play(self, request: worker_pb2.SubmitRequest) -> None:
+    async def _play(self, reply_to: str, request_id: str) -> None:
         sock = self.ctx.socket(zmq.PUSH)
-        sock.connect(request.reply_to)
+        sock.connect(reply_to)
         try:
             for step in self.plan:
                 if isinstance(step, (int, float)):
@@ -110,7 +114,7 @@ class FakeWorker(worker_pb2_grpc.WorkerServicer):
                     await self.server.stop(0)
                     return
                 else:
-                    event = TokenEvent(**{**{f: getattr(step, f) for f in step.__struct_fields__}, "request_id": request.request_id})
+                    event = TokenEvent(**{**{f: getattr(step, f) for f in step.__struct_fields__}, "request_id": request_id})
                     await sock.send(frames.encode(event))
         finally:
             sock.close(linger=1000)
@@ -273,7 +277,7 @@ def test_generate_streams_ndjson_chunks_then_a_final_summary():
             assert final["load_duration"] == 250_000_000 and final["total_duration"] > 0
             submit, _ = h.worker.submits[0]
             assert submit.prompt == "Hi" and not submit.is_chat and submit.options.seed == 1
-            assert submit.reply_to.startswith("ipc://") and submit.reply_to.endswith(".ipc")
+            assert h.worker.reply_to[0].startswith("ipc://") and h.worker.reply_to[0].endswith(".ipc")
             await wait_for(lambda: len(h.supervisor.releases) == 1)
             assert h.supervisor.acquires[0].keep_alive_s == 600 and h.supervisor.releases[0].keep_alive_s == 600
             assert h.supervisor.releases[0].lease_id == "lease-1" and h.worker.cancels == []

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
+import msgspec
 import pytest
 
 from mlxserve.services.common.errors import InvalidArgument
@@ -21,7 +21,7 @@ def runner(tmp_path_factory: pytest.TempPathFactory) -> ModelRunner:
 
 
 def with_logprobs(options: SamplingOptions, top: int = 0, text: str = "Tell me a story"):
-    return dataclasses.replace(chat(text, options), logprobs=True, top_logprobs=top)
+    return msgspec.structs.replace(chat(text, options), logprobs=True, top_logprobs=top)
 
 
 def entries(events: list[TokenEvent]):
@@ -85,7 +85,7 @@ def test_logprobs_in_a_batch_equal_those_alone(runner: ModelRunner) -> None:
 
 @pytest.mark.parametrize("top, logprobs", [(21, True), (-1, True), (3, False)])
 def test_bad_top_logprobs_are_invalid_argument(runner: ModelRunner, top: int, logprobs: bool) -> None:
-    request = dataclasses.replace(chat("Hi"), logprobs=logprobs, top_logprobs=top)
+    request = msgspec.structs.replace(chat("Hi"), logprobs=logprobs, top_logprobs=top)
     with pytest.raises(InvalidArgument, match="top_logprobs"):
         runner.submit(request)
     assert not runner.has_work()

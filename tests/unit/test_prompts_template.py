@@ -10,8 +10,6 @@ import pytest
 
 from mlxserve.services.common.errors import InvalidArgument
 from mlxserve.services.worker.prompts import ChatMessage, GenerationRequest, render_prompt
-from mlxserve.services.worker.server import request_from_proto
-from mlxserve.v1 import worker_pb2
 from tests.fixtures.tiny_model import write_tiny_model
 from tests.fixtures.tool_model import tool_model_dir  # noqa: F401 - fixture
 
@@ -70,17 +68,15 @@ def test_enable_thinking_in_kwargs_applies_unless_think_is_set(tool_model_dir: P
     assert think_wins.endswith("<|im_start|>assistant\n")
 
 
-@pytest.mark.parametrize(("kwargs_json", "complaint"), [
-    ("[1, 2]", "must be a JSON object"),
-    ('"text"', "must be a JSON object"),
-    ("{nope", "not valid JSON"),
-    ('{"chat_template": "{{ 1 }}"}', "cannot set 'chat_template'"),
-    ('{"tokenize": true}', "cannot set 'tokenize'"),
+@pytest.mark.parametrize(("kwargs", "complaint"), [
+    ([1, 2], "must be a JSON object"),
+    ("text", "must be a JSON object"),
+    ({"chat_template": "{{ 1 }}"}, "cannot set 'chat_template'"),
+    ({"tokenize": True}, "cannot set 'tokenize'"),
 ])
-def test_bad_chat_template_kwargs_are_invalid_arguments(kwargs_json: str, complaint: str) -> None:
+def test_bad_chat_template_kwargs_are_invalid_arguments(kwargs: object, complaint: str) -> None:
     with pytest.raises(InvalidArgument, match=complaint):
-        request_from_proto(worker_pb2.SubmitRequest(request_id="k", is_chat=True, chat_template_kwargs_json=kwargs_json,
-                                                    messages=[worker_pb2.ChatMessage(role="user", content="Hi")])).validate()
+        GenerationRequest("k", is_chat=True, chat_template_kwargs=kwargs, messages=(ChatMessage("user", "Hi"),)).validate()
 
 
 def test_raw_prompts_take_no_template_variables() -> None:

@@ -10,10 +10,9 @@ from mlxserve.services.common.errors import InvalidArgument
 from mlxserve.services.worker.prompts import ChatMessage, GenerationRequest
 from mlxserve.services.worker.runner import ModelRunner
 from mlxserve.services.worker.sampling import SamplingOptions
-from mlxserve.services.worker.server import request_from_proto
-from mlxserve.v1 import worker_pb2
 from mlxserve.v1.frames import TokenEvent
 from tests.fixtures.tiny_model import tiny_model_dir  # noqa: F401 - fixture
+from tests.unit.test_worker_server import over_the_wire
 
 GREEDY = SamplingOptions(temperature=0, num_predict=12)
 _ids = iter(range(1_000_000))
@@ -83,8 +82,8 @@ def test_a_context_longer_than_num_ctx_is_refused(runner: ModelRunner) -> None:
         runner.submit(prompt("hi", context=tuple(range(10, 60)), options=SamplingOptions(num_ctx=32)))
 
 
-def test_context_and_want_prompt_tokens_cross_the_grpc_translation() -> None:
-    request = request_from_proto(worker_pb2.SubmitRequest(request_id="p", prompt="x", context=[1, 2, 3], want_prompt_tokens=True))
+def test_context_and_want_prompt_tokens_cross_the_wire() -> None:
+    request = over_the_wire(GenerationRequest(request_id="p", prompt="x", context=(1, 2, 3), want_prompt_tokens=True))
     assert request.context == (1, 2, 3) and request.want_prompt_tokens
 
 

@@ -11,12 +11,12 @@ import pytest
 
 from mlxserve.services.common.errors import InvalidArgument
 from mlxserve.services.store.store import VIEW_DEFAULTS_FILE
+from mlxserve.services.worker.prompts import GenerationRequest
 from mlxserve.services.worker.runner import ModelRunner
 from mlxserve.services.worker.sampling import SamplingOptions, make_logits_processors
-from mlxserve.services.worker.server import request_from_proto
-from mlxserve.v1 import worker_pb2
 from tests.fixtures.tiny_model import write_tiny_model
 from tests.unit.test_runner import chat, drive, run_alone, tokens
+from tests.unit.test_worker_server import over_the_wire
 
 PROMPT = "Tell me a story"
 
@@ -138,16 +138,16 @@ def test_model_parameters_for_penalties_take_effect(model_dir: Path, tmp_path: P
     assert run(with_defaults, greedy(repeat_penalty=1.0)) == run(runner, greedy())
 
 
-def test_proto_options_reach_the_runner() -> None:
-    req = request_from_proto(worker_pb2.SubmitRequest(
+def test_options_sent_over_the_wire_reach_the_runner() -> None:
+    req = over_the_wire(GenerationRequest(
         request_id="r", prompt="p",
-        options=worker_pb2.SamplingOptions(repeat_penalty=1.1, repeat_last_n=-1, presence_penalty=0.5,
-                                           frequency_penalty=0.0, logit_bias={42: -5.0}),
+        options=SamplingOptions(repeat_penalty=1.1, repeat_last_n=-1, presence_penalty=0.5,
+                                frequency_penalty=0.0, logit_bias={42: -5.0}),
         format="json", logprobs=True, top_logprobs=3, truncate=False, think=True,
     ))
     o = req.options
     assert (o.repeat_penalty, o.repeat_last_n, o.presence_penalty, o.frequency_penalty) == (1.1, -1, 0.5, 0.0)
     assert o.logit_bias == {42: -5.0}
     assert (req.format, req.logprobs, req.top_logprobs, req.truncate, req.think) == ("json", True, 3, False, True)
-    unset = request_from_proto(worker_pb2.SubmitRequest(request_id="r", prompt="p"))
+    unset = over_the_wire(GenerationRequest(request_id="r", prompt="p"))
     assert (unset.options.repeat_penalty, unset.options.logit_bias, unset.truncate, unset.think) == (None, None, None, None)

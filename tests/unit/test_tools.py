@@ -14,11 +14,10 @@ from mlxserve.services.worker import runner as runner_module
 from mlxserve.services.worker.prompts import ChatMessage, GenerationRequest, Tool, ToolChoice, render_prompt, template_kwargs
 from mlxserve.services.worker.runner import ModelRunner
 from mlxserve.services.worker.sampling import SamplingOptions
-from mlxserve.services.worker.server import request_from_proto
-from mlxserve.v1 import worker_pb2
 from mlxserve.v1.frames import TokenEvent, ToolCall
 from tests.fixtures.tiny_model import tiny_model_dir  # noqa: F401 - fixture
 from tests.fixtures.tool_model import think_open_model_dir, tool_model_dir  # noqa: F401 - fixtures
+from tests.unit.test_worker_server import over_the_wire
 
 WEATHER = Tool("get_weather", "The weather in a city",
                {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
@@ -92,17 +91,14 @@ def test_calls_reach_the_template_in_openai_shape_with_arguments_as_an_object():
     ]
 
 
-def test_proto_tools_and_calls_become_the_same_template_input(tool_tokenizer):
-    proto = worker_pb2.SubmitRequest(request_id="p", is_chat=True, messages=[
-        worker_pb2.ChatMessage(role="user", content="Weather in Paris?"),
-        worker_pb2.ChatMessage(role="assistant", tool_calls=[
-            worker_pb2.ToolCall(id="call_1", name="get_weather", arguments_json='{"city": "Paris"}')]),
-        worker_pb2.ChatMessage(role="tool", content="18 degrees and sunny", tool_name="get_weather", tool_call_id="call_1"),
-    ], tools=[worker_pb2.Tool(name="get_weather", description="The weather in a city",
-                              parameters_json=json.dumps(WEATHER.parameters))])
-    request = request_from_proto(proto)
+def test_tools_and_calls_sent_over_the_wire_become_the_same_template_input(tool_tokenizer):
+    request = over_the_wire(GenerationRequest(request_id="p", is_chat=True, messages=(
+        ChatMessage("user", "Weather in Paris?"),
+        ChatMessage("assistant", tool_calls=[ToolCall("get_weather", '{"city": "Paris"}', id="call_1")]),
+        ChatMessage("tool", "18 degrees and sunny", tool_name="get_weather", tool_call_id="call_1"),
+    ), tools=TOOLS))
     assert request.tools == TOOLS
-    assert request.messages[1].tool_calls == (ToolCall("get_weather", '{"city": "Paris"}', id="call_1"),)
+    assert request.messages[1].tool_calls == [ToolCall("get_weather", '{"city": "Paris"}', id="call_1")]
     assert render_prompt(tool_tokenizer, request) == render_prompt(tool_tokenizer, chat(
         ChatMessage("user", "Weather in Paris?"),
         ChatMessage("assistant", "", tool_calls=(ToolCall("get_weather", '{"city": "Paris"}', id="call_1"),)),
@@ -125,9 +121,6 @@ def test_think_false_closes_the_think_block_in_the_prompt(tool_tokenizer):
 
 
 def test_bad_tool_json_is_an_invalid_argument(tool_tokenizer):
-    with pytest.raises(InvalidArgument, match="parameters of tool 'get_weather' is not valid JSON"):
-        request_from_proto(worker_pb2.SubmitRequest(request_id="bad", prompt="hi",
-                                                    tools=[worker_pb2.Tool(name="get_weather", parameters_json="{not json")]))
     with pytest.raises(InvalidArgument, match="must be a JSON Schema object"):
         chat(ChatMessage("user", "Hi"), tools=(Tool("get_weather", parameters=[1]),)).validate()
     with pytest.raises(InvalidArgument, match="tool call arguments must be a JSON object"):

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-
+import msgspec
 import pytest
 
 from mlxserve.services.common.errors import InvalidArgument
@@ -98,4 +97,4 @@ def test_raw_prompts_are_never_truncated(runner: ModelRunner) -> None:
     with pytest.raises(InvalidArgument, match="does not fit"):
         runner.submit(raw)
     with pytest.raises(InvalidArgument):
-        runner.submit(dataclasses.replace(raw, request_id="raw-long-2", truncate=True))
+        runner.submit(msgspec.structs.replace(raw, request_id="raw-long-2", truncate=True))

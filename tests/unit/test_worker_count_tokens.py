@@ -14,10 +14,11 @@ from mlxserve.gateway.streams import submit_request
 from mlxserve.services.worker.prompts import ChatMessage, GenerationRequest, Tool, ToolChoice, render_prompt
 from mlxserve.services.worker.runner import ModelRunner
 from mlxserve.services.worker.sampling import SamplingOptions
-from mlxserve.services.worker.server import WorkerServicer, request_from_proto
-from mlxserve.v1 import worker_pb2
+from mlxserve.services.worker.server import WorkerServicer
+from mlxserve.v1 import requests, worker_pb2
 from tests.fixtures.tool_model import tool_model_dir  # noqa: F401 - fixture
 from tests.unit.test_runner import drive
+from tests.unit.test_worker_server import over_the_wire
 
 READ = Tool("Read", "Read a file", {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]})
 
@@ -64,17 +65,16 @@ def test_count_refuses_what_submit_refuses(runner: ModelRunner) -> None:
 
 def test_the_count_tokens_rpc_counts_the_submit_request_it_is_given(runner: ModelRunner) -> None:
     servicer = WorkerServicer(runner, sender=None, blas=BlasReport("", 0.0, True))  # type: ignore[arg-type]
-    request = worker_pb2.SubmitRequest(
-        request_id="rpc-1", is_chat=True, messages=[worker_pb2.ChatMessage(role="user", content="Hi there")],
-        tools=[worker_pb2.Tool(name="Read", parameters_json='{"type": "object"}')], thinking_budget=64)
-    reply = WorkerServicer.CountTokens.__wrapped__(servicer, request, None)
-    assert reply.prompt_tokens == runner.count(request_from_proto(request)) > 0
+    request = GenerationRequest(request_id="rpc-1", is_chat=True, messages=(ChatMessage("user", "Hi there"),),
+                                tools=(Tool("Read", parameters={"type": "object"}),), thinking_budget=64)
+    reply = WorkerServicer.CountTokens.__wrapped__(servicer, worker_pb2.SubmitRequest(request=requests.encode(request)), None)
+    assert reply.prompt_tokens == runner.count(request) > 0
     assert not runner.has_work()
 
 
-def test_the_thinking_budget_crosses_the_grpc_layer_unset_stays_unset() -> None:
-    assert request_from_proto(worker_pb2.SubmitRequest(request_id="r", prompt="p", thinking_budget=0)).thinking_budget == 0
-    assert request_from_proto(worker_pb2.SubmitRequest(request_id="r", prompt="p")).thinking_budget is None
+def test_the_thinking_budget_crosses_the_wire_unset_stays_unset() -> None:
+    assert over_the_wire(GenerationRequest(request_id="r", prompt="p", thinking_budget=0)).thinking_budget == 0
+    assert over_the_wire(GenerationRequest(request_id="r", prompt="p")).thinking_budget is None
     with pytest.raises(InvalidArgument, match="thinking_budget must be >= 0"):
         GenerationRequest(request_id="r", prompt="p", thinking_budget=-1).validate()
 
@@ -101,5 +101,5 @@ def test_the_template_shows_a_clients_tool_schema_in_the_key_order_it_was_sent(r
     schema = {"type": "object", "required": ["b"], "properties": {"z": {"type": "string"}, "b": {"type": "integer"}}}
     req, _, _ = parse_messages_request({"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}],
                                         "tools": [{"name": "Zeta", "description": "z", "input_schema": schema}]}, "r")
-    prompt = render_prompt(runner.tokenizer, request_from_proto(submit_request(req, "r.1", "")))
+    prompt = render_prompt(runner.tokenizer, requests.decode(submit_request(req, "r.1", "").request))
     assert '"parameters": {"type": "object", "required": ["b"], "properties": {"z": {"type": "string"}, "b": {"type": "integer"}}}' in prompt

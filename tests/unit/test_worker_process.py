@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from mlxserve.services.common.rpc import sync_channel
-from mlxserve.v1 import common_pb2, frames, worker_pb2, worker_pb2_grpc
+from mlxserve.v1 import common_pb2, frames, requests, worker_pb2, worker_pb2_grpc
 from tests.fixtures.tiny_model import tiny_model_dir  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.e2e
@@ -64,11 +64,9 @@ def receive_until_done(pull: zmq.Socket, request_id: str, timeout_ms: int = 30_0
 
 
 def chat_request(request_id: str, reply_to: str, **options: object) -> worker_pb2.SubmitRequest:
-    return worker_pb2.SubmitRequest(
-        request_id=request_id, reply_to=reply_to, is_chat=True,
-        messages=[worker_pb2.ChatMessage(role="user", content="Hello there")],
-        options=worker_pb2.SamplingOptions(**options),
-    )
+    request = requests.GenerationRequest(request_id=request_id, is_chat=True, messages=(requests.ChatMessage("user", "Hello there"),),
+                                         options=requests.SamplingOptions(**options))
+    return worker_pb2.SubmitRequest(reply_to=reply_to, request=requests.encode(request))
 
 
 def test_worker_serves_submit_over_zeromq_and_stops_promptly_on_sigterm(tiny_model_dir: Path, home: Path) -> None:  # noqa: F811

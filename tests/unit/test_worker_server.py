@@ -1,25 +1,35 @@
-"""The gRPC layer's translation: proto3 optional fields keep "unset" apart from zero."""
+"""The Submit wire: the request a gateway builds is the request the worker decodes, "unset" kept apart from zero."""
 
 from __future__ import annotations
 
-from mlxserve.services.worker.prompts import ChatMessage
-from mlxserve.services.worker.server import request_from_proto
-from mlxserve.v1 import worker_pb2
+import msgspec
+import pytest
+
+from mlxserve.gateway.native import parse_chat
+from mlxserve.gateway.streams import submit_request
+from mlxserve.services.common.errors import InvalidArgument
+from mlxserve.services.worker.prompts import ChatMessage, GenerationRequest, SamplingOptions, Tool, ToolChoice
+from mlxserve.v1 import requests, worker_pb2
+from mlxserve.v1.frames import ToolCall
+
+
+def over_the_wire(request: GenerationRequest) -> GenerationRequest:
+    """`request` as the worker gets it: encoded into a SubmitRequest, sent as proto bytes, decoded."""
+    sent = worker_pb2.SubmitRequest(reply_to="ipc:///x", request=requests.encode(request)).SerializeToString()
+    return requests.decode(worker_pb2.SubmitRequest.FromString(sent).request)
 
 
 def test_unset_options_stay_unset_so_defaults_apply() -> None:
-    req = request_from_proto(worker_pb2.SubmitRequest(request_id="r", prompt="hi"))
-    opts = req.options
+    opts = over_the_wire(GenerationRequest(request_id="r", prompt="hi")).options
     assert (opts.temperature, opts.top_p, opts.top_k, opts.min_p, opts.seed, opts.num_predict, opts.num_ctx) == (None,) * 7
     assert opts.effective_temperature == 0.8  # Ollama's default
     assert opts.stop == ()
 
 
 def test_explicit_zero_temperature_means_greedy_not_default() -> None:
-    req = request_from_proto(worker_pb2.SubmitRequest(
-        request_id="r", is_chat=True,
-        messages=[worker_pb2.ChatMessage(role="system", content="s"), worker_pb2.ChatMessage(role="user", content="u")],
-        options=worker_pb2.SamplingOptions(temperature=0, top_k=0, seed=0, num_predict=-1, stop=["a", "b"], num_ctx=512),
+    req = over_the_wire(GenerationRequest(
+        request_id="r", is_chat=True, messages=(ChatMessage("system", "s"), ChatMessage("user", "u")),
+        options=SamplingOptions(temperature=0, top_k=0, seed=0, num_predict=-1, stop=("a", "b"), num_ctx=512),
     ))
     assert req.is_chat and req.messages == (ChatMessage("system", "s"), ChatMessage("user", "u"))
     o = req.options
@@ -27,31 +37,37 @@ def test_explicit_zero_temperature_means_greedy_not_default() -> None:
     assert o.effective_temperature == 0.0
 
 
-def test_generate_fields_carry_over() -> None:
-    req = request_from_proto(worker_pb2.SubmitRequest(request_id="r", prompt="p", system="s", raw=False))
-    assert (req.is_chat, req.prompt, req.system, req.raw) == (False, "p", "s", False)
-
-
-def test_tools_tool_choice_and_names_carry_over() -> None:
-    from mlxserve.services.worker.prompts import Tool, ToolChoice
-    from mlxserve.v1.frames import ToolCall
-
-    req = request_from_proto(worker_pb2.SubmitRequest(
+def test_every_field_crosses_the_wire_unchanged() -> None:
+    sent = GenerationRequest(
         request_id="r", is_chat=True,
-        messages=[
-            worker_pb2.ChatMessage(role="user", content="u", name="alice"),
-            worker_pb2.ChatMessage(role="assistant", tool_calls=[worker_pb2.ToolCall(id="c1", name="f", arguments_json='{"a": 1}'),
-                                                                 worker_pb2.ToolCall(name="g")]),
-        ],
-        tools=[worker_pb2.Tool(name="f", description="d", parameters_json='{"type": "object"}'), worker_pb2.Tool(name="g")],
-        tool_choice=worker_pb2.ToolChoice(mode=worker_pb2.ToolChoice.REQUIRED, allowed=["f"], single=True),
-        chat_template_kwargs_json='{"enable_thinking": false}',
-    ))
-    assert req.messages[0].name == "alice"
-    assert req.messages[1].tool_calls == (ToolCall("f", '{"a": 1}', id="c1"), ToolCall("g", "{}"))
-    assert req.tools == (Tool("f", "d", {"type": "object"}), Tool("g"))
-    assert req.tool_choice == ToolChoice("required", ("f",), True)
-    assert req.chat_template_kwargs == {"enable_thinking": False}
-    assert request_from_proto(worker_pb2.SubmitRequest(request_id="r", prompt="p")).tool_choice == ToolChoice("auto")
-    none = worker_pb2.SubmitRequest(request_id="r", prompt="p", tool_choice=worker_pb2.ToolChoice(mode=worker_pb2.ToolChoice.NONE))
-    assert request_from_proto(none).tool_choice.mode == "none"
+        messages=(ChatMessage("user", "u", name="alice"),
+                  ChatMessage("assistant", tool_calls=[ToolCall("f", '{"a": 1}', id="c1"), ToolCall("g")]),
+                  ChatMessage("tool", "18 degrees", tool_name="f", tool_call_id="c1")),
+        options=SamplingOptions(repeat_penalty=1.1, repeat_last_n=-1, logit_bias={7: -100.0, 9: 2.5}),
+        format='{"type":"object"}', tools=(Tool("f", "d", {"type": "object", "properties": {"z": {}, "b": {}}}), Tool("g")),
+        tool_choice=ToolChoice("required", ("f",), True), think=False, logprobs=True, top_logprobs=3, truncate=False,
+        chat_template_kwargs={"enable_thinking": False}, want_prompt_tokens=True, thinking_budget=0,
+    )
+    got = over_the_wire(sent)
+    assert got == sent
+    assert list(got.tools[0].parameters["properties"]) == ["z", "b"]  # a client's schema keeps its key order
+    assert (got.think, got.truncate, got.thinking_budget) == (False, False, 0)  # false and 0 are not "unset"
+    unset = over_the_wire(GenerationRequest(request_id="r", prompt="p", context=(1, 2, 3)))
+    assert (unset.think, unset.truncate, unset.thinking_budget, unset.tool_choice, unset.context) == (
+        None, None, None, ToolChoice("auto"), (1, 2, 3))
+
+
+def test_the_gateways_request_is_what_the_worker_runs() -> None:
+    req, _ = parse_chat({"model": "m", "messages": [{"role": "user", "content": "Hi"}], "options": {"temperature": 0.5},
+                         "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}, "rid")
+    got = requests.decode(submit_request(req, "rid.1", "ipc:///x").request)
+    assert (got.request_id, got.is_chat, got.messages, got.options.temperature) == ("rid.1", True, (ChatMessage("user", "Hi"),), 0.5)
+    assert got.tools == (Tool("f", "", {"type": "object"}),)
+    got.validate()
+
+
+@pytest.mark.parametrize("data", [b"\xc1", requests.encode(GenerationRequest(request_id="r"))[:-1],
+                                  msgspec.msgpack.encode({"request_id": 5})])
+def test_a_malformed_request_is_invalid_argument(data: bytes) -> None:
+    with pytest.raises(InvalidArgument, match="malformed request"):
+        requests.decode(data)

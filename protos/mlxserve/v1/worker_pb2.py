@@ -25,51 +25,35 @@ _sym_db = _symbol_database.Default()
 from mlxserve.v1 import common_pb2 as mlxserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mlxserve/v1/worker.proto\x12\x0bmlxserve.v1\x1a\x18mlxserve/v1/common.proto\"B\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x03 \x01(\t\"<\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"\xa6\x01\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x10\n\x08thinking\x18\x03 \x01(\t\x12\x11\n\ttool_name\x18\x05 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x06 \x01(\t\x12)\n\ntool_calls\x18\x07 \x03(\x0b\x32\x15.mlxserve.v1.ToolCall\x12\x0c\n\x04name\x18\x08 \x01(\tJ\x04\x08\x04\x10\x05\"\x83\x01\n\nToolChoice\x12*\n\x04mode\x18\x01 \x01(\x0e\x32\x1c.mlxserve.v1.ToolChoice.Mode\x12\x0f\n\x07\x61llowed\x18\x02 \x03(\t\x12\x0e\n\x06single\x18\x03 \x01(\x08\"(\n\x04Mode\x12\x08\n\x04\x41UTO\x10\x00\x12\x08\n\x04NONE\x10\x01\x12\x0c\n\x08REQUIRED\x10\x02\"\xc6\x04\n\x0fSamplingOptions\x12\x18\n\x0btemperature\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x18\n\x0bnum_predict\x18\x06 \x01(\x05H\x05\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x14\n\x07num_ctx\x18\x08 \x01(\x05H\x06\x88\x01\x01\x12\x1b\n\x0erepeat_penalty\x18\t \x01(\x01H\x07\x88\x01\x01\x12\x1a\n\rrepeat_last_n\x18\n \x01(\x05H\x08\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x0b \x01(\x01H\t\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x0c \x01(\x01H\n\x88\x01\x01\x12?\n\nlogit_bias\x18\r \x03(\x0b\x32+.mlxserve.v1.SamplingOptions.LogitBiasEntry\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x07\n\x05_seedB\x0e\n\x0c_num_predictB\n\n\x08_num_ctxB\x11\n\x0f_repeat_penaltyB\x10\n\x0e_repeat_last_nB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penalty\"\xa0\x04\n\rSubmitRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08reply_to\x18\x02 \x01(\t\x12*\n\x08messages\x18\x03 \x03(\x0b\x32\x18.mlxserve.v1.ChatMessage\x12\x0e\n\x06prompt\x18\x04 \x01(\t\x12\x0e\n\x06system\x18\x05 \x01(\t\x12\x0b\n\x03raw\x18\x06 \x01(\x08\x12-\n\x07options\x18\x07 \x01(\x0b\x32\x1c.mlxserve.v1.SamplingOptions\x12\x0f\n\x07is_chat\x18\x08 \x01(\x08\x12\x0e\n\x06\x66ormat\x18\t \x01(\t\x12\x12\n\x05think\x18\x0b \x01(\x08H\x00\x88\x01\x01\x12\x10\n\x08logprobs\x18\x0c \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\r \x01(\x05\x12\x15\n\x08truncate\x18\x0e \x01(\x08H\x01\x88\x01\x01\x12 \n\x05tools\x18\x0f \x03(\x0b\x32\x11.mlxserve.v1.Tool\x12,\n\x0btool_choice\x18\x10 \x01(\x0b\x32\x17.mlxserve.v1.ToolChoice\x12!\n\x19\x63hat_template_kwargs_json\x18\x11 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x12 \x03(\x05\x12\x1a\n\x12want_prompt_tokens\x18\x13 \x01(\x08\x12\x1c\n\x0fthinking_budget\x18\x14 \x01(\x05H\x02\x88\x01\x01\x42\x08\n\x06_thinkB\x0b\n\t_truncateB\x12\n\x10_thinking_budgetJ\x04\x08\n\x10\x0b\",\n\x13\x43ountTokensResponse\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\"p\n\x0eSubmitResponse\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x16\n\x0equeue_position\x18\x02 \x01(\x05\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\x12\x18\n\x10prompt_token_ids\x18\x04 \x03(\x05\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xb9\x01\n\x0c\x45mbedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\x12\x15\n\x08truncate\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\ndimensions\x18\x04 \x01(\x05\x12+\n\x0ctoken_inputs\x18\x05 \x03(\x0b\x32\x15.mlxserve.v1.TokenIds\x12\x14\n\x07num_ctx\x18\x06 \x01(\x05H\x01\x88\x01\x01\x42\x0b\n\t_truncateB\n\n\x08_num_ctx\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"m\n\rEmbedResponse\x12*\n\nembeddings\x18\x01 \x03(\x0b\x32\x16.mlxserve.v1.Embedding\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x19\n\x11total_duration_ns\x18\x03 \x01(\x03\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"#\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"\r\n\x0bInfoRequest\"\xb2\x02\n\x0cInfoResponse\x12\x12\n\nmodel_path\x18\x01 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x15\n\ractive_memory\x18\x03 \x01(\x03\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x0f\n\x07waiting\x18\x05 \x01(\x05\x12\x16\n\x0e\x63ontext_length\x18\x06 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x0b\n\x03pid\x18\x08 \x01(\x03\x12\x17\n\x0fload_duration_s\x18\t \x01(\x01\x12\x0c\n\x04kind\x18\n \x01(\t\x12\x1a\n\x12prefix_cache_bytes\x18\x0b \x01(\x03\x12\r\n\x05steps\x18\x0c \x01(\x03\x12\x0c\n\x04\x62las\x18\r \x01(\t\x12\x13\n\x0b\x62las_gflops\x18\x0e \x01(\x01\x12\x15\n\rcompute_dtype\x18\x0f \x01(\t2\x95\x03\n\x06Worker\x12;\n\x04Ping\x12\x18.mlxserve.v1.PingRequest\x1a\x19.mlxserve.v1.PingResponse\x12\x41\n\x06Submit\x12\x1a.mlxserve.v1.SubmitRequest\x1a\x1b.mlxserve.v1.SubmitResponse\x12\x41\n\x06\x43\x61ncel\x12\x1a.mlxserve.v1.CancelRequest\x1a\x1b.mlxserve.v1.CancelResponse\x12;\n\x04Info\x12\x18.mlxserve.v1.InfoRequest\x1a\x19.mlxserve.v1.InfoResponse\x12>\n\x05\x45mbed\x12\x19.mlxserve.v1.EmbedRequest\x1a\x1a.mlxserve.v1.EmbedResponse\x12K\n\x0b\x43ountTokens\x12\x1a.mlxserve.v1.SubmitRequest\x1a .mlxserve.v1.CountTokensResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mlxserve/v1/worker.proto\x12\x0bmlxserve.v1\x1a\x18mlxserve/v1/common.proto\">\n\rSubmitRequest\x12\x10\n\x08reply_to\x18\x02 \x01(\t\x12\x0f\n\x07request\x18\x15 \x01(\x0cJ\x04\x08\x01\x10\x02J\x04\x08\x03\x10\x15\",\n\x13\x43ountTokensResponse\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\"p\n\x0eSubmitResponse\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x16\n\x0equeue_position\x18\x02 \x01(\x05\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\x12\x18\n\x10prompt_token_ids\x18\x04 \x03(\x05\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xb9\x01\n\x0c\x45mbedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\x12\x15\n\x08truncate\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\ndimensions\x18\x04 \x01(\x05\x12+\n\x0ctoken_inputs\x18\x05 \x03(\x0b\x32\x15.mlxserve.v1.TokenIds\x12\x14\n\x07num_ctx\x18\x06 \x01(\x05H\x01\x88\x01\x01\x42\x0b\n\t_truncateB\n\n\x08_num_ctx\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"m\n\rEmbedResponse\x12*\n\nembeddings\x18\x01 \x03(\x0b\x32\x16.mlxserve.v1.Embedding\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x19\n\x11total_duration_ns\x18\x03 \x01(\x03\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"#\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"\r\n\x0bInfoRequest\"\xb2\x02\n\x0cInfoResponse\x12\x12\n\nmodel_path\x18\x01 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x15\n\ractive_memory\x18\x03 \x01(\x03\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x0f\n\x07waiting\x18\x05 \x01(\x05\x12\x16\n\x0e\x63ontext_length\x18\x06 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x0b\n\x03pid\x18\x08 \x01(\x03\x12\x17\n\x0fload_duration_s\x18\t \x01(\x01\x12\x0c\n\x04kind\x18\n \x01(\t\x12\x1a\n\x12prefix_cache_bytes\x18\x0b \x01(\x03\x12\r\n\x05steps\x18\x0c \x01(\x03\x12\x0c\n\x04\x62las\x18\r \x01(\t\x12\x13\n\x0b\x62las_gflops\x18\x0e \x01(\x01\x12\x15\n\rcompute_dtype\x18\x0f \x01(\t2\x95\x03\n\x06Worker\x12;\n\x04Ping\x12\x18.mlxserve.v1.PingRequest\x1a\x19.mlxserve.v1.PingResponse\x12\x41\n\x06Submit\x12\x1a.mlxserve.v1.SubmitRequest\x1a\x1b.mlxserve.v1.SubmitResponse\x12\x41\n\x06\x43\x61ncel\x12\x1a.mlxserve.v1.CancelRequest\x1a\x1b.mlxserve.v1.CancelResponse\x12;\n\x04Info\x12\x18.mlxserve.v1.InfoRequest\x1a\x19.mlxserve.v1.InfoResponse\x12>\n\x05\x45mbed\x12\x19.mlxserve.v1.EmbedRequest\x1a\x1a.mlxserve.v1.EmbedResponse\x12K\n\x0b\x43ountTokens\x12\x1a.mlxserve.v1.SubmitRequest\x1a .mlxserve.v1.CountTokensResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mlxserve.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SAMPLINGOPTIONS_LOGITBIASENTRY']._loaded_options = None
-  _globals['_SAMPLINGOPTIONS_LOGITBIASENTRY']._serialized_options = b'8\001'
-  _globals['_TOOL']._serialized_start=67
-  _globals['_TOOL']._serialized_end=133
-  _globals['_TOOLCALL']._serialized_start=135
-  _globals['_TOOLCALL']._serialized_end=195
-  _globals['_CHATMESSAGE']._serialized_start=198
-  _globals['_CHATMESSAGE']._serialized_end=364
-  _globals['_TOOLCHOICE']._serialized_start=367
-  _globals['_TOOLCHOICE']._serialized_end=498
-  _globals['_TOOLCHOICE_MODE']._serialized_start=458
-  _globals['_TOOLCHOICE_MODE']._serialized_end=498
-  _globals['_SAMPLINGOPTIONS']._serialized_start=501
-  _globals['_SAMPLINGOPTIONS']._serialized_end=1083
-  _globals['_SAMPLINGOPTIONS_LOGITBIASENTRY']._serialized_start=872
-  _globals['_SAMPLINGOPTIONS_LOGITBIASENTRY']._serialized_end=920
-  _globals['_SUBMITREQUEST']._serialized_start=1086
-  _globals['_SUBMITREQUEST']._serialized_end=1630
-  _globals['_COUNTTOKENSRESPONSE']._serialized_start=1632
-  _globals['_COUNTTOKENSRESPONSE']._serialized_end=1676
-  _globals['_SUBMITRESPONSE']._serialized_start=1678
-  _globals['_SUBMITRESPONSE']._serialized_end=1790
-  _globals['_TOKENIDS']._serialized_start=1792
-  _globals['_TOKENIDS']._serialized_end=1815
-  _globals['_EMBEDREQUEST']._serialized_start=1818
-  _globals['_EMBEDREQUEST']._serialized_end=2003
-  _globals['_EMBEDDING']._serialized_start=2005
-  _globals['_EMBEDDING']._serialized_end=2032
-  _globals['_EMBEDRESPONSE']._serialized_start=2034
-  _globals['_EMBEDRESPONSE']._serialized_end=2143
-  _globals['_CANCELREQUEST']._serialized_start=2145
-  _globals['_CANCELREQUEST']._serialized_end=2180
-  _globals['_CANCELRESPONSE']._serialized_start=2182
-  _globals['_CANCELRESPONSE']._serialized_end=2217
-  _globals['_INFOREQUEST']._serialized_start=2219
-  _globals['_INFOREQUEST']._serialized_end=2232
-  _globals['_INFORESPONSE']._serialized_start=2235
-  _globals['_INFORESPONSE']._serialized_end=2541
-  _globals['_WORKER']._serialized_start=2544
-  _globals['_WORKER']._serialized_end=2949
+  _globals['_SUBMITREQUEST']._serialized_start=67
+  _globals['_SUBMITREQUEST']._serialized_end=129
+  _globals['_COUNTTOKENSRESPONSE']._serialized_start=131
+  _globals['_COUNTTOKENSRESPONSE']._serialized_end=175
+  _globals['_SUBMITRESPONSE']._serialized_start=177
+  _globals['_SUBMITRESPONSE']._serialized_end=289
+  _globals['_TOKENIDS']._serialized_start=291
+  _globals['_TOKENIDS']._serialized_end=314
+  _globals['_EMBEDREQUEST']._serialized_start=317
+  _globals['_EMBEDREQUEST']._serialized_end=502
+  _globals['_EMBEDDING']._serialized_start=504
+  _globals['_EMBEDDING']._serialized_end=531
+  _globals['_EMBEDRESPONSE']._serialized_start=533
+  _globals['_EMBEDRESPONSE']._serialized_end=642
+  _globals['_CANCELREQUEST']._serialized_start=644
+  _globals['_CANCELREQUEST']._serialized_end=679
+  _globals['_CANCELRESPONSE']._serialized_start=681
+  _globals['_CANCELRESPONSE']._serialized_end=716
+  _globals['_INFOREQUEST']._serialized_start=718
+  _globals['_INFOREQUEST']._serialized_end=731
+  _globals['_INFORESPONSE']._serialized_start=734
+  _globals['_INFORESPONSE']._serialized_end=1040
+  _globals['_WORKER']._serialized_start=1043
+  _globals['_WORKER']._serialized_end=1448
 # @@protoc_insertion_point(module_scope)
