@@ -87,7 +87,10 @@ class TokenRouter:
         self._ctx = zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.PULL)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.RCVHWM, 100_000)
+        # A worker's frames queue here up to this many (plus ~2k in the kernel and the worker's own
+        # SNDHWM) before its socket refuses more; from then on the worker merges the frames of each
+        # request (replies.py), so a gateway that fell behind catches up on fewer, larger frames.
+        self._sock.setsockopt(zmq.RCVHWM, 1_000)
         self._sock.bind(self.address)
         rpc.secure_socket(self.path)
         self._task = asyncio.get_running_loop().create_task(self._route(), name="token-router")

@@ -1,7 +1,8 @@
 """The ZeroMQ data-plane frame: the one definition of what a worker sends a gateway.
 
 A worker PUSHes at most one `TokenEvent` per scheduler step per request to the address given in
-`SubmitRequest.reply_to`; the gateway's PULL socket routes it by `request_id`. Frames are msgpack
+`SubmitRequest.reply_to` (fewer when the gateway falls behind: the frames waiting for it are
+`merge`d); the gateway's PULL socket routes it by `request_id`. Frames are msgpack
 arrays (msgspec, `array_like`) to stay small on the hot path.
 """
 
@@ -78,3 +79,28 @@ def encode(event: TokenEvent) -> bytes:
 def decode(data: bytes) -> TokenEvent:
     """Parse a frame; raises msgspec.DecodeError on garbage."""
     return _decoder.decode(data)
+
+
+def merge(first: TokenEvent, later: TokenEvent) -> TokenEvent:
+    """One frame that says what `first` then `later` (two consecutive frames of one request) say.
+
+    Text, thinking, token ids, tool calls and logprobs are concatenated in order; the ending (done,
+    done_reason, error, stats, stop_sequence) is `later`'s. A frame after a done frame is refused:
+    nothing follows the end of a request."""
+    if first.request_id != later.request_id:
+        raise ValueError(f"frames of different requests ({first.request_id!r}, {later.request_id!r}) do not merge")
+    if first.done:
+        raise ValueError(f"request {first.request_id!r} already ended: no frame merges after its done frame")
+    return TokenEvent(
+        request_id=first.request_id,
+        text=first.text + later.text,
+        token_ids=first.token_ids + later.token_ids,
+        thinking=first.thinking + later.thinking,
+        tool_calls=first.tool_calls + later.tool_calls,
+        logprobs=first.logprobs + later.logprobs,
+        done=later.done,
+        done_reason=later.done_reason,
+        error=later.error,
+        stats=later.stats,
+        stop_sequence=later.stop_sequence,
+    )
