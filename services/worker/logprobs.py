@@ -78,3 +78,57 @@ def token_logprob(token: int, logprobs: mx.array, top: int, texts: TokenTexts) -
             alternatives.append(TopLogprob(token=text, logprob=value, bytes=raw))
     text, raw = texts(token)
     return TokenLogprob(token=text, logprob=logprobs[token].item(), bytes=raw, top=alternatives)
+
+
+def token_logprobs(rows: list[tuple[int, mx.array, int]], texts: TokenTexts) -> list[TokenLogprob]:
+    """`token_logprob` for each (token, logprobs row, top) of one step, computed together and read
+    back at once: one synchronization a step instead of one or two per request."""
+    out: list[TokenLogprob | None] = [None] * len(rows)
+    by_top: dict[int, list[int]] = {}
+    for i, (_, _, top) in enumerate(rows):
+        by_top.setdefault(top, []).append(i)
+    pending = []
+    for top, members in by_top.items():  # rows asking for the same number of alternatives share a computation
+        stacked = mx.stack([rows[i][1] for i in members])
+        chosen = mx.take_along_axis(stacked, mx.array([rows[i][0] for i in members])[:, None], axis=-1)[:, 0]
+        if top:
+            ids, values = top_alternatives(stacked, top)
+        else:
+            ids = values = mx.zeros((len(members), 0))
+        pending.append((members, chosen, ids, values))
+    mx.eval([a for _, chosen, ids, values in pending for a in (chosen, ids, values)])
+    for members, chosen, ids, values in pending:
+        for i, value, row_ids, row_values in zip(members, chosen.tolist(), ids.tolist(), values.tolist()):
+            alternatives = []
+            for alt, alt_value in zip(row_ids, row_values):
+                text, raw = texts(alt)
+                alternatives.append(TopLogprob(token=text, logprob=alt_value, bytes=raw))
+            text, raw = texts(rows[i][0])
+            out[i] = TokenLogprob(token=text, logprob=value, bytes=raw, top=alternatives)
+    return out  # type: ignore[return-value]
+
+
+def top_alternatives(rows: mx.array, top: int, block: int = 128) -> tuple[mx.array, mx.array]:
+    """The `top` largest values of each row of `rows` (n, vocab) and their ids, largest first.
+
+    In two passes, which on the CPU backend is ~12x faster than one `argpartition` over the whole
+    vocabulary (1.3 vs 15.7 ms for 32 rows of 49,152): the maximum of each block of `block` ids,
+    then an argpartition over the `top` blocks with the largest maxima only. Those blocks hold
+    every one of the `top` largest values: a block holding one of them has a maximum at least as
+    large, and at most `top` blocks can have a maximum that large."""
+    n, vocab = rows.shape
+    blocks = -(-vocab // block)
+    if blocks <= top:
+        ids = mx.argpartition(-rows, kth=top - 1, axis=-1)[:, :top] if top < vocab else mx.broadcast_to(mx.arange(vocab), (n, vocab))
+        values = mx.take_along_axis(rows, ids, axis=-1)
+    else:
+        pad = blocks * block - vocab
+        padded = mx.pad(rows, [(0, 0), (0, pad)], constant_values=-float("inf")) if pad else rows
+        tiles = padded.reshape(n, blocks, block)
+        best = mx.argpartition(-tiles.max(axis=-1), kth=top - 1, axis=-1)[:, :top]  # (n, top) block ids
+        candidates = mx.take_along_axis(tiles, best[:, :, None], axis=1).reshape(n, top * block)
+        within = mx.argpartition(-candidates, kth=top - 1, axis=-1)[:, :top]
+        ids = mx.take_along_axis(best, within // block, axis=-1) * block + within % block
+        values = mx.take_along_axis(candidates, within, axis=-1)
+    order = mx.argsort(-values, axis=-1)
+    return mx.take_along_axis(ids, order, axis=-1), mx.take_along_axis(values, order, axis=-1)

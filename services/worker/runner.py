@@ -25,12 +25,12 @@ from mlx_lm.models.cache import KVCache, QuantizedKVCache, make_prompt_cache
 
 from mlxserve.services.common import logs
 from mlxserve.services.common.errors import Busy, InvalidArgument, NotFound, Unavailable
-from mlxserve.v1.frames import Stats, TokenEvent
+from mlxserve.v1.frames import Stats, TokenEvent, TokenLogprob
 
 from . import cpu_decode, precision
 from .batch_step import BatchedGenerator
 from .defaults import load_defaults
-from .logprobs import TokenTexts, token_logprob
+from .logprobs import TokenTexts, token_logprob, token_logprobs
 from .disk_cache import DiskCacheSettings, open_disk_cache
 from .prefix_cache import PrefixCache
 from .outputs import OutputParser
@@ -308,6 +308,7 @@ class ModelRunner:
                     active.prefilled_ns = now
                 elif r.end_of_segment and active.checkpoint_pending:
                     self._keep_checkpoint(active)
+            logprobs = self._step_logprobs(generation_responses)
             for r in generation_responses:
                 active = self._active.get(r.uid)
                 if active is None:
@@ -318,8 +319,10 @@ class ModelRunner:
                     event = self._on_token(active, r.token, r.finish_reason)
                     self._split_output(active, event)
                     if active.pending.request.logprobs and event.token_ids:
-                        top = active.pending.request.top_logprobs
-                        event.logprobs = [token_logprob(r.token, r.logprobs, top, self._token_texts)]
+                        lp = logprobs.get(r.uid)
+                        if lp is None:  # not computed with the others (see _step_logprobs): alone
+                            lp = token_logprob(r.token, r.logprobs, active.pending.request.top_logprobs, self._token_texts)
+                        event.logprobs = [lp]
                     events.append(event)
                 except Exception as e:  # noqa: BLE001 - fail this request, keep serving the rest
                     log.exception("token_processing_failed", **logs.submit_fields(active.request_id))
@@ -327,6 +330,22 @@ class ModelRunner:
                     events.append(self._fail(active, f"{type(e).__name__}: {e}"))
             self.active_memory = mx.get_active_memory()
         return events
+
+    def _step_logprobs(self, responses: list[Any]) -> dict[int, TokenLogprob]:
+        """The logprobs of this step's tokens for every request that asked, by uid: computed together
+        and read back once (a read per request costs a synchronization each, at every step).
+        Empty if that fails; each request then computes its own, and fails alone if it must."""
+        wanted = [(r.uid, r.token, r.logprobs, active.pending.request.top_logprobs) for r in responses
+                  if (active := self._active.get(r.uid)) is not None and active.pending.request.logprobs
+                  and r.finish_reason != "stop"]  # an EOS token is not shown: no logprob
+        if not wanted:
+            return {}
+        try:
+            computed = token_logprobs([(token, row, top) for _, token, row, top in wanted], self._token_texts)
+        except Exception:  # noqa: BLE001 - fall back to one request at a time
+            log.exception("step_logprobs_failed")
+            return {}
+        return {uid: lp for (uid, *_), lp in zip(wanted, computed)}
 
     def shutdown(self, message: str = "the worker is shutting down") -> list[TokenEvent]:
         """End every request (running, waiting, not yet seen) with an error frame."""
@@ -516,7 +535,7 @@ class ModelRunner:
         active.checkpoint_pending = False
         for cache, tokens in self._generator.extract_cache([active.uid]).values():
             if len(tokens) == active.pending.checkpoint:  # what it holds is exactly the checkpoint
-                self.prefix_cache.insert(list(tokens), cache, prompt_tokens=len(tokens))
+                self.prefix_cache.insert(list(tokens), cache, prompt_tokens=len(tokens), cache_type="system")
                 log.info("checkpoint_kept", **logs.submit_fields(active.request_id), tokens=len(tokens))
 
     def _store_removed(self, removed: dict[int, tuple[list[Any], list[int]]], prompt_tokens: int) -> None:
