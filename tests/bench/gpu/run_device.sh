@@ -54,7 +54,7 @@ step_setup() {
   ensure_project || return 1
   versions
   if [ ! -f "$MODELS/models.json" ]; then
-    python3 tests/bench/gpu/make_models.py --tokenizer-dir .gpu/tok --out "$MODELS" || return 1
+    python3 tests/bench/gpu/make_models.py --tokenizer-dir .gpu/tok --out "$MODELS" --shape "${SHAPES:-smollm2,llama8b}" || return 1
   fi
   cp "$MODELS/models.json" "$OUT/models.json"
 }
