@@ -29,6 +29,8 @@ from . import transfer
 from .changes import ChangeMarker, marker_path
 from .importers import ollama
 from .importers.oci_layout import is_package_ref
+from .manifest import ModelConfig
+from .precision import weights_precision
 from .progress import ProgressCallback, ProgressEvent
 from .recipes import CreateSpec, parse_modelfile, parse_modelspec
 from .store import ModelStore, ModelSummary
@@ -304,8 +306,14 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
     @rpc.rpc_method
     def Resolve(self, request: store_pb2.ResolveRequest, context: grpc.ServicerContext) -> store_pb2.ResolveResponse:
         r = self.store.resolve(request.name)
+        bits, dtype = weights_precision(r.view_path)
+        c = r.config or ModelConfig()
+        details = common_pb2.ModelDetails(parent_model=c.parent_model, format=c.format, family=c.family,
+                                          families=c.families, parameter_size=c.parameter_size,
+                                          quantization_level=c.quantization_level)
         return store_pb2.ResolveResponse(name=r.name, digest=r.digest, view_path=str(r.view_path), size=r.size,
-                                         capabilities=r.capabilities, context_length=r.context_length)
+                                         capabilities=r.capabilities, context_length=r.context_length,
+                                         details=details, dtype=dtype, quantization_bits=bits)
 
     @rpc.rpc_method
     def Verify(self, request: store_pb2.VerifyRequest, context: grpc.ServicerContext) -> Iterator[store_pb2.VerifyEvent]:

@@ -8,7 +8,7 @@ else in the system is touched. The library must exist on this machine (found, no
 the worker then confirms it took effect and reports it (services/worker/blas.py).
 
 The supervisor never imports MLX itself (its memory is not a model's): whether workers run on
-the CPU backend comes from the pool (`pool.mlx_backend_is_cpu`, read from installed packages).
+the CPU backend comes from `memory.mlx_backend_is_cpu` (read from installed packages).
 """
 
 from __future__ import annotations

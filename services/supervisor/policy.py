@@ -14,7 +14,7 @@ Keep-alive rules (Ollama's):
 
 Residency limits (`plan_load`): at most `Limits.max_models` resident (loading ones count) and at
 most `Limits.memory_budget` bytes together (each model's measured memory, or until measured the
-size it is expected to take: `expected_memory`, its manifest size grown to float32 where a CPU
+size it is expected to take: `memory.expected_memory`, its manifest size grown to float32 where a CPU
 worker will compute in float32). A load that would exceed them evicts idle models first — shortest keep-alive,
 then least recently used — and otherwise must wait. A model too big for the budget on its own
 still loads when nothing else is resident (like Ollama), rather than never loading at all.
@@ -37,29 +37,6 @@ Key = Hashable
 # Lease ids whose model was forgotten (stopped, crashed) are remembered for a while so that a
 # late Release from the gateway is a no-op instead of an error.
 ENDED_LEASES_KEPT = 4096
-
-
-def float32_memory(disk_bytes: int, *, bits: int = 0, dtype_bytes: int = 4) -> int:
-    """A model's weights once computed in float32 (what a CPU worker with cpu_float32 makes of
-    them): `bits`-bit quantized weights grow ~32/bits times (4-bit ~8x, 8-bit ~4x; an upper
-    bound, since scales and biases are part of `disk_bytes` too), bfloat16/float16 2x."""
-    if bits > 0:
-        return disk_bytes * 32 // bits
-    return disk_bytes * 4 // max(1, min(4, dtype_bytes))
-
-
-def expected_memory(disk_bytes: int, *, cpu_float32: str, cpu_backend: bool, budget: int,
-                    bits: int = 0, dtype_bytes: int = 4) -> int:
-    """Bytes a worker will hold for a model of `disk_bytes` on disk, mirroring the worker's own
-    precision decision (services/worker/precision.py): float32 on the CPU backend when the
-    setting is "always", or "auto" and the float32 size fits `budget` (0: no budget); else as
-    stored. Metal/CUDA workers keep the weights as they are."""
-    if not cpu_backend or cpu_float32 == "never":
-        return disk_bytes
-    expanded = float32_memory(disk_bytes, bits=bits, dtype_bytes=dtype_bytes)
-    if cpu_float32 == "always" or not budget or expanded <= budget:
-        return expanded
-    return disk_bytes
 
 
 @dataclass(frozen=True)

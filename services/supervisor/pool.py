@@ -1,9 +1,9 @@
 """The worker pool: one worker per loaded model, leased per request, unloaded when its keep-alive ends.
 
 Plain asyncio domain code over `policy.Residency` (leases, timers, residency limits),
-`policy.LoadBackoff` (no tight restart loop for a model that fails to load) and `processes`
-(spawn, watch, kill); the gRPC servicer in server.py is a thin layer over it, and tests drive it
-directly.
+`policy.LoadBackoff` (no tight restart loop for a model that fails to load), a `Launcher` (spawn,
+wait until ready, stop, Info; `processes.ProcessLauncher` runs real processes) and a `Clock`; the
+gRPC servicer in server.py is a thin layer over it. Tests give it a fake launcher and a fake clock.
 
 A monitor polls each worker's Info: the memory it reports feeds the memory budget, and a worker
 holding work whose step counter has not moved for `wedge_timeout` seconds is killed as wedged
@@ -14,85 +14,72 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import importlib.metadata
-import json
 import math
-import os
-import sys
-import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Protocol
 
-import grpc
-
-from mlxserve.services.common import logs, rpc
-from mlxserve.services.common.config import WORKER_MEMORY_BUDGET_ENV, Settings
+from mlxserve.services.common import logs
+from mlxserve.services.common.config import Settings
 from mlxserve.services.common.errors import Busy, NotFound, Unavailable
-from mlxserve.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from mlxserve.services.common.times import rfc3339
+from mlxserve.v1 import common_pb2, worker_pb2
 
-from .blas import worker_env
-from .policy import Limits, LoadBackoff, Residency, expected_memory
-from .processes import WorkerProcess, log_path_for, new_socket_path, spawn_worker, watch_exit, worker_command
+from .clock import Clock, SystemClock
+from .memory import dtype_bytes, expected_memory, limits_from, mlx_backend_is_cpu
+from .policy import LoadBackoff, Residency
 from .store_client import ModelRef
 
-# Ollama shows a model kept forever as expiring ~292 years from now (max int64 nanoseconds).
-FOREVER = dt.timedelta(seconds=2**63 / 1e9)
-INFO_TIMEOUT_S = 1.0
 MONITOR_INTERVAL_S = 1.0
-AUTO_MEMORY_FRACTION = 0.75
 # Retry-After for a load refused because every resident model stayed busy past load_timeout.
 ROOM_RETRY_AFTER_S = 5.0
 
 
-def physical_memory_bytes() -> int:
-    """Physical memory of this machine (0 when the platform does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
-def limits_from(settings: Settings) -> Limits:
-    """Residency limits from settings: memory_budget 0 means a fraction of physical memory."""
-    budget = settings.memory_budget or int(physical_memory_bytes() * AUTO_MEMORY_FRACTION)
-    return Limits(max_models=max(0, settings.max_loaded_models), memory_budget=max(0, budget))
-
-
-def mlx_backend_is_cpu() -> bool:
-    """Whether workers will compute on MLX's CPU backend: not on macOS (Metal) and no CUDA build
-    of MLX installed. Read from the installed packages: importing MLX here would cost seconds."""
-    if sys.platform == "darwin":
-        return False
-    return not any((d.metadata["Name"] or "").lower().startswith("mlx-cuda") for d in importlib.metadata.distributions())
-
-
-_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-
-
-def weights_precision(view_path: str | os.PathLike[str]) -> tuple[int, int]:
-    """(quantization bits or 0, bytes per unquantized weight) from a model view's config.json;
-    (0, 4) when it does not say (then no float32 growth is expected)."""
-    try:
-        config = json.loads((Path(view_path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return 0, 4
-    if not isinstance(config, dict):
-        return 0, 4
-    quant = config.get("quantization") or config.get("quantization_config") or {}
-    bits = quant.get("bits") if isinstance(quant, dict) else None
-    dtype = config.get("torch_dtype") or config.get("dtype") or "float32"
-    return (bits if isinstance(bits, int) and bits > 0 else 0), _DTYPE_BYTES.get(str(dtype), 4)
-
-
 class Resolver(Protocol):
     async def resolve(self, name: str, request_id: str | None = None) -> ModelRef: ...
-    async def details(self, name: str) -> common_pb2.ModelDetails | None: ...
 
 
-CommandFor = Callable[[ModelRef, "os.PathLike[str]"], Sequence[str]]
+class Worker(Protocol):
+    """One started worker, as the pool sees it (a launcher's handle)."""
+
+    name: str
+    key: str
+    stopping: bool  # set by whoever stops it: its exit is then no crash
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def alive(self) -> bool: ...
+    @property
+    def exit_code(self) -> int | None: ...
+    def stderr_tail(self) -> list[str]: ...
+    def failure_cause(self) -> str: ...
+
+
+class Launcher(Protocol):
+    """Starts and stops workers, and asks them how they are."""
+
+    async def spawn(self, ref: ModelRef, *, memory_budget: int) -> Worker:
+        """Start `ref`'s worker, telling it the bytes it may hold (0: no budget)."""
+
+    async def wait_ready(self, worker: Worker, timeout: float) -> None:
+        """Return once it answers Ping; Unavailable if it exits first, Timeout (killed) if late."""
+
+    async def stop(self, worker: Worker, grace: float) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds; returns once it has exited."""
+
+    def kill(self, worker: Worker) -> None:
+        """SIGKILL now (a wedged worker would not honour SIGTERM)."""
+
+    async def ping(self, worker: Worker) -> bool: ...
+
+    async def info(self, worker: Worker) -> worker_pb2.InfoResponse | None:
+        """Its Info (memory, progress), or None when it does not answer."""
+
+    def watch(self, worker: Worker, on_exit: Callable[[Worker], None]) -> asyncio.Task:
+        """Call `on_exit(worker)` once it exits, however it exits."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +114,7 @@ class LoadedInfo:
 @dataclass
 class _Loaded:
     ref: ModelRef
-    worker: WorkerProcess
+    worker: Worker
 
 
 @dataclass
@@ -145,17 +132,6 @@ class _Progress:
     since: float
 
 
-def rfc3339(ts: float) -> str:
-    """Wall-clock seconds (or math.inf: forever) as RFC 3339 in UTC."""
-    now = dt.datetime.now(dt.timezone.utc)
-    try:
-        when = now + FOREVER if math.isinf(ts) else dt.datetime.fromtimestamp(ts, dt.timezone.utc)
-    except (OverflowError, ValueError, OSError):
-        # A keep_alive of, say, 1e15 s ends past year 9999: as good as forever.
-        when = now + FOREVER
-    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 class WorkerPool:
     """Acquire/release/list/stop over worker processes, one per model digest."""
 
@@ -163,19 +139,21 @@ class WorkerPool:
         self,
         settings: Settings,
         resolver: Resolver,
+        launcher: Launcher,
         *,
-        command_for: CommandFor | None = None,
         stop_grace: float = 3.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
+        cpu_backend: bool | None = None,
     ) -> None:
         self.settings = settings
         self.resolver = resolver
-        self.residency = Residency(clock, default_keep_alive=settings.keep_alive)
+        self.launcher = launcher
+        self.clock = clock or SystemClock()
+        self.residency = Residency(self.clock.now, default_keep_alive=settings.keep_alive)
         self.limits = limits_from(settings)
-        self.cpu_backend = mlx_backend_is_cpu()  # tests may set it: it decides the float32 estimate
-        self.backoff = LoadBackoff(clock, base=settings.restart_backoff, maximum=settings.restart_backoff_max)
-        self._clock = clock
-        self._command_for = command_for or (lambda ref, sock: worker_command(ref.view_path, sock, ref.name))
+        # Whether workers compute on the CPU: it decides the float32 estimate.
+        self.cpu_backend = mlx_backend_is_cpu() if cpu_backend is None else cpu_backend
+        self.backoff = LoadBackoff(self.clock.now, base=settings.restart_backoff, maximum=settings.restart_backoff_max)
         self._stop_grace = stop_grace
         self._loaded: dict[str, _Loaded] = {}
         self._loading: dict[str, _Load] = {}
@@ -211,7 +189,7 @@ class WorkerPool:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         loaded = [self._detach(k) for k in list(self._loaded)]
-        await asyncio.gather(*(l.worker.stop(self._stop_grace) for l in loaded if l), return_exceptions=True)
+        await asyncio.gather(*(self.launcher.stop(l.worker, self._stop_grace) for l in loaded if l), return_exceptions=True)
         await asyncio.gather(*self._background, return_exceptions=True)
 
     # -- the verbs ------------------------------------------------------------------------
@@ -222,7 +200,7 @@ class WorkerPool:
             raise Unavailable("the supervisor is shutting down")
         ref = await self.resolver.resolve(model, request_id or None)
         key = ref.digest
-        started = time.monotonic()
+        started = self.clock.now()
         loaded = self._loaded.get(key)
         if loaded is not None and not loaded.worker.alive:
             self._forget_dead(loaded.worker)  # the exit watcher has not run yet
@@ -230,7 +208,7 @@ class WorkerPool:
         waited = loaded is None
         if loaded is None:
             loaded = await self._wait_for_load(ref, keep_alive_s)
-        load_duration = time.monotonic() - started if waited else 0.0
+        load_duration = self.clock.now() - started if waited else 0.0
         if self._loaded.get(key) is not loaded:
             raise Unavailable(f"worker for {ref.name} exited right after starting: {loaded.worker.failure_cause()}")
         lease_id = uuid.uuid4().hex
@@ -255,7 +233,8 @@ class WorkerPool:
     async def list_loaded(self) -> list[LoadedInfo]:
         """Every running worker, with memory figures from its Info RPC (best-effort)."""
         entries = [l for l in self._loaded.values() if l.worker.alive]
-        infos = await asyncio.gather(*(self._info(l.worker) for l in entries))
+        infos = await asyncio.gather(*(self.launcher.info(l.worker) for l in entries))
+        now, wall_now = self.clock.now(), self.clock.wall()
         out = []
         for loaded, info in zip(entries, infos):
             key = loaded.ref.digest
@@ -264,8 +243,8 @@ class WorkerPool:
                 # A gateway shares one lease among its requests for a model: the worker counts them.
                 in_flight = max(self.residency.leases(key), info.running + info.waiting if info is not None else 0)
             else:
-                expires, in_flight = self._clock() + self.settings.keep_alive, 0
-            wall = math.inf if math.isinf(expires) else time.time() + (expires - self._clock())
+                expires, in_flight = now + self.settings.keep_alive, 0
+            wall = math.inf if math.isinf(expires) else wall_now + (expires - now)
             on_gpu = info is not None and info.device not in ("", "cpu")
             out.append(LoadedInfo(
                 name=loaded.ref.name,
@@ -273,7 +252,7 @@ class WorkerPool:
                 size=loaded.ref.size,
                 size_vram=(info.active_memory or info.memory_bytes) if on_gpu else 0,
                 memory_bytes=info.memory_bytes if info is not None else 0,
-                expires_at=rfc3339(wall),
+                expires_at=rfc3339(wall, now=wall_now),
                 details=loaded.ref.details,
                 pid=loaded.worker.pid,
                 in_flight=in_flight,
@@ -296,7 +275,7 @@ class WorkerPool:
         loaded = self._detach(key)
         if loaded is not None:
             self.log.info("worker_stopping", model=loaded.ref.name, pid=loaded.worker.pid, reason="stop")
-            await loaded.worker.stop(self._stop_grace)
+            await self.launcher.stop(loaded.worker, self._stop_grace)
 
     def loaded_names(self) -> list[str]:
         return sorted(l.ref.name for l in self._loaded.values())
@@ -368,8 +347,7 @@ class WorkerPool:
         Waits (up to load_timeout) while busy models hold the room, then raises Busy.
         """
         needed = self.expected_memory(ref)
-        started = time.monotonic()
-        deadline = started + self.settings.load_timeout
+        deadline = self.clock.now() + self.settings.load_timeout
         logged = False
         while True:
             room = self._room
@@ -381,19 +359,18 @@ class WorkerPool:
                               max_loaded_models=self.limits.max_models, memory_budget=self.limits.memory_budget,
                               memory_used=self.residency.used_memory(), memory_needed=needed)
                 logged = True
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.clock.now()
             if remaining <= 0:
                 raise Busy(f"cannot load {ref.name}: {self._full_reason(needed)} and every loaded model stayed busy "
                            f"for {self.settings.load_timeout:g}s", retry_after=ROOM_RETRY_AFTER_S)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(room.wait(), timeout=remaining)
+            await self.clock.wait(room, remaining)
         self.residency.reserve(ref.digest, needed)
         evicted = [l for l in (self._detach(k) for k in evict) if l is not None]
         for loaded in evicted:
             self.log.info("worker_stopping", model=loaded.ref.name, pid=loaded.worker.pid, reason="evicted",
                           for_model=ref.name)
         # Wait for the evicted workers to exit: their memory is free only then.
-        await asyncio.gather(*(l.worker.stop(self._stop_grace) for l in evicted), return_exceptions=True)
+        await asyncio.gather(*(self.launcher.stop(l.worker, self._stop_grace) for l in evicted), return_exceptions=True)
         if not self.limits.memory_budget:
             return 0
         # All the budget the other residents leave (at least the reservation: a model alone may exceed it).
@@ -401,9 +378,9 @@ class WorkerPool:
 
     def expected_memory(self, ref: ModelRef) -> int:
         """Bytes `ref`'s worker is expected to hold once loaded (see policy.expected_memory)."""
-        bits, dtype_bytes = weights_precision(ref.view_path)
         return expected_memory(ref.size, cpu_float32=self.settings.cpu_float32, cpu_backend=self.cpu_backend,
-                               budget=self.limits.memory_budget, bits=bits, dtype_bytes=dtype_bytes)
+                               budget=self.limits.memory_budget, bits=ref.quantization_bits,
+                               dtype_bytes=dtype_bytes(ref.dtype))
 
     def _full_reason(self, needed: int) -> str:
         if self.limits.max_models and len(self.residency.keys()) >= self.limits.max_models:
@@ -417,45 +394,33 @@ class WorkerPool:
         self._room = asyncio.Event()
 
     async def _load(self, ref: ModelRef) -> _Loaded:
-        socket_path = new_socket_path(self.settings.run_dir)
-        log_path = log_path_for(self.settings.logs_dir, ref.name)
-        # Only workers get the optimized BLAS (LD_PRELOAD), when one is installed and they run on the CPU.
-        env = worker_env(self.settings.cpu_blas, {**os.environ, **self.settings.to_env(), "MLXSERVE_PARENT_PID": str(os.getpid())},
-                         cpu_backend=self.cpu_backend)
-        self.log.info("worker_starting", model=ref.name, digest=ref.digest, socket=str(socket_path), log=str(log_path))
-        worker: WorkerProcess | None = None
+        worker: Worker | None = None
         try:
-            env[WORKER_MEMORY_BUDGET_ENV] = str(await self._admit(ref))
-            worker = await spawn_worker(
-                self._command_for(ref, socket_path), name=ref.name, key=ref.digest,
-                socket_path=socket_path, log_path=log_path, env=env,
-            )
-            await worker.wait_ready(self.settings.load_timeout)
+            budget = await self._admit(ref)
+            spawned = self.clock.now()
+            worker = await self.launcher.spawn(ref, memory_budget=budget)
+            await self.launcher.wait_ready(worker, self.settings.load_timeout)
         except BaseException as e:
             self.residency.forget(ref.digest)
             self._room_changed()
             if worker is not None and worker.alive:
-                await worker.stop(self._stop_grace)
+                await self.launcher.stop(worker, self._stop_grace)
             if isinstance(e, (asyncio.CancelledError, Busy)):
                 raise  # abandoned, or no room: not the model's fault
             delay = self.backoff.failed(ref.digest, str(e))
             self.log.error("worker_start_failed", model=ref.name, pid=worker.pid if worker else None,
-                           exit_code=worker.process.returncode if worker else None, error=str(e),
+                           exit_code=worker.exit_code if worker else None, error=str(e),
                            stderr_tail=worker.stderr_tail() if worker else [], retry_in_s=delay)
             raise
         self.backoff.succeeded(ref.digest)
-        if ref.details is None:
-            details = await self.resolver.details(ref.name)
-            if details is not None:
-                ref = ModelRef(**{**ref.__dict__, "details": details})
         loaded = _Loaded(ref=ref, worker=worker)
         self._loaded[ref.digest] = loaded
-        self._track(watch_exit(worker, self._forget_dead))
+        self._track(self.launcher.watch(worker, self._forget_dead))
         # The real resident size replaces the estimate at once, not at the monitor's next pass.
-        info = await self._info(worker)
+        info = await self.launcher.info(worker)
         if info is not None:
             self.residency.set_memory(ref.digest, info.memory_bytes)
-        self.log.info("worker_ready", model=ref.name, pid=worker.pid, load_s=round(time.monotonic() - worker.started_at, 3),
+        self.log.info("worker_ready", model=ref.name, pid=worker.pid, load_s=round(self.clock.now() - spawned, 3),
                       memory_bytes=info.memory_bytes if info is not None else None,
                       compute_dtype=info.compute_dtype if info is not None else None)
         return loaded
@@ -471,16 +436,14 @@ class WorkerPool:
             self.residency.loaded(key, load.keep_alive)
             self._wake.set()
 
-    def _forget_dead(self, worker: WorkerProcess) -> None:
+    def _forget_dead(self, worker: Worker) -> None:
         """Exit watcher: forget a worker that exited, so the next Acquire starts a fresh one."""
         crashed = not worker.stopping
         loaded = self._loaded.get(worker.key)
         if loaded is not None and loaded.worker is worker:
             self._detach(worker.key)
-        with contextlib.suppress(FileNotFoundError):
-            worker.socket_path.unlink()
         if crashed:
-            self.log.error("worker_crashed", model=worker.name, pid=worker.pid, exit_code=worker.process.returncode,
+            self.log.error("worker_crashed", model=worker.name, pid=worker.pid, exit_code=worker.exit_code,
                            stderr_tail=worker.stderr_tail())
             worker.stopping = True  # handled: log it once
 
@@ -502,28 +465,27 @@ class WorkerPool:
                 loaded = self._detach(key)
                 if loaded is not None:
                     self.log.info("worker_stopping", model=loaded.ref.name, pid=loaded.worker.pid, reason="keep_alive expired")
-                    self._track(asyncio.get_running_loop().create_task(loaded.worker.stop(self._stop_grace)))
+                    self._track(asyncio.get_running_loop().create_task(self.launcher.stop(loaded.worker, self._stop_grace)))
             deadline = self.residency.next_deadline()
             # Wake at the next deadline, on a release, and at least once a minute (clock drift).
-            timeout = 60.0 if deadline is None else min(60.0, max(0.0, deadline - self._clock()))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+            timeout = 60.0 if deadline is None else min(60.0, max(0.0, deadline - self.clock.now()))
+            await self.clock.wait(self._wake, timeout)
 
     async def _monitor_forever(self) -> None:
         wedge = self.settings.wedge_timeout
         interval = min(MONITOR_INTERVAL_S, wedge / 4) if wedge > 0 else MONITOR_INTERVAL_S
         # Checks _closed too: a gRPC call cancelled mid-flight can surface as an RpcError (caught
-        # in _info) rather than CancelledError, which would otherwise keep this loop going.
+        # in the launcher's info) rather than CancelledError, which would otherwise keep this loop going.
         while not self._closed:
-            await asyncio.sleep(interval)
+            await self.clock.sleep(interval)
             with contextlib.suppress(Exception):
                 await self.check_workers()
 
     async def check_workers(self) -> None:
         """One monitor pass: record each worker's memory; kill a worker wedged past wedge_timeout."""
         entries = [l for l in self._loaded.values() if l.worker.alive]
-        infos = await asyncio.gather(*(self._info(l.worker) for l in entries))
-        now = self._clock()
+        infos = await asyncio.gather(*(self.launcher.info(l.worker) for l in entries))
+        now = self.clock.now()
         for loaded, info in zip(entries, infos):
             key, worker = loaded.ref.digest, loaded.worker
             if self._loaded.get(key) is not loaded:
@@ -542,17 +504,8 @@ class WorkerPool:
                 self._detach(key)
                 self.log.error("worker_wedged", model=loaded.ref.name, pid=worker.pid, stalled_s=round(now - prog.since, 3),
                                steps=prog.steps, answered_info=info is not None, stderr_tail=worker.stderr_tail())
-                worker.kill()
+                self.launcher.kill(worker)
 
     def _track(self, task: asyncio.Task) -> None:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    async def _info(self, worker: WorkerProcess) -> worker_pb2.InfoResponse | None:
-        channel = rpc.aio_channel(worker.address)
-        try:
-            return await worker_pb2_grpc.WorkerStub(channel).Info(worker_pb2.InfoRequest(), timeout=INFO_TIMEOUT_S)
-        except grpc.RpcError:
-            return None
-        finally:
-            await channel.close()

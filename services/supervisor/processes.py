@@ -1,4 +1,5 @@
-"""Worker processes: spawn (a fresh interpreter, never a fork), wait until ready, watch, kill.
+"""Worker processes: spawn (a fresh interpreter, never a fork), wait until ready, watch, kill;
+`ProcessLauncher` is the pool's `Launcher` made of them.
 
 A worker gets a pipe on stdin that nobody writes to: when the supervisor dies, the kernel closes
 the write end and the worker reads EOF and exits, so no worker outlives its supervisor. Each
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import sys
 import time
@@ -22,11 +22,19 @@ from typing import Awaitable, Callable, Sequence
 
 import grpc
 
-from mlxserve.services.common import rpc
+from mlxserve.services.common import logs, rpc
+from mlxserve.services.common.config import WORKER_MEMORY_BUDGET_ENV, Settings
 from mlxserve.services.common.errors import Timeout, Unavailable
-from mlxserve.v1 import common_pb2, worker_pb2_grpc
+from mlxserve.services.common.worker_logs import worker_log_name
+from mlxserve.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+
+from .blas import worker_env
+from .store_client import ModelRef
 
 STDERR_TAIL_LINES = 20
+INFO_TIMEOUT_S = 1.0
+
+CommandFor = Callable[[ModelRef, Path], Sequence[str]]
 
 
 def worker_command(view_path: str | Path, socket_path: Path, model_name: str) -> list[str]:
@@ -46,7 +54,7 @@ def new_socket_path(run_dir: Path) -> Path:
 def log_path_for(logs_dir: Path, model_name: str) -> Path:
     """The worker's captured stdout/stderr: one file per model name, appended across restarts
     (`.stderr.log`, beside the `worker-<name>.log` JSON log the worker writes itself)."""
-    return logs_dir / f"worker-{re.sub(r'[^A-Za-z0-9_.-]+', '_', model_name).strip('._')}.stderr.log"
+    return logs_dir / f"{worker_log_name(model_name)}.stderr.log"
 
 
 def remove_stale_sockets(run_dir: Path) -> list[Path]:
@@ -69,12 +77,16 @@ class WorkerProcess:
     log_path: Path
     process: asyncio.subprocess.Process
     log_offset: int = 0
-    started_at: float = field(default_factory=time.monotonic)
     stopping: bool = False
+    _channel: grpc.aio.Channel | None = field(default=None, repr=False)  # for Info, opened once ready
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.process.returncode
 
     @property
     def address(self) -> str:
@@ -125,6 +137,21 @@ class WorkerProcess:
         finally:
             await channel.close()
 
+    async def info(self, timeout: float = INFO_TIMEOUT_S) -> worker_pb2.InfoResponse | None:
+        """The worker's Info (memory, progress), or None when it does not answer within `timeout`.
+        One channel per worker, kept until it exits: the monitor asks every second."""
+        if self._channel is None:
+            self._channel = rpc.aio_channel(self.address)
+        try:
+            return await worker_pb2_grpc.WorkerStub(self._channel).Info(worker_pb2.InfoRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return None
+
+    async def close_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await channel.close()
+
     async def wait_ready(self, timeout: float, poll_s: float = 0.1) -> None:
         """Return once the worker answers Ping.
 
@@ -136,6 +163,8 @@ class WorkerProcess:
         try:
             while True:
                 if not self.alive:
+                    # Dead per the kernel; let asyncio reap it so the exit code is known.
+                    await asyncio.wait({exited}, timeout=1.0)
                     raise self.start_failure()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -168,6 +197,7 @@ class WorkerProcess:
                 await self.process.wait()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
+        await self.close_channel()
         return self.process.returncode
 
     def kill(self) -> None:
@@ -221,3 +251,56 @@ def watch_exit(worker: WorkerProcess, on_exit: Callable[[WorkerProcess], Awaitab
             await result
 
     return asyncio.get_running_loop().create_task(watch(), name=f"watch-{worker.name}-{worker.pid}")
+
+
+class ProcessLauncher:
+    """The pool's `Launcher` over real processes: a worker per model, its socket in run_dir, its
+    stderr appended to a log file in logs_dir, its environment the supervisor's settings plus
+    the BLAS it should use and the memory it may take."""
+
+    def __init__(self, settings: Settings, *, cpu_backend: bool, command_for: CommandFor | None = None) -> None:
+        self.settings = settings
+        self.cpu_backend = cpu_backend
+        self._command_for = command_for or (lambda ref, sock: worker_command(ref.view_path, sock, ref.name))
+        self.log = logs.get_logger(component="pool")
+
+    def env_for(self, memory_budget: int) -> dict[str, str]:
+        """A worker's environment; `memory_budget` bytes (0: no budget) is what it may hold."""
+        # Only workers get the optimized BLAS (LD_PRELOAD), when one is installed and they run on the CPU.
+        env = worker_env(self.settings.cpu_blas, {**os.environ, **self.settings.to_env(), "MLXSERVE_PARENT_PID": str(os.getpid())},
+                         cpu_backend=self.cpu_backend)
+        env[WORKER_MEMORY_BUDGET_ENV] = str(memory_budget)
+        return env
+
+    async def spawn(self, ref: ModelRef, *, memory_budget: int) -> WorkerProcess:
+        socket_path = new_socket_path(self.settings.run_dir)
+        log_path = log_path_for(self.settings.logs_dir, ref.name)
+        self.log.info("worker_starting", model=ref.name, digest=ref.digest, socket=str(socket_path), log=str(log_path))
+        return await spawn_worker(self._command_for(ref, socket_path), name=ref.name, key=ref.digest,
+                                  socket_path=socket_path, log_path=log_path, env=self.env_for(memory_budget))
+
+    async def wait_ready(self, worker: WorkerProcess, timeout: float) -> None:
+        await worker.wait_ready(timeout)
+
+    async def stop(self, worker: WorkerProcess, grace: float) -> None:
+        await worker.stop(grace)
+
+    def kill(self, worker: WorkerProcess) -> None:
+        worker.kill()
+
+    async def ping(self, worker: WorkerProcess) -> bool:
+        return await worker.ping()
+
+    async def info(self, worker: WorkerProcess) -> worker_pb2.InfoResponse | None:
+        return await worker.info()
+
+    def watch(self, worker: WorkerProcess, on_exit: Callable[[WorkerProcess], None]) -> asyncio.Task:
+        """Call `on_exit(worker)` once the process exits (its socket and channel closed first)."""
+
+        async def exited(w: WorkerProcess) -> None:
+            with contextlib.suppress(FileNotFoundError):
+                w.socket_path.unlink()
+            await w.close_channel()
+            on_exit(w)
+
+        return watch_exit(worker, exited)

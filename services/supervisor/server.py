@@ -15,8 +15,9 @@ from mlxserve.services.common.errors import InvalidArgument
 from mlxserve.services.store.changes import marker_path
 from mlxserve.v1 import supervisor_pb2, supervisor_pb2_grpc
 
+from .memory import mlx_backend_is_cpu
 from .pool import LoadedInfo, WorkerPool
-from .processes import remove_stale_sockets
+from .processes import ProcessLauncher, remove_stale_sockets
 from .store_client import StoreResolver
 
 
@@ -80,7 +81,9 @@ async def serve(settings: Settings, pool: WorkerPool | None = None, stop: asynci
     then stop every worker and remove the socket."""
     log = logs.get_logger()
     resolver = StoreResolver(settings.store_target, changes=marker_path(settings.run_dir))
-    pool = pool or WorkerPool(settings, resolver)
+    if pool is None:
+        cpu_backend = mlx_backend_is_cpu()
+        pool = WorkerPool(settings, resolver, ProcessLauncher(settings, cpu_backend=cpu_backend), cpu_backend=cpu_backend)
     stop = stop or asyncio.Event()
     for path in remove_stale_sockets(settings.run_dir):
         log.info("stale_socket_removed", path=str(path))

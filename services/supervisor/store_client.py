@@ -1,4 +1,5 @@
-"""What the supervisor asks the store: resolve a model name to the view directory a worker loads.
+"""What the supervisor asks the store: resolve a model name to the view directory a worker loads,
+with what ps and the memory estimate need to know about it (details, dtype, quantization).
 
 Resolved names are kept while the store's change marker (services/store/changes.py) reads the same,
 so a request for a model already resolved costs a small file read instead of a Resolve round trip;
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlxserve.services.common import rpc
-from mlxserve.services.common.errors import MlxServeError, NotFound
+from mlxserve.services.common.errors import NotFound
 from mlxserve.services.store.changes import read_marker
 from mlxserve.v1 import common_pb2, store_pb2, store_pb2_grpc
 
@@ -31,6 +32,8 @@ class ModelRef:
     capabilities: tuple[str, ...] = ()
     context_length: int = 0
     details: common_pb2.ModelDetails | None = field(default=None, compare=False)
+    dtype: str = ""              # the weights' dtype per config.json ("" when it does not say)
+    quantization_bits: int = 0   # 0: not quantized
 
 
 class StoreResolver:
@@ -69,6 +72,7 @@ class StoreResolver:
         ref = ModelRef(
             name=r.name, digest=r.digest, view_path=r.view_path, size=r.size,
             capabilities=tuple(r.capabilities), context_length=r.context_length,
+            details=r.details if r.HasField("details") else None, dtype=r.dtype, quantization_bits=r.quantization_bits,
         )
         if marker is not None:
             self._cache[name] = (marker, ref)
@@ -76,14 +80,6 @@ class StoreResolver:
             while len(self._cache) > MAX_CACHED_NAMES:
                 self._cache.popitem(last=False)
         return ref
-
-    async def details(self, name: str) -> common_pb2.ModelDetails | None:
-        """The model's `details` (family, quantization...) for ps; None if the store can't say."""
-        try:
-            r = await rpc.call("store", self._store().Show, store_pb2.ShowRequest(name=name), timeout=5.0)
-        except MlxServeError:
-            return None
-        return r.summary.details if r.HasField("summary") else None
 
     async def close(self) -> None:
         if self._channel is not None:

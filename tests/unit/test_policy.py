@@ -7,7 +7,8 @@ import math
 import pytest
 
 from mlxserve.services.common.errors import NotFound
-from mlxserve.services.supervisor.policy import Limits, LoadBackoff, Residency, expected_memory, float32_memory
+from mlxserve.services.supervisor.memory import expected_memory, float32_memory
+from mlxserve.services.supervisor.policy import Limits, LoadBackoff, Residency
 
 
 class FakeClock:

@@ -242,20 +242,26 @@ class ResolveRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ResolveResponse(_message.Message):
-    __slots__ = ("name", "digest", "view_path", "size", "capabilities", "context_length")
+    __slots__ = ("name", "digest", "view_path", "size", "capabilities", "context_length", "details", "dtype", "quantization_bits")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     VIEW_PATH_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_BITS_FIELD_NUMBER: _ClassVar[int]
     name: str
     digest: str
     view_path: str
     size: int
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     context_length: int
-    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., view_path: _Optional[str] = ..., size: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., context_length: _Optional[int] = ...) -> None: ...
+    details: _common_pb2.ModelDetails
+    dtype: str
+    quantization_bits: int
+    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., view_path: _Optional[str] = ..., size: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., context_length: _Optional[int] = ..., details: _Optional[_Union[_common_pb2.ModelDetails, _Mapping]] = ..., dtype: _Optional[str] = ..., quantization_bits: _Optional[int] = ...) -> None: ...
 
 class ListOllamaRequest(_message.Message):
     __slots__ = ("dir",)

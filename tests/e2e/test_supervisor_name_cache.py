@@ -90,6 +90,9 @@ def test_a_name_is_resolved_once_until_the_store_changes(served: Served, folders
             first = await resolver.resolve("tiny")
             second = await resolver.resolve("tiny")
             assert second == first and served.resolves == ["tiny"]  # the second request asked nobody
+            # What ps and the memory estimate need comes with the answer: no Show, no file read.
+            assert first.details is not None and (first.details.family, first.details.quantization_level) == ("llama", "F32")
+            assert (first.dtype, first.quantization_bits) == ("float32", 0)
 
             served.stub.Remove(store_pb2.RemoveRequest(name="tiny"), timeout=30)
             with pytest.raises(NotFound):
