@@ -5,7 +5,7 @@ messages (tool_use blocks the assistant's tool calls, tool_result blocks tool tu
 and tool_choice a ToolPlan, `thinking` the think switch and the worker's thinking budget. The
 answer is a message of content blocks (thinking, text, tool_use), whole or streamed as
 Anthropic's typed SSE events, with `ping` events while a long prompt prefills. Errors, including
-the guards' and the JSON reader's, come in Anthropic's shape (responses.py: the ANTHROPIC dialect).
+the guards' and the JSON reader's, come in Anthropic's shape (rendering.py: the ANTHROPIC dialect).
 
 Prefix caching is automatic, so the translation must keep an agent's earlier turns byte-stable:
 blocks keep their order, tool schemas their key order, and nothing per-request is added before
@@ -26,16 +26,18 @@ from mlxserve.v1.frames import Stats, TokenEvent, ToolCall
 from mlxserve.v1.requests import ChatMessage, SamplingOptions, Tool, ToolChoice
 
 from . import state
-from .openai_api import sse_response_headers
-from .request_types import (AnthropicBlock, AnthropicMessage, AnthropicThinking, AnthropicTool, AnthropicToolChoice,
-                            CountTokensRequest, MessagesInput, MessagesRequest, Options)
-from .responses import anthropic_error_body, anthropic_status, dumps, stream_chunks
+from .generation import Generation, GenerationRequest
+from .rendering import anthropic_error_body, anthropic_status, dumps, sse_response_headers, stream_chunks
+from .request_types import Options
+from .request_types_anthropic import (AnthropicBlock, AnthropicMessage, AnthropicThinking, AnthropicTool, AnthropicToolChoice,
+                                      CountTokensRequest, MessagesInput, MessagesRequest)
 from .sampling import from_options
-from .streams import Generation, GenerationRequest
 from .tools import AUTO, NONE, REQUIRED, ToolPlan, tool_call
 from .validation import BadField, UnsupportedField, decode, drop_under, model_name, note_ignored, read_json_object, schema_text
 
 log = logs.get_logger(component="anthropic")
+
+routes = web.RouteTableDef()
 
 # Seconds without output after which a stream gets a `ping` (a long prompt prefilling): clients and
 # proxies that time out idle streams keep waiting.
@@ -442,6 +444,7 @@ class MessageStream:
 # -- handlers ---------------------------------------------------------------------------------------------
 
 
+@routes.post("/v1/messages")
 async def create_message(request: web.Request) -> web.StreamResponse:
     """POST /v1/messages (the `?beta=true` query Claude Code adds, and anthropic-* headers, change nothing)."""
     req, stream, caching = parse_messages_request(await read_json_object(request), state.request_id(request))
@@ -476,13 +479,9 @@ async def create_message(request: web.Request) -> web.StreamResponse:
         await gen.close()
 
 
+@routes.post("/v1/messages/count_tokens")
 async def count_tokens(request: web.Request) -> web.Response:
     """POST /v1/messages/count_tokens: {"input_tokens": n}, the prompt as /v1/messages would make it."""
     req = parse_count_tokens_request(await read_json_object(request), state.request_id(request))
     note_ignored(request, req.ignored)
     return web.json_response({"input_tokens": await state.core(request).count_tokens(req)}, dumps=dumps)
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/messages", create_message)
-    app.router.add_post("/v1/messages/count_tokens", count_tokens)

@@ -1,6 +1,8 @@
 """The gateway's aiohttp application: routes, request ids, and error rendering.
 
-Handlers validate, translate, call the generation core or one backend, and render. Anything they
+Each API module declares its routes (an aiohttp `RouteTableDef`); this module registers them and
+wires the generation core to the gRPC clients of the supervisor and the workers and to the token
+router. Handlers validate, translate, call the generation core or one backend, and render. Anything they
 raise is turned into a response here, once: an `MlxServeError` by its class (status, OpenAI
 type), aiohttp's own HTTP errors (404, 405, 413) as JSON in the request's dialect (native, OpenAI
 or Anthropic).
@@ -13,16 +15,17 @@ import secrets
 
 from aiohttp import web
 
-from mlxserve import __version__
 from mlxserve.services.common import logs
 from mlxserve.services.common.config import Settings
 from mlxserve.services.common.errors import Internal, MlxServeError
 
-from . import anthropic_api, embeddings_api, metrics, models_api, native, openai_api, security, state
+from . import (anthropic_api, embeddings_api, metrics, models_api, native, openai_api, openai_responses, openapi, security,
+               state, status_api)
 from .backends import Backends
-from .openapi import openapi_json
-from .responses import dialect_of, dumps, error_response, http_error_response
-from .streams import GenerationCore, TokenRouter
+from .clients import GrpcSupervisorClient, GrpcWorkerClient, SupervisorClient, WorkerClient
+from .generation import GenerationCore
+from .rendering import dialect_of, error_response, http_error_response
+from .token_router import TokenRouter
 from .validation import IGNORED, IGNORED_HEADER, ignored_header
 
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -65,31 +68,21 @@ async def _add_request_id_header(request: web.Request, response: web.StreamRespo
         response.headers["X-Request-Id"] = rid
 
 
-async def root(request: web.Request) -> web.Response:
-    """GET and HEAD /: the liveness line Ollama answers with."""
-    return web.Response(text="mlxserve is running")
-
-
-# The Ollama release whose API this server implements, reported as `version` because clients gate
-# features on it (Codex --oss needs >= 0.13.4). 0.13.5 is the last release before 0.14, which added
-# image generation on /api/generate (not served here) and Anthropic's /v1/messages (served here too);
-# it has the rest: /v1/responses (0.13.3), logprobs on /api/generate and /api/chat, tool call ids.
-OLLAMA_API_VERSION = "0.13.5"
-
-
-async def version(request: web.Request) -> web.Response:
-    """GET /api/version: the Ollama API level in `version`, this server's own version in `mlxserve_version`."""
-    return web.json_response({"version": OLLAMA_API_VERSION, "mlxserve_version": __version__}, dumps=dumps)
-
-
 async def _add_ignored_header(request: web.Request, response: web.StreamResponse) -> None:
     fields = request.get(IGNORED)
     if fields:
         response.headers[IGNORED_HEADER] = ignored_header(fields)
 
 
-def create_app(settings: Settings, *, backends: Backends | None = None, router: TokenRouter | None = None) -> web.Application:
-    """The gateway app. The ZeroMQ socket binds on startup and is removed on cleanup."""
+# Each API module declares its routes; registered in this order (the first match wins).
+ROUTE_TABLES = (status_api.routes, openapi.routes, metrics.routes, native.routes, models_api.routes, openai_api.routes,
+                openai_responses.routes, embeddings_api.routes, anthropic_api.routes)
+
+
+def create_app(settings: Settings, *, backends: Backends | None = None, router: TokenRouter | None = None,
+               supervisor: SupervisorClient | None = None, workers: WorkerClient | None = None) -> web.Application:
+    """The gateway app. The ZeroMQ socket binds on startup and is removed on cleanup; `supervisor` and
+    `workers` replace the gRPC clients (tests plug in-process ones in)."""
     app = web.Application(middlewares=[metrics.access_middleware, request_middleware, *security.middlewares(settings)],
                           client_max_size=settings.max_body_bytes)
     backends = backends or Backends(settings)
@@ -97,7 +90,8 @@ def create_app(settings: Settings, *, backends: Backends | None = None, router: 
     app[state.SETTINGS] = settings
     app[state.BACKENDS] = backends
     app[state.ROUTER] = router
-    app[state.CORE] = GenerationCore(settings, backends, router)
+    app[state.CORE] = GenerationCore(settings, supervisor or GrpcSupervisorClient(backends), workers or GrpcWorkerClient(backends),
+                                     router)
 
     async def start(app: web.Application) -> None:
         settings.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -113,13 +107,7 @@ def create_app(settings: Settings, *, backends: Backends | None = None, router: 
     app.on_response_prepare.append(_add_request_id_header)
     app.on_response_prepare.append(_add_ignored_header)
     app.on_response_prepare.append(security.cors_headers(settings))
-    app.router.add_get("/", root)
-    app.router.add_get("/api/version", version)
-    app.router.add_get("/openapi.json", openapi_json)
-    metrics.install(app, app[state.CORE])
-    native.add_routes(app)
-    models_api.add_routes(app)
-    openai_api.add_routes(app)
-    embeddings_api.add_routes(app)
-    anthropic_api.add_routes(app)
+    metrics.install(app, app[state.CORE].metrics, backends)
+    for table in ROUTE_TABLES:
+        app.router.add_routes(table)
     return app

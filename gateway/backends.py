@@ -14,7 +14,6 @@ import grpc
 
 from mlxserve.services.common import rpc
 from mlxserve.services.common.config import Settings
-from mlxserve.services.common.errors import MlxServeError
 from mlxserve.v1 import common_pb2, store_pb2_grpc, supervisor_pb2_grpc, worker_pb2_grpc
 
 MAX_WORKER_CHANNELS = 32
@@ -67,14 +66,6 @@ class Backends:
         """Ping "store" or "supervisor"; raises MlxServeError (Unavailable, Timeout) if it does not answer."""
         stub = self.store() if service == "store" else self.supervisor()
         await rpc.call(service, stub.Ping, common_pb2.PingRequest(), timeout=timeout, request_id=request_id)
-
-    async def ping_worker(self, address: str, *, timeout: float = 1.0) -> bool:
-        """Whether the worker at `address` answers within `timeout`."""
-        try:
-            await rpc.call("worker", self.worker(address).Ping, common_pb2.PingRequest(), timeout=timeout)
-            return True
-        except MlxServeError:
-            return False
 
     async def close(self) -> None:
         channels = list(self._channels.values()) + list(self._workers.values())

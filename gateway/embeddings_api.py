@@ -17,11 +17,14 @@ from aiohttp import web
 from mlxserve.services.common import logs
 
 from . import state
-from .request_types import EmbeddingsRequest, EmbedRequest, LegacyEmbeddingsRequest, Options
-from .responses import dumps
+from .rendering import dumps
+from .request_types import EmbedRequest, LegacyEmbeddingsRequest, Options
+from .request_types_openai import EmbeddingsRequest
 from .validation import BadField, decode, model_name, note_ignored, parse_keep_alive, read_json_object
 
 log = logs.get_logger(component="embeddings")
+
+routes = web.RouteTableDef()
 
 ENCODINGS = ("float", "base64")
 # What `options` mean to an embedding: the context to fit. Sampling options are ignored (as Ollama does), and named.
@@ -53,6 +56,7 @@ def token_inputs(value: list[Any], where: str = "input") -> list[list[int]] | No
     raise BadField(where, f"'{where}' must be text, texts, a list of token ids or a list of token-id lists, not a mix")
 
 
+@routes.post("/api/embed")
 async def embed(request: web.Request) -> web.Response:
     """POST /api/embed: {model, input: str | [str], truncate, dimensions, keep_alive, options}."""
     body, ignored = decode(await read_json_object(request), EmbedRequest)
@@ -76,6 +80,7 @@ async def embed(request: web.Request) -> web.Response:
     }, dumps=dumps)
 
 
+@routes.post("/api/embeddings")
 async def embeddings_legacy(request: web.Request) -> web.Response:
     """POST /api/embeddings (deprecated by Ollama, still used): {model, prompt} → {embedding}."""
     body, ignored = decode(await read_json_object(request), LegacyEmbeddingsRequest)
@@ -91,6 +96,7 @@ async def embeddings_legacy(request: web.Request) -> web.Response:
     return web.json_response({"embedding": list(resp.embeddings[0].values)}, dumps=dumps)
 
 
+@routes.post("/v1/embeddings")
 async def openai_embeddings(request: web.Request) -> web.Response:
     """POST /v1/embeddings: {model, input, encoding_format, dimensions, user}; `input` may be token ids
     (langchain-openai sends them by default), checked against the model's vocabulary by the worker."""
@@ -115,9 +121,3 @@ async def openai_embeddings(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data, "model": model,
                               "usage": {"prompt_tokens": resp.prompt_tokens, "total_tokens": resp.prompt_tokens}},
                              dumps=dumps)
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/api/embed", embed)
-    app.router.add_post("/api/embeddings", embeddings_legacy)
-    app.router.add_post("/v1/embeddings", openai_embeddings)

@@ -23,11 +23,10 @@ from mlxserve.services.common.errors import MlxServeError
 from mlxserve.v1 import common_pb2, supervisor_pb2
 from mlxserve.v1.frames import Stats
 
-from .responses import STREAM_COMPLETED
+from .rendering import STREAM_COMPLETED
 
-if TYPE_CHECKING:  # streams imports this module
+if TYPE_CHECKING:
     from .backends import Backends
-    from .streams import GenerationCore
 
 UNMATCHED_ROUTE = "unmatched"  # 404s and 405s: the raw path would let clients mint labels
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
@@ -108,7 +107,7 @@ class GatewayMetrics:
         self.http_requests.labels(route, method, str(status)).inc()
         self.http_duration.labels(route, method).observe(seconds)
 
-    # -- generations (called by streams.GenerationCore) ------------------------------------------
+    # -- generations (called by generation.GenerationCore) ------------------------------------------
 
     def generation_started(self, model: str) -> InFlight:
         return InFlight(self, model)
@@ -178,13 +177,16 @@ METRICS = web.AppKey("metrics", GatewayMetrics)
 _BACKENDS = web.AppKey("metrics_backends", object)
 
 
-def install(app: web.Application, core: GenerationCore) -> None:
-    """Serve GET /metrics from the generation core's metrics (the middleware finds them too)."""
-    app[METRICS] = core.metrics
-    app[_BACKENDS] = core.backends
-    app.router.add_get("/metrics", metrics_handler)
+routes = web.RouteTableDef()
 
 
+def install(app: web.Application, metrics: GatewayMetrics, backends: Backends) -> None:
+    """Where GET /metrics and the middleware find the generation core's metrics, and the backends to scrape."""
+    app[METRICS] = metrics
+    app[_BACKENDS] = backends
+
+
+@routes.get("/metrics")
 async def metrics_handler(request: web.Request) -> web.Response:
     """GET /metrics: Prometheus text exposition (version 0.0.4)."""
     metrics = request.app[METRICS]

@@ -26,12 +26,14 @@ from mlxserve.services.store.names import parse_name
 from mlxserve.v1 import common_pb2, store_pb2
 
 from . import state
-from .native import details_json
+from .rendering import NATIVE, NDJSON_HEADERS, dumps, http_error_response, ndjson_line, stream_chunks
 from .request_types import CopyRequest, CreateMessage, CreateRequest, ModelRef, Options, ShowRequest, TransferRequest
-from .responses import NATIVE, NDJSON_HEADERS, dumps, http_error_response, ndjson_line, stream_chunks
+from .status_api import details_json
 from .validation import BadField, UnsupportedField, decode, note_ignored, read_json_object
 
 log = logs.get_logger(component="models_api")
+
+routes = web.RouteTableDef()
 
 BLOB_CHUNK_BYTES = 1 << 20
 MAX_BLOB_BYTES = 1 << 40          # 1 TiB: far beyond any one weight file, short of runaway uploads
@@ -183,6 +185,7 @@ def _metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
     return rpc.metadata(state.request_id(request))
 
 
+@routes.post("/api/pull")
 async def pull(request: web.Request) -> web.StreamResponse:
     """POST /api/pull {model, insecure, stream}: NDJSON progress, ending with {"status": "success"}."""
     body, ignored = decode(await read_json_object(request), TransferRequest)
@@ -193,6 +196,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
     return await relay_progress(request, call, stream)
 
 
+@routes.post("/api/push")
 async def push(request: web.Request) -> web.StreamResponse:
     """POST /api/push {model, insecure, stream}: NDJSON progress, ending with {"status": "success"}."""
     body, ignored = decode(await read_json_object(request), TransferRequest)
@@ -203,6 +207,7 @@ async def push(request: web.Request) -> web.StreamResponse:
     return await relay_progress(request, call, stream)
 
 
+@routes.post("/api/create")
 async def create(request: web.Request) -> web.StreamResponse:
     """POST /api/create in Ollama's current shape (from, files, template, system, parameters, ...)."""
     req, stream, ignored = parse_create(await read_json_object(request))
@@ -211,6 +216,7 @@ async def create(request: web.Request) -> web.StreamResponse:
     return await relay_progress(request, call, stream)
 
 
+@routes.post("/api/copy")
 async def copy(request: web.Request) -> web.Response:
     """POST /api/copy {source, destination}: 200 with an empty body; 404 for an unknown source."""
     body, ignored = decode(await read_json_object(request), CopyRequest)
@@ -220,6 +226,7 @@ async def copy(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+@routes.delete("/api/delete")
 async def delete(request: web.Request) -> web.Response:
     """DELETE /api/delete {model}: 200 with an empty body; 404 for an unknown model."""
     body, ignored = decode(await read_json_object(request), ModelRef)
@@ -230,6 +237,7 @@ async def delete(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+@routes.post("/api/show")
 async def show(request: web.Request) -> web.Response:
     """POST /api/show {model, verbose}: details, model_info, parameters, template, system, license, ...
 
@@ -255,6 +263,7 @@ async def show(request: web.Request) -> web.Response:
     return web.json_response(out, dumps=dumps)
 
 
+@routes.head("/api/blobs/{digest}")
 async def head_blob(request: web.Request) -> web.Response:
     """HEAD /api/blobs/:digest: 200 if the store has the blob, 404 if not."""
     digest = parse_digest(request.match_info["digest"])
@@ -277,6 +286,7 @@ def _too_big(size: int, limit: int) -> web.Response:
     return http_error_response(413, f"blob too large: {size} bytes, the limit is {MAX_BLOB_BYTES}", NATIVE)
 
 
+@routes.post("/api/blobs/{digest}")
 async def post_blob(request: web.Request) -> web.Response:
     """POST /api/blobs/:digest: stream the body into the store; 201 when stored, 200 if already there,
     400 when the bytes do not hash to the digest (nothing is kept)."""
@@ -354,14 +364,3 @@ def anthropic_model_page(models: list[store_pb2.ModelSummary], query: Any) -> di
     more = start + len(page) < end if not query.get("before_id") else start > 0
     return {"data": data, "has_more": more, "first_id": data[0]["id"] if data else None,
             "last_id": data[-1]["id"] if data else None}
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/api/pull", pull)
-    app.router.add_post("/api/push", push)
-    app.router.add_post("/api/create", create)
-    app.router.add_post("/api/copy", copy)
-    app.router.add_delete("/api/delete", delete)
-    app.router.add_post("/api/show", show)
-    app.router.add_head("/api/blobs/{digest}", head_blob)
-    app.router.add_post("/api/blobs/{digest}", post_blob)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any, AsyncIterator, Callable
@@ -10,22 +9,23 @@ from typing import Any, AsyncIterator, Callable
 import msgspec
 from aiohttp import web
 
-from mlxserve.services.common import logs, rpc
-from mlxserve.services.common.errors import MlxServeError
-from mlxserve.v1 import common_pb2, store_pb2, supervisor_pb2
+from mlxserve.services.common import logs
+from mlxserve.services.common.times import rfc3339
 from mlxserve.v1.frames import TokenEvent, TokenLogprob, ToolCall
 from mlxserve.v1.requests import ChatMessage, SamplingOptions
 
 from . import state
+from .generation import Collected, Generation, GenerationRequest
+from .rendering import NDJSON_HEADERS, dumps, logprobs_json, ndjson_line, stream_chunks
 from .request_types import ChatRequest, GenerateRequest, NativeMessage, NativeToolCall, Options
-from .responses import NDJSON_HEADERS, dumps, ndjson_line, stream_chunks
 from .sampling import from_options
-from .streams import Collected, Generation, GenerationRequest
 from .tools import chat_tools, tool_call
 from .validation import (UnsupportedField, check_top_logprobs, decode, model_name, note_ignored, parse_arguments, parse_keep_alive,
                          parse_ollama_format, read_json_object)
 
 log = logs.get_logger(component="native")
+
+routes = web.RouteTableDef()
 
 # Fields of Ollama's API that this server cannot honour, refused unless empty, with what to do instead.
 GENERATE_REFUSED = {
@@ -36,11 +36,11 @@ GENERATE_REFUSED = {
 
 
 def created_at() -> str:
-    """Now as Ollama writes it (Go's RFC3339Nano, UTC): nanoseconds, trailing zeros trimmed."""
-    ns = time.time_ns()
-    seconds, fraction = divmod(ns, 1_000_000_000)
+    """Now as Ollama writes it (Go's RFC3339Nano, UTC): the one RFC 3339 formatter's seconds, then the
+    nanoseconds with trailing zeros trimmed."""
+    seconds, fraction = divmod(time.time_ns(), 1_000_000_000)
     digits = f"{fraction:09d}".rstrip("0")
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + (f".{digits}" if digits else "") + "Z"
+    return rfc3339(seconds).removesuffix("Z") + (f".{digits}" if digits else "") + "Z"
 
 
 class _WithOptions(msgspec.Struct):
@@ -154,23 +154,12 @@ def tool_calls_json(calls: list[ToolCall]) -> list[dict[str, Any]]:
     return out
 
 
-def logprobs_json(items: list[TokenLogprob], top: bool) -> list[dict[str, Any]]:
-    """Ollama's logprobs: [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]."""
-    out = []
-    for lp in items:
-        entry: dict[str, Any] = {"token": lp.token, "logprob": lp.logprob, "bytes": lp.bytes}
-        if top:
-            entry["top_logprobs"] = [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes} for t in lp.top]
-        out.append(entry)
-    return out
-
-
 def generate_piece(req: GenerationRequest, text: str, thinking: str, calls: list[ToolCall], logprobs: list[TokenLogprob]) -> dict[str, Any]:
     piece: dict[str, Any] = {"response": text}
     if thinking:
         piece["thinking"] = thinking
     if req.logprobs and logprobs:
-        piece["logprobs"] = logprobs_json(logprobs, req.top_logprobs > 0)
+        piece["logprobs"] = logprobs_json(logprobs, top=req.top_logprobs > 0)
     return piece
 
 
@@ -182,7 +171,7 @@ def chat_piece(req: GenerationRequest, text: str, thinking: str, calls: list[Too
         message["tool_calls"] = tool_calls_json(calls)
     piece: dict[str, Any] = {"message": message}
     if req.logprobs and logprobs:
-        piece["logprobs"] = logprobs_json(logprobs, req.top_logprobs > 0)
+        piece["logprobs"] = logprobs_json(logprobs, top=req.top_logprobs > 0)
     return piece
 
 
@@ -232,86 +221,15 @@ async def respond(request: web.Request, req: GenerationRequest, stream: bool, pi
         await gen.close()
 
 
+@routes.post("/api/generate")
 async def generate(request: web.Request) -> web.StreamResponse:
     """POST /api/generate"""
     req, stream = parse_generate(await read_json_object(request), state.request_id(request))
     return await respond(request, req, stream, generate_piece)
 
 
+@routes.post("/api/chat")
 async def chat(request: web.Request) -> web.StreamResponse:
     """POST /api/chat"""
     req, stream = parse_chat(await read_json_object(request), state.request_id(request))
     return await respond(request, req, stream, chat_piece)
-
-
-def details_json(d: common_pb2.ModelDetails) -> dict[str, Any]:
-    return {
-        "parent_model": d.parent_model,
-        "format": d.format,
-        "family": d.family,
-        "families": list(d.families) or None,
-        "parameter_size": d.parameter_size,
-        "quantization_level": d.quantization_level,
-    }
-
-
-async def tags(request: web.Request) -> web.Response:
-    """GET /api/tags: the models in the store."""
-    resp = await rpc.call("store", state.backends(request).store().List, store_pb2.ListRequest(),
-                          timeout=10.0, request_id=state.request_id(request))
-    return web.json_response({"models": [
-        {"name": m.name, "model": m.model or m.name, "modified_at": m.modified_at or None, "size": m.size,
-         "digest": m.digest, "details": details_json(m.details)}
-        for m in resp.models
-    ]}, dumps=dumps)
-
-
-async def ps(request: web.Request) -> web.Response:
-    """GET /api/ps: the models loaded now."""
-    resp = await rpc.call("supervisor", state.backends(request).supervisor().ListLoaded, supervisor_pb2.ListLoadedRequest(),
-                          timeout=10.0, request_id=state.request_id(request))
-    return web.json_response({"models": [
-        {"name": m.name, "model": m.model or m.name, "size": m.size, "digest": m.digest, "details": details_json(m.details),
-         "expires_at": m.expires_at or None, "size_vram": m.size_vram, "context_length": m.context_length,
-         **compute_fields(m)}
-        for m in resp.models
-    ]}, dumps=dumps)
-
-
-def compute_fields(m: supervisor_pb2.LoadedModel) -> dict[str, Any]:
-    """mlxserve's additions to an /api/ps entry: how the worker computes (only what it reported)."""
-    out: dict[str, Any] = {}
-    if m.compute_dtype:
-        out["compute_dtype"] = m.compute_dtype
-    if m.blas:
-        out["blas"] = m.blas
-        out["blas_gflops"] = round(m.blas_gflops, 1)
-    return out
-
-
-async def health(request: web.Request) -> web.Response:
-    """GET /api/health: 200 when the store and the supervisor answer a Ping, else 503 naming who does not."""
-    backends, rid = state.backends(request), state.request_id(request)
-    names = ("store", "supervisor")
-    results = await asyncio.gather(*(backends.ping(n, timeout=1.0, request_id=rid) for n in names), return_exceptions=True)
-    services: dict[str, str] = {}
-    down: list[str] = []
-    for name, result in zip(names, results):
-        if isinstance(result, BaseException):
-            services[name] = result.message if isinstance(result, MlxServeError) else f"{type(result).__name__}: {result}"
-            down.append(name)
-        else:
-            services[name] = "ok"
-    if not down:
-        return web.json_response({"status": "ok", "services": services}, dumps=dumps)
-    body = {"status": "unavailable", "error": f"not answering: {', '.join(down)}", "services": services}
-    return web.json_response(body, status=503, dumps=dumps)
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/api/generate", generate)
-    app.router.add_post("/api/chat", chat)
-    app.router.add_get("/api/tags", tags)
-    app.router.add_get("/api/ps", ps)
-    app.router.add_get("/api/health", health)
-

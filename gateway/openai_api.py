@@ -16,15 +16,17 @@ from mlxserve.v1.frames import TokenLogprob, ToolCall
 from mlxserve.v1.requests import ChatMessage, ToolChoice
 
 from . import models_api, state
-from .request_types import ChatCompletionRequest, CompletionRequest, ContentPart, OpenAIMessage, OpenAIToolCall, ResponseFormat
-from .responses import ANTHROPIC, dialect_of, dumps, openai_error_body, sse_event, stream_chunks
+from .generation import Generation, GenerationRequest
+from .rendering import ANTHROPIC, dialect_of, dumps, logprobs_json, openai_error_body, sse_event, sse_response_headers, stream_chunks
+from .request_types_openai import ChatCompletionRequest, CompletionRequest, ContentPart, OpenAIMessage, OpenAIToolCall, ResponseFormat
 from .sampling import openai_sampling
-from .streams import Generation, GenerationRequest
 from .tools import MODES, ToolPlan, chat_choice, chat_tools, function_tool, tool_call
 from .validation import (BadField, UnsupportedField, check_top_logprobs, decode, model_name, note_ignored, parse_arguments,
                          parse_keep_alive, read_json_object, schema_text)
 
 log = logs.get_logger(component="openai")
+
+routes = web.RouteTableDef()
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool", "function": "tool"}
 # Content parts that carry text: the user's, the assistant's earlier output, a refusal.
@@ -217,21 +219,12 @@ def function_call_json(call: ToolCall) -> dict[str, Any]:
     return {"name": call.name, "arguments": call.arguments or "{}"}
 
 
-def logprob_entries(items: list[TokenLogprob]) -> list[dict[str, Any]]:
-    """choices[].logprobs.content: [{token, logprob, bytes, top_logprobs: [...]}]."""
-    return [{"token": lp.token, "logprob": lp.logprob, "bytes": lp.bytes,
-             "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes} for t in lp.top]}
-            for lp in items]
-
-
 def chat_logprobs(req: GenerationRequest, items: list[TokenLogprob]) -> dict[str, Any] | None:
-    return {"content": logprob_entries(items), "refusal": None} if req.logprobs else None
+    """choices[].logprobs: {content: [{token, logprob, bytes, top_logprobs}], refusal}."""
+    return {"content": logprobs_json(items), "refusal": None} if req.logprobs else None
 
 
-def sse_response_headers() -> dict[str, str]:
-    return {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-
-
+@routes.post("/v1/chat/completions")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """POST /v1/chat/completions"""
     req, stream, include_usage = parse_chat_completion(await read_json_object(request), state.request_id(request))
@@ -325,15 +318,17 @@ def completion_logprobs(req: GenerationRequest, items: list[TokenLogprob], offse
     """The legacy logprobs object: parallel lists, top alternatives as {token: logprob} maps."""
     if not req.logprobs:
         return None
+    entries = logprobs_json(items)
     offsets = []
-    for lp in items:
+    for e in entries:
         offsets.append(offset)
-        offset += len(lp.token)
-    return {"tokens": [lp.token for lp in items], "token_logprobs": [lp.logprob for lp in items],
-            "top_logprobs": [{t.token: t.logprob for t in lp.top} for lp in items] if req.top_logprobs else None,
+        offset += len(e["token"])
+    return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries] if req.top_logprobs else None,
             "text_offset": offsets}
 
 
+@routes.post("/v1/completions")
 async def completions(request: web.Request) -> web.StreamResponse:
     """POST /v1/completions (legacy text completion)."""
     req, stream, include_usage = parse_completion(await read_json_object(request), state.request_id(request))
@@ -383,6 +378,7 @@ async def _list(request: web.Request) -> list[store_pb2.ModelSummary]:
     return list(resp.models)
 
 
+@routes.get("/v1/models")
 async def models(request: web.Request) -> web.Response:
     """GET /v1/models (in Anthropic's list shape when asked with an anthropic-version header)."""
     listed = await _list(request)
@@ -391,6 +387,7 @@ async def models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": [_model_entry(m.name, m.modified_at) for m in listed]}, dumps=dumps)
 
 
+@routes.get("/v1/models/{model:.+}")
 async def model(request: web.Request) -> web.Response:
     """GET /v1/models/{model}: one entry of the list ("name" matches "name:latest")."""
     wanted = request.match_info["model"].lower()
@@ -400,13 +397,3 @@ async def model(request: web.Request) -> web.Response:
                 return web.json_response(models_api.anthropic_model(m), dumps=dumps)
             return web.json_response(_model_entry(m.name, m.modified_at), dumps=dumps)
     raise NotFound(f"model '{request.match_info['model']}' not found")
-
-
-def add_routes(app: web.Application) -> None:
-    from . import openai_responses  # imported here: it builds on this module's parsers
-
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_get("/v1/models", models)
-    app.router.add_get("/v1/models/{model:.+}", model)
-    openai_responses.add_routes(app)

@@ -24,16 +24,19 @@ from mlxserve.v1.frames import TokenEvent, TokenLogprob, ToolCall
 from mlxserve.v1.requests import ChatMessage
 
 from . import state
-from .openai_api import extensions, log_advisory, parse_content, sse_response_headers
-from .request_types import FunctionDef, Reasoning, ResponsesItem, ResponsesRequest, ResponsesTool, TextConfig
-from .responses import dumps, stream_chunks
+from .generation import Generation, GenerationRequest
+from .openai_api import extensions, log_advisory, parse_content
+from .rendering import dumps, logprobs_json, sse_response_headers, stream_chunks
+from .request_types import FunctionDef
+from .request_types_openai import Reasoning, ResponsesItem, ResponsesRequest, ResponsesTool, TextConfig
 from .sampling import openai_sampling
-from .streams import Generation, GenerationRequest
 from .tools import NONE, ToolPlan, function_tool, responses_choice, tool_call
 from .validation import (BadField, UnsupportedField, check_top_logprobs, decode, drop_under, model_name, note_ignored,
                          parse_arguments, read_json_object, schema_text)
 
 log = logs.get_logger(component="openai_responses")
+
+routes = web.RouteTableDef()
 
 INPUT_ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
@@ -263,11 +266,6 @@ def usage_json(gen: Generation) -> dict[str, Any]:
             "total_tokens": s.prompt_tokens + s.eval_count}
 
 
-def logprobs_json(items: list[TokenLogprob]) -> list[dict[str, Any]]:
-    return [{"token": lp.token, "logprob": lp.logprob, "bytes": lp.bytes,
-             "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes} for t in lp.top]} for lp in items]
-
-
 def text_part(text: str, logprobs: list[TokenLogprob] | None = None) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs_json(logprobs or [])}
 
@@ -429,6 +427,7 @@ class ResponseBuilder:
                 + self.event("response.failed", response=self.response("failed", error=err)))
 
 
+@routes.post("/v1/responses")
 async def create_response(request: web.Request) -> web.StreamResponse:
     """POST /v1/responses"""
     req, stream, echo = parse_responses_request(await read_json_object(request), state.request_id(request))
@@ -451,7 +450,3 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         return await stream_chunks(request, sse_response_headers(), chunks(), error_chunk=builder.failed)
     finally:
         await gen.close()
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/responses", create_response)

@@ -1,7 +1,7 @@
 """The gateway's OpenAPI 3.1 description, served at GET /openapi.json.
 
 Request schemas are generated from the msgspec Structs the handlers decode with
-(request_types.py), so they say exactly what the parsers accept: types, bounds, enums. Request
+(request_types*.py), so they say exactly what the parsers accept: types, bounds, enums. Request
 objects are open: a field the server does not know is ignored and named in the
 X-Mlxserve-Ignored response header, not refused. Responses (the success shapes and both error
 shapes) are written here. tests/unit/test_openapi.py keeps the paths and the app's routes equal,
@@ -17,8 +17,11 @@ from aiohttp import web
 
 from mlxserve import __version__
 
-from .request_types import REQUEST_TYPES, TINY_MODEL
-from .responses import dumps
+from .rendering import dumps
+from .request_types import (ChatRequest, CopyRequest, CreateRequest, EmbedRequest, GenerateRequest, LegacyEmbeddingsRequest, ModelRef,
+                            ShowRequest, TINY_MODEL, TransferRequest)
+from .request_types_anthropic import CountTokensRequest, MessagesRequest
+from .request_types_openai import ChatCompletionRequest, CompletionRequest, EmbeddingsRequest, ResponsesRequest
 from .validation import IGNORED_HEADER
 
 JSON = "application/json"
@@ -44,6 +47,13 @@ REQUEST_EXAMPLES: dict[str, list[Schema]] = {
     "CountTokensRequest": [{"model": TINY_MODEL, "messages": [{"role": "user", "content": "Hi"}]}],
     "Options": [{"num_predict": 4, "temperature": 0}],
 }
+
+# The request bodies of the routes, by the name their schema has in /openapi.json.
+REQUEST_TYPES: tuple[type, ...] = (
+    GenerateRequest, ChatRequest, EmbedRequest, LegacyEmbeddingsRequest, ModelRef, ShowRequest, CopyRequest,
+    TransferRequest, CreateRequest, ChatCompletionRequest, CompletionRequest, EmbeddingsRequest, ResponsesRequest,
+    MessagesRequest, CountTokensRequest,
+)
 
 
 def _ref(name: str) -> Schema:
@@ -378,6 +388,10 @@ def _json_inline(schema: Schema) -> dict[str, Any]:
 _DOCUMENT_TEXT = dumps(build_document())  # built once: the routes do not change while the server runs
 
 
+routes = web.RouteTableDef()
+
+
+@routes.get("/openapi.json")
 async def openapi_json(request: web.Request) -> web.Response:
     """GET /openapi.json"""
     return web.Response(text=_DOCUMENT_TEXT, content_type="application/json")

@@ -29,7 +29,7 @@ from mlxserve.services.common import logs
 from mlxserve.services.common.config import Settings
 from mlxserve.services.common.errors import Forbidden, InvalidArgument, Unauthenticated
 
-from .responses import dialect_of, error_response, http_error_response
+from .rendering import dialect_of, error_response, http_error_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -7,7 +7,8 @@ from aiohttp import web
 from mlxserve.services.common.config import Settings
 
 from .backends import Backends
-from .streams import GenerationCore, TokenRouter
+from .generation import GenerationCore
+from .token_router import TokenRouter
 
 SETTINGS = web.AppKey("settings", Settings)
 BACKENDS = web.AppKey("backends", Backends)

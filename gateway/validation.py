@@ -1,4 +1,4 @@
-"""Reading request bodies: JSON in, a typed request (gateway/request_types.py) out, or a 400 naming the field.
+"""Reading request bodies: JSON in, a typed request (gateway/request_types*.py) out, or a 400 naming the field.
 
 `decode` checks a body against its msgspec Struct and explains a failure from the Struct itself
 ("'options.top_k' must be an integer between 0 and 2147483647"), with the field's path as OpenAI's

@@ -8,6 +8,7 @@ from typing import Iterator
 import pytest
 
 from tests.e2e.harness import System, start_system
+from tests.fixtures.api_clients import oai, oll  # noqa: F401 (fixtures: the OpenAI and Ollama clients)
 from tests.fixtures.tiny_model import write_tiny_model
 
 SMOL = "smollm2:135m"

@@ -32,16 +32,6 @@ NS_FIELDS = ("total_duration", "load_duration", "prompt_eval_duration", "eval_du
 
 
 @pytest.fixture(scope="module")
-def oai(system: System) -> openai.OpenAI:
-    return openai.OpenAI(base_url=system.url + "/v1", api_key="unused", timeout=120, max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def oll(system: System) -> ollama.Client:
-    return ollama.Client(host=system.url, timeout=120)
-
-
-@pytest.fixture(scope="module")
 def embedder(system: System) -> Iterator[str]:
     out = system.mlxctl("create", EMBEDDER, "--from", str(find_minilm_dir()), timeout=240)
     assert out.returncode == 0, out.stderr

@@ -48,16 +48,6 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     assert not left, f"processes outlived `mlxctl serve`: {left}"
 
 
-@pytest.fixture(scope="module")
-def oai(system: System) -> openai.OpenAI:
-    return openai.OpenAI(base_url=system.url + "/v1", api_key="unused", timeout=120, max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def oll(system: System) -> ollama.Client:
-    return ollama.Client(host=system.url, timeout=120)
-
-
 def valid_person(text: str) -> bool:
     value = json.loads(text)
     return (set(value) == {"name", "age", "member"} and isinstance(value["name"], str) and len(value["name"]) <= 12

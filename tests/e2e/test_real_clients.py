@@ -143,16 +143,6 @@ def embedder(system: System) -> Iterator[str]:
     system.mlxctl("rm", EMBEDDER)
 
 
-@pytest.fixture(scope="module")
-def oai(system: System) -> openai.OpenAI:
-    return openai.OpenAI(base_url=system.url + "/v1", api_key="unused", timeout=120, max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def oll(system: System) -> ollama.Client:
-    return ollama.Client(host=system.url, timeout=120)
-
-
 def chat_openai(system: System, model: str, **kwargs) -> ChatOpenAI:
     return ChatOpenAI(model=model, base_url=system.url + "/v1", api_key="unused", temperature=0, max_retries=0,
                       timeout=120, **kwargs)

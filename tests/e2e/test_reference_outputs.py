@@ -13,7 +13,6 @@ import openai
 import pytest
 
 from tests.e2e.conftest import SMOL
-from tests.e2e.harness import System
 
 EOS = "<|im_end|>"
 
@@ -25,16 +24,6 @@ def _chat_cases(reference: dict) -> list[dict]:
 def _expected(case: dict) -> str:
     text = case["greedy_text"]
     return text[: -len(EOS)] if text.endswith(EOS) else text
-
-
-@pytest.fixture(scope="module")
-def oai(system: System) -> openai.OpenAI:
-    return openai.OpenAI(base_url=system.url + "/v1", api_key="unused", timeout=120, max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def oll(system: System) -> ollama.Client:
-    return ollama.Client(host=system.url, timeout=120)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])

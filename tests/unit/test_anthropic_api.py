@@ -1,6 +1,6 @@
 """Anthropic's Messages API (/v1/messages, /v1/messages/count_tokens, /v1/models in Anthropic's shape):
 request translation, the message and its typed event stream, Anthropic's error shapes, and the
-official `anthropic` client reading all of it, against the fake services of test_gateway_streaming."""
+official `anthropic` client reading all of it, against the fake services of tests/fixtures/gateway_harness.py."""
 
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ from mlxserve.services.common.rpc import rpc_method
 from mlxserve.v1 import requests, worker_pb2
 from mlxserve.v1.frames import Stats, TokenEvent, ToolCall
 from mlxserve.v1.requests import GenerationRequest
-from tests.unit.test_gateway_responses_api import sse_events as events
-from tests.unit.test_gateway_security import KEY, gateway
-from tests.unit.test_gateway_streaming import FakeWorker, harness, run, text, wait_for
+from tests.fixtures.gateway_harness import KEY, FakeWorker, gateway, harness, run, text, wait_for
+from tests.fixtures.gateway_harness import sse_events as events
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -417,7 +416,7 @@ def test_models_are_listed_in_anthropics_shape_when_asked_with_anthropic_version
 
 def test_the_anthropic_client_reads_messages_streams_counts_models_and_errors(counting_worker):
     async def scenario():
-        async with harness() as h:
+        async with harness(port=True) as h:
             def with_anthropic() -> None:
                 c = anthropic.Anthropic(base_url=h.url, api_key="unused", max_retries=0)
                 msg = c.messages.create(model="tiny", max_tokens=16, messages=USER)

@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from mlxserve import __version__
-from mlxserve.gateway.app import create_app
-from mlxserve.services.common.config import load_settings
+from tests.fixtures.gateway_harness import with_client
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def with_client(check, **overrides) -> None:
-    """Run `check(client)` against the app over a home with no store or supervisor running."""
-    async def scenario() -> None:
-        home = Path(tempfile.mkdtemp(prefix="gw", dir="/tmp"))
-        settings = load_settings({"home": str(home), **overrides}, env={})
-        client = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
-        await client.start_server()
-        try:
-            await check(client)
-        finally:
-            await client.close()
-            shutil.rmtree(home, ignore_errors=True)
-    asyncio.run(scenario())
 
 
 def test_root_answers_get_and_head():

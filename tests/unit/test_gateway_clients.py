@@ -1,5 +1,5 @@
 """The request shapes popular clients send, through the real gateway against the fake worker of
-test_gateway_streaming: each is answered (not refused), and what reaches the worker is what the
+tests/fixtures/gateway_harness.py: each is answered (not refused), and what reaches the worker is what the
 client asked for. The e2e suite drives the same paths with the clients themselves.
 """
 
@@ -14,7 +14,7 @@ import pytest
 from mlxserve.v1.requests import GenerationRequest
 from mlxserve.v1.frames import Stats, TokenEvent, ToolCall
 
-from .test_gateway_streaming import harness, run, sse, text
+from tests.fixtures.gateway_harness import harness, run, sse, text
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -106,7 +106,7 @@ def test_langchain_bind_tools_with_allowed_tools_and_an_unknown_forced_name():
 
 def test_the_openai_sdk_forces_a_call_and_reads_it_back():
     async def scenario():
-        async with harness() as h:
+        async with harness(port=True) as h:
             h.worker.plan = calls("get_weather")
 
             def with_openai() -> None:
@@ -270,7 +270,7 @@ def test_n_above_one_and_audio_output_stay_refused():
 def test_langchain_openai_embeds_token_id_lists():
     # OpenAIEmbeddings tokenizes with tiktoken and sends the ids, base64-encoded answers asked for.
     async def scenario():
-        async with harness() as h:
+        async with harness(port=True) as h:
             def with_openai() -> None:
                 c = openai.OpenAI(base_url=f"{h.url}/v1", api_key="unused", max_retries=0)
                 r = c.embeddings.create(model="tiny", input=[[9906, 1917, 0], [15339]])
@@ -360,7 +360,7 @@ def test_responses_tool_choice_forces_a_function_and_refuses_forcing_a_hosted_to
 
 def test_the_openai_sdk_sends_a_codex_like_responses_request():
     async def scenario():
-        async with harness() as h:
+        async with harness(port=True) as h:
             def with_openai() -> None:
                 c = openai.OpenAI(base_url=f"{h.url}/v1", api_key="unused", max_retries=0)
                 r = c.responses.create(model="tiny", input="hi", tools=[{"type": "web_search"}, CODEX_TOOLS[0]],

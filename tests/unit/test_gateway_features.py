@@ -1,7 +1,7 @@
 """Generation features over HTTP: structured output, tools, thinking, logprobs, penalties, completions, embeddings.
 
 Translation is checked on the parsers (what reaches the worker in SubmitRequest); rendering through
-the real gateway against the fake worker of test_gateway_streaming, with the official clients too.
+the real gateway against the fake worker of tests/fixtures/gateway_harness.py, with the official clients too.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from mlxserve.gateway.openai_api import parse_chat_completion, parse_completion
 from mlxserve.gateway.validation import BadField, UnsupportedField
 from mlxserve.v1.frames import Stats, TokenEvent, TokenLogprob, ToolCall, TopLogprob
 
-from .test_gateway_streaming import harness, ndjson, run, sse, text, wait_for
+from tests.fixtures.gateway_harness import harness, ndjson, run, sse, text, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -250,7 +250,7 @@ def test_prompt_eval_count_counts_every_prompt_token_cached_ones_too():
 
 def test_openai_chat_returns_tool_calls_with_string_arguments_and_reasoning():
     async def scenario():
-        async with harness() as h:
+        async with harness(port=True) as h:
             h.worker.plan = tool_plan()
             out = await (await h.post("/v1/chat/completions", {"model": "tiny", "messages": USER, "tools": [WEATHER],
                                                                 "reasoning_effort": "low"})).json()
@@ -288,7 +288,7 @@ def test_openai_chat_returns_tool_calls_with_string_arguments_and_reasoning():
 
 def test_openai_chat_logprobs_are_in_choice_logprobs_content():
     async def scenario():
-        async with harness() as h:
+        async with harness(port=True) as h:
             h.worker.plan = [TokenEvent(request_id="", text="Hi", token_ids=[1], logprobs=[lp("Hi", -0.5, ("Hi", -0.5))]),
                              finished()]
             out = await (await h.post("/v1/chat/completions", {"model": "tiny", "messages": USER, "logprobs": True,
@@ -308,7 +308,7 @@ def test_openai_chat_logprobs_are_in_choice_logprobs_content():
 
 def test_completions_render_text_choices_and_the_legacy_logprobs_object():
     async def scenario():
-        async with harness() as h:
+        async with harness(port=True) as h:
             h.worker.plan = [TokenEvent(request_id="", text="Hel", token_ids=[1], logprobs=[lp("Hel", -0.2, ("Hel", -0.2))]),
                              TokenEvent(request_id="", text="lo", token_ids=[2], logprobs=[lp("lo", -0.3, ("lo", -0.3))]),
                              finished("length")]
@@ -349,7 +349,7 @@ def test_worker_refusing_a_capability_is_a_400_with_its_message():
 
 def test_api_embed_takes_a_string_or_a_list_and_returns_ollamas_shape():
     async def scenario():
-        async with harness() as h:
+        async with harness(port=True) as h:
             body = await (await h.post("/api/embed", {"model": "tiny", "input": ["a b", "cde"], "truncate": False,
                                                       "dimensions": 2, "keep_alive": "1m"})).json()
             assert body["model"] == "tiny" and body["embeddings"] == [[0.0, 3.0], [1.0, 3.0]]
@@ -375,7 +375,7 @@ def test_api_embed_takes_a_string_or_a_list_and_returns_ollamas_shape():
 
 def test_openai_embeddings_in_float_and_base64():
     async def scenario():
-        async with harness() as h:
+        async with harness(port=True) as h:
             body = await (await h.post("/v1/embeddings", {"model": "tiny", "input": ["hello world", "x"]})).json()
             assert body["object"] == "list" and body["model"] == "tiny"
             assert body["data"] == [{"object": "embedding", "index": 0, "embedding": [0.0, 11.0, 0.0]},

@@ -8,13 +8,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from mlxserve.gateway.app import create_app
 from mlxserve.gateway.native import parse_options
 from mlxserve.gateway.openai_api import parse_chat_completion, parse_completion
 from mlxserve.gateway.validation import BadField
 from mlxserve.services.common.config import load_settings
+from tests.fixtures.inproc_http import InprocClient
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -23,7 +23,7 @@ def post_raw(path: str, raw: bytes) -> tuple[int, dict]:
     """POST `raw` to a gateway with no backends running; (status, JSON body)."""
     async def scenario() -> tuple[int, dict]:
         home = Path(tempfile.mkdtemp(prefix="gw", dir="/tmp"))
-        client = TestClient(TestServer(create_app(load_settings({"home": str(home)}, env={})), host="127.0.0.1"))
+        client = InprocClient(create_app(load_settings({"home": str(home)}, env={})))
         await client.start_server()
         try:
             resp = await client.post(path, data=raw, headers={"Content-Type": "application/json"})

@@ -12,13 +12,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlxserve.gateway.app import create_app
 from mlxserve.services.common.config import load_settings
 
-from .test_gateway_streaming import done, harness, ndjson, sse, text, wait_for
+from tests.fixtures.gateway_harness import done, harness, ndjson, sse, text, wait_for, with_client
+from tests.fixtures.inproc_http import InprocClient
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -45,20 +45,6 @@ async def scrape(client) -> dict:
     return parse(await resp.text())
 
 
-def with_bare_app(check) -> None:
-    """Run `check(client)` against an app whose store and supervisor are not running."""
-    async def scenario() -> None:
-        home = Path(tempfile.mkdtemp(prefix="gwm", dir="/tmp"))
-        client = TestClient(TestServer(create_app(load_settings({"home": str(home)}, env={})), host="127.0.0.1"))
-        await client.start_server()
-        try:
-            await check(client)
-        finally:
-            await client.close()
-            shutil.rmtree(home, ignore_errors=True)
-    asyncio.run(scenario())
-
-
 def test_requests_are_counted_by_route_pattern_method_and_status():
     async def check(c):
         for _ in range(2):
@@ -69,7 +55,7 @@ def test_requests_are_counted_by_route_pattern_method_and_status():
         assert value(m, "mlxserve_http_requests_total", route="/v1/models/{model}", method="GET", status="503") == 1
         assert not any("some-model" in labels.get("route", "") for labels, _ in m["mlxserve_http_requests_total"])
         assert value(m, "mlxserve_http_request_duration_seconds_count", route="/api/version", method="GET") == 2
-    with_bare_app(check)
+    with_client(check)
 
 
 def test_unknown_paths_and_methods_share_one_label_each():
@@ -82,7 +68,7 @@ def test_unknown_paths_and_methods_share_one_label_each():
         assert value(m, "mlxserve_http_requests_total", route="unmatched", method="GET", status="404") == 2
         assert value(m, "mlxserve_http_requests_total", route="unmatched", method="other", status="405") == 1
         assert not any("unknown" in r or "no/such" in r for r in routes)
-    with_bare_app(check)
+    with_client(check)
 
 
 def test_metrics_still_answer_when_the_supervisor_and_store_are_down():
@@ -91,13 +77,13 @@ def test_metrics_still_answer_when_the_supervisor_and_store_are_down():
         assert value(m, "mlxserve_backend_up", service="supervisor") == 0
         assert value(m, "mlxserve_backend_up", service="store") == 0
         assert value(m, "mlxserve_loaded_models") == 0
-    with_bare_app(check)
+    with_client(check)
 
 
 def test_two_apps_in_one_process_keep_separate_counts():
     async def scenario():
         homes = [Path(tempfile.mkdtemp(prefix="gwm", dir="/tmp")) for _ in range(2)]
-        clients = [TestClient(TestServer(create_app(load_settings({"home": str(h)}, env={})), host="127.0.0.1")) for h in homes]
+        clients = [InprocClient(create_app(load_settings({"home": str(h)}, env={}))) for h in homes]
         for c in clients:
             await c.start_server()
         try:
@@ -176,7 +162,7 @@ def test_a_stream_sent_to_the_end_counts_as_served_even_if_the_client_leaves_dur
     from aiohttp.test_utils import make_mocked_request
 
     from mlxserve.gateway import metrics
-    from mlxserve.gateway.responses import STREAM_COMPLETED
+    from mlxserve.gateway.rendering import STREAM_COMPLETED
 
     async def scenario():
         app = create_app(load_settings({"home": tempfile.mkdtemp(prefix="gwm", dir="/tmp")}, env={}))

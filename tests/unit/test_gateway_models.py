@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from mlxserve.gateway import models_api
 from mlxserve.gateway.app import create_app
 from mlxserve.services.common.config import load_settings
 from mlxserve.services.store.server import build_server
 from mlxserve.services.store.store import ModelStore
+from tests.fixtures.inproc_http import InprocClient
 from tests.unit.test_gguf import write_tiny_gguf
 
 pytestmark = pytest.mark.timeout(120)
@@ -35,7 +35,7 @@ def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def with_store(check: Callable[[TestClient, ModelStore], Awaitable[None]]) -> None:
+def with_store(check: Callable[[InprocClient, ModelStore], Awaitable[None]]) -> None:
     """Run `check(client, store)` against the gateway app and a real store service on one home."""
     async def scenario() -> None:
         home = Path(tempfile.mkdtemp(prefix="gwm", dir="/tmp"))
@@ -44,7 +44,7 @@ def with_store(check: Callable[[TestClient, ModelStore], Awaitable[None]]) -> No
         store = ModelStore(settings.models_dir)
         server = build_server(store, settings.store_socket)
         server.start()
-        client = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
+        client = InprocClient(create_app(settings))
         await client.start_server()
         try:
             await check(client, store)
@@ -59,14 +59,14 @@ async def ndjson(resp) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (await resp.text()).splitlines() if line.strip()]
 
 
-async def upload(c: TestClient, data: bytes) -> str:
+async def upload(c: InprocClient, data: bytes) -> str:
     digest = digest_of(data)
     resp = await c.post(f"/api/blobs/{digest}", data=data)
     assert resp.status in (200, 201), await resp.text()
     return digest
 
 
-async def create_from_gguf(c: TestClient, name: str, data: bytes, **fields: Any) -> list[dict[str, Any]]:
+async def create_from_gguf(c: InprocClient, name: str, data: bytes, **fields: Any) -> list[dict[str, Any]]:
     digest = await upload(c, data)
     resp = await c.post("/api/create", json={"model": name, "files": {"model.gguf": digest}, **fields})
     assert resp.status == 200 and resp.headers["Content-Type"].startswith("application/x-ndjson")
@@ -77,7 +77,7 @@ def test_blob_upload_is_201_then_present_and_a_second_upload_is_200() -> None:
     data = b"some weights" * 10_000
     digest = digest_of(data)
 
-    async def check(c: TestClient, store: ModelStore) -> None:
+    async def check(c: InprocClient, store: ModelStore) -> None:
         assert (await c.head(f"/api/blobs/{digest}")).status == 404
         assert (await c.post(f"/api/blobs/{digest}", data=data)).status == 201
         assert (await c.head(f"/api/blobs/{digest}")).status == 200
@@ -90,7 +90,7 @@ def test_blob_upload_that_does_not_match_its_digest_is_400_and_nothing_is_kept()
     data = b"the real bytes" * 1000
     wrong = digest_of(b"other bytes")
 
-    async def check(c: TestClient, store: ModelStore) -> None:
+    async def check(c: InprocClient, store: ModelStore) -> None:
         resp = await c.post(f"/api/blobs/{wrong}", data=data)
         assert resp.status == 400 and "digest" in (await resp.json())["error"]
         assert (await c.head(f"/api/blobs/{wrong}")).status == 404
@@ -101,7 +101,7 @@ def test_blob_upload_that_does_not_match_its_digest_is_400_and_nothing_is_kept()
 @pytest.mark.parametrize("digest", ["sha256:abc", "md5:" + "a" * 32, "sha256:" + "A" * 64, "..%2F..%2Fetc%2Fpasswd",
                                     "sha256:" + "a" * 64 + "%00"])
 def test_malformed_blob_digests_are_400(digest: str) -> None:
-    async def check(c: TestClient, store: ModelStore) -> None:
+    async def check(c: InprocClient, store: ModelStore) -> None:
         head = await c.head(f"/api/blobs/{digest}")
         post = await c.post(f"/api/blobs/{digest}", data=b"x")
         assert head.status == 400 and post.status == 400
@@ -118,7 +118,7 @@ def test_an_upload_larger_than_the_free_disk_is_507_whether_or_not_its_length_is
         for i in range(0, len(data), 50_000):
             yield data[i:i + 50_000]
 
-    async def check(c: TestClient, store: ModelStore) -> None:
+    async def check(c: InprocClient, store: ModelStore) -> None:
         resp = await c.post(f"/api/blobs/{digest}", data=data)
         assert resp.status == 507 and "not enough disk space" in (await resp.json())["error"]
         resp = await c.post(f"/api/blobs/{digest}", data=chunked())
@@ -128,7 +128,7 @@ def test_an_upload_larger_than_the_free_disk_is_507_whether_or_not_its_length_is
 
 
 def test_create_streams_progress_and_show_answers_in_ollamas_shape(tiny_gguf: bytes) -> None:
-    async def check(c: TestClient, store: ModelStore) -> None:
+    async def check(c: InprocClient, store: ModelStore) -> None:
         lines = await create_from_gguf(c, "tiny", tiny_gguf, system="Answer in French.",
                                        parameters={"temperature": 0.3, "stop": ["<|im_end|>"]},
                                        messages=[{"role": "user", "content": "Bonjour"}], license="MIT")
@@ -148,7 +148,7 @@ def test_create_streams_progress_and_show_answers_in_ollamas_shape(tiny_gguf: by
 
 
 def test_create_without_streaming_answers_one_final_object(tiny_gguf: bytes) -> None:
-    async def check(c: TestClient, store: ModelStore) -> None:
+    async def check(c: InprocClient, store: ModelStore) -> None:
         digest = await upload(c, tiny_gguf)
         resp = await c.post("/api/create", json={"model": "quiet", "files": {"model.gguf": digest}, "stream": False})
         assert resp.status == 200 and await resp.json() == {"status": "success"}
@@ -168,7 +168,7 @@ def test_create_without_streaming_answers_one_final_object(tiny_gguf: bytes) -> 
     ({"model": "../../etc/passwd", "files": {"model.gguf": "sha256:" + "a" * 64}}, "model name"),
 ])
 def test_create_refuses_what_it_cannot_do_with_400(body: dict, message: str) -> None:
-    async def check(c: TestClient, store: ModelStore) -> None:
+    async def check(c: InprocClient, store: ModelStore) -> None:
         resp = await c.post("/api/create", json=body)
         assert resp.status == 400, await resp.text()
         assert message in (await resp.json())["error"]
@@ -178,7 +178,7 @@ def test_create_refuses_what_it_cannot_do_with_400(body: dict, message: str) -> 
 def test_create_and_show_name_what_they_ignore_in_the_header(tiny_gguf: bytes) -> None:
     # Ollama ignores unknown fields; so does this server, and it says which. Modelfile parameters that
     # this runtime does not use (num_thread) are kept with the model, and named too.
-    async def check(c: TestClient, store: ModelStore) -> None:
+    async def check(c: InprocClient, store: ModelStore) -> None:
         digest = await upload(c, tiny_gguf)
         resp = await c.post("/api/create", json={"model": "p", "files": {"model.gguf": digest}, "flavour": "spicy",
                                                   "parameters": {"temperature": 0.2, "num_thread": 8}, "stream": False})
@@ -192,7 +192,7 @@ def test_create_and_show_name_what_they_ignore_in_the_header(tiny_gguf: bytes) -
 
 
 def test_create_from_an_unknown_model_is_404_and_from_a_missing_blob_is_400() -> None:
-    async def check(c: TestClient, store: ModelStore) -> None:
+    async def check(c: InprocClient, store: ModelStore) -> None:
         resp = await c.post("/api/create", json={"model": "x", "from": "ghost"})
         assert resp.status == 404 and "ghost" in (await resp.json())["error"]
         resp = await c.post("/api/create", json={"model": "x", "files": {"model.gguf": "sha256:" + "b" * 64}})
@@ -201,7 +201,7 @@ def test_create_from_an_unknown_model_is_404_and_from_a_missing_blob_is_400() ->
 
 
 def test_copy_and_delete_answer_200_with_empty_bodies_and_404_for_unknown_models(tiny_gguf: bytes) -> None:
-    async def check(c: TestClient, store: ModelStore) -> None:
+    async def check(c: InprocClient, store: ModelStore) -> None:
         await create_from_gguf(c, "orig", tiny_gguf)
         resp = await c.post("/api/copy", json={"source": "orig", "destination": "me/copy:v2"})
         assert resp.status == 200 and await resp.read() == b""
@@ -222,7 +222,7 @@ def test_copy_and_delete_answer_200_with_empty_bodies_and_404_for_unknown_models
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "~/x", "http://evil.example/x.tar", "a\x00b", ""])
 def test_pull_and_push_refuse_paths_urls_and_hostile_names_with_400(name: str) -> None:
-    async def check(c: TestClient, store: ModelStore) -> None:
+    async def check(c: InprocClient, store: ModelStore) -> None:
         for route in ("/api/pull", "/api/push"):
             resp = await c.post(route, json={"model": name})
             assert resp.status == 400, (route, await resp.text())
@@ -231,14 +231,14 @@ def test_pull_and_push_refuse_paths_urls_and_hostile_names_with_400(name: str) -
 
 
 def test_pull_never_reads_a_tarball_named_over_http() -> None:
-    async def check(c: TestClient, store: ModelStore) -> None:
+    async def check(c: InprocClient, store: ModelStore) -> None:
         resp = await c.post("/api/pull", json={"model": "backup.tar"})
         assert resp.status == 400 and "looks like a file" in (await resp.json())["error"]
     with_store(check)
 
 
 def test_pull_failure_after_progress_started_ends_the_stream_with_an_error_line() -> None:
-    async def check(c: TestClient, store: ModelStore) -> None:
+    async def check(c: InprocClient, store: ModelStore) -> None:
         # Nothing listens on port 9: the manifest request fails after "pulling manifest" was sent.
         resp = await c.post("/api/pull", json={"model": "127.0.0.1:9/library/nothing:latest", "insecure": True})
         assert resp.status == 200
@@ -252,7 +252,7 @@ def test_pull_failure_after_progress_started_ends_the_stream_with_an_error_line(
 
 
 def test_push_of_an_unknown_model_is_404() -> None:
-    async def check(c: TestClient, store: ModelStore) -> None:
+    async def check(c: InprocClient, store: ModelStore) -> None:
         resp = await c.post("/api/push", json={"model": "127.0.0.1:9/library/ghost:latest", "insecure": True})
         assert resp.status == 404 and "ghost" in (await resp.json())["error"]
     with_store(check)
@@ -273,7 +273,7 @@ def test_a_client_that_hangs_up_mid_pull_cancels_the_download_in_the_store(monke
 
     monkeypatch.setattr(store_server.transfer, "pull", slow_pull)
 
-    async def check(c: TestClient, store: ModelStore) -> None:
+    async def check(c: InprocClient, store: ModelStore) -> None:
         resp = await c.post("/api/pull", json={"model": "127.0.0.1:5000/library/slow:latest"})
         assert json.loads(await resp.content.readline()) == {"status": "pulling manifest"}
         resp.close()  # hang up

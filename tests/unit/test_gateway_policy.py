@@ -1,5 +1,5 @@
 """The field policy and the Ollama parity details, through the gateway against the fake services of
-test_gateway_streaming: ignored fields are named, bounds agree with the worker's, `context` round
+tests/fixtures/gateway_harness.py: ignored fields are named, bounds agree with the worker's, `context` round
 trips, embeddings respect num_ctx, load_duration counts the wait for the model, and the OpenAPI
 request schemas are the request types themselves."""
 
@@ -14,8 +14,8 @@ import pytest
 import structlog
 from aiohttp.test_utils import make_mocked_request
 
-from mlxserve.gateway import request_types
-from mlxserve.gateway.app import OLLAMA_API_VERSION
+from mlxserve.gateway import openapi, request_types, request_types_openai
+from mlxserve.gateway.status_api import OLLAMA_API_VERSION
 from mlxserve.gateway.native import parse_generate, parse_options
 from mlxserve.gateway.openai_api import parse_chat_completion
 from mlxserve.gateway.openapi import build_document
@@ -23,8 +23,7 @@ from mlxserve.gateway.validation import IGNORED_HEADER, BadField, decode, ignore
 from mlxserve.services.common.errors import InvalidArgument
 from mlxserve.v1.requests import SamplingOptions
 
-from .test_gateway_app import with_client
-from .test_gateway_streaming import harness, ndjson, run
+from tests.fixtures.gateway_harness import harness, ndjson, run, with_client
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -76,7 +75,7 @@ def test_every_option_the_gateway_passes_the_worker_accepts_and_the_rest_is_a_40
         assert e.value.param == f"options.{name}"
 
 
-@pytest.mark.parametrize("name, t", numeric_fields(request_types.ChatCompletionRequest, skip=("n", "top_logprobs")))
+@pytest.mark.parametrize("name, t", numeric_fields(request_types_openai.ChatCompletionRequest, skip=("n", "top_logprobs")))
 def test_every_openai_sampling_value_the_gateway_passes_the_worker_accepts(name, t):
     inside, _ = edges(t)
     for value in inside:
@@ -188,14 +187,14 @@ def test_load_duration_is_the_time_spent_getting_the_model_ready():
 
 def test_openapi_request_schemas_are_generated_from_the_request_types():
     doc = build_document()
-    _, generated = msgspec.json.schema_components(request_types.REQUEST_TYPES, ref_template="#/components/schemas/{name}")
+    _, generated = msgspec.json.schema_components(openapi.REQUEST_TYPES, ref_template="#/components/schemas/{name}")
     schemas = doc["components"]["schemas"]
     for name, schema in generated.items():
         assert {k: v for k, v in schemas[name].items() if k != "examples"} == schema, name
     bodies = {op["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
               for item in doc["paths"].values() for op in item.values()
               if isinstance(op, dict) and "application/json" in op.get("requestBody", {}).get("content", {})}
-    assert bodies == {t.__name__ for t in request_types.REQUEST_TYPES}
+    assert bodies == {t.__name__ for t in openapi.REQUEST_TYPES}
     # Unknown fields are ignored, not refused: no request object is closed.
     assert not any(s.get("additionalProperties") is False for n, s in schemas.items() if n in generated)
     assert schemas["Options"]["properties"]["top_p"]["anyOf"][0] == {

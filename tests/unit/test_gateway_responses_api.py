@@ -1,5 +1,5 @@
 """OpenAI's Responses API (/v1/responses): request translation, the response object, the typed event stream,
-and the official `openai` client reading both, against the fake worker of test_gateway_streaming."""
+and the official `openai` client reading both, against the fake worker of tests/fixtures/gateway_harness.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from mlxserve.gateway.openai_responses import parse_responses_request
 from mlxserve.gateway.validation import BadField, UnsupportedField
 from mlxserve.v1.frames import Stats, TokenEvent, ToolCall
 
-from .test_gateway_streaming import harness, run, text
+from tests.fixtures.gateway_harness import harness, run, sse_events, text
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -24,19 +24,6 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in
 def finished(reason: str = "stop") -> TokenEvent:
     return TokenEvent(request_id="", done=True, done_reason=reason,
                       stats=Stats(prompt_eval_count=5, eval_count=3, prompt_tokens=5, cached_tokens=2))
-
-
-async def sse_events(resp) -> list[tuple[str, dict]]:
-    """(event line, data) pairs; checks that each `event:` names its data's `type`."""
-    out = []
-    for block in (await resp.text()).split("\n\n"):
-        if not block.strip():
-            continue
-        lines = dict(line.split(": ", 1) for line in block.splitlines())
-        data = json.loads(lines["data"])
-        assert lines["event"] == data["type"]
-        out.append((lines["event"], data))
-    return out
 
 
 # --- translation -------------------------------------------------------------------------------
@@ -206,7 +193,7 @@ def test_a_failure_mid_stream_is_an_error_event_then_response_failed():
 
 def test_the_official_client_reads_responses_streamed_or_not():
     async def scenario():
-        async with harness() as h:
+        async with harness(port=True) as h:
             def with_openai() -> None:
                 c = openai.OpenAI(base_url=f"{h.url}/v1", api_key="unused", max_retries=0)
                 r = c.responses.create(model="tiny", input="Hi", instructions="Be brief.")

@@ -1,104 +1,34 @@
 """Safe by default: API key, Host check (DNS rebinding), CORS, body size and time limits, the exposure rule.
 
-The app runs against in-process fake services (the generation fakes of test_gateway_streaming plus a
+The app runs against in-process fake services (the generation fakes of tests/fixtures/gateway_harness.py plus a
 store that takes blob uploads), so what is checked is what a client of the real gateway sees.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import ollama
 import openai
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from typer.testing import CliRunner
 
 from mlxserve.cli import serve as serve_cli
 from mlxserve.cli.backend import gateway_headers
 from mlxserve.cli.main import app as mlxctl_app
 from mlxserve.gateway import main as gateway_main
-from mlxserve.gateway.app import create_app
 from mlxserve.gateway.security import check_exposure, is_loopback
 from mlxserve.services.common.config import DEFAULT_CORS_ORIGINS, load_settings
 from mlxserve.services.common.errors import InvalidArgument
-from mlxserve.services.common.rpc import rpc_method
-from mlxserve.v1 import store_pb2, store_pb2_grpc, supervisor_pb2_grpc, worker_pb2_grpc
-from tests.unit.test_gateway_streaming import FakeStore, FakeSupervisor, FakeWorker, _serve, done, text
+from tests.fixtures.gateway_harness import KEY, done, gateway, text
 
 pytestmark = pytest.mark.timeout(30)
 
-KEY = "s3cret-key"
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}]}
-
-
-class BlobStore(FakeStore):
-    """The fake store, plus blob uploads that really hash what they receive."""
-
-    def __init__(self) -> None:
-        self.blobs: dict[str, bytes] = {}
-
-    @rpc_method
-    async def HasBlob(self, request, context):
-        return store_pb2.HasBlobResponse(exists=request.digest in self.blobs)
-
-    @rpc_method
-    async def PutBlob(self, request_iterator, context):
-        digest, data = "", bytearray()
-        async for chunk in request_iterator:
-            digest = digest or chunk.digest
-            data += chunk.data
-        assert digest == "sha256:" + hashlib.sha256(data).hexdigest()
-        self.blobs[digest] = bytes(data)
-        return store_pb2.PutBlobResponse(digest=digest, created=True)
-
-
-@dataclass
-class Gateway:
-    client: TestClient
-    worker: FakeWorker
-    supervisor: FakeSupervisor
-    store: BlobStore
-    url: str
-
-
-@contextlib.asynccontextmanager
-async def gateway(**overrides: Any) -> AsyncIterator[Gateway]:
-    """The real app over fake services, with settings `overrides` (as flags would give them)."""
-    home = Path(tempfile.mkdtemp(prefix="gw", dir="/tmp"))  # short: Unix socket paths are limited
-    settings = load_settings({"home": str(home), **overrides}, env={})
-    settings.ensure_dirs()
-    worker, store = FakeWorker(), BlobStore()
-    worker_sock = settings.run_dir / "worker-1.sock"
-    supervisor = FakeSupervisor(f"unix://{worker_sock}")
-    servers = [
-        await _serve(worker_pb2_grpc.add_WorkerServicer_to_server, worker, worker_sock),
-        await _serve(supervisor_pb2_grpc.add_SupervisorServicer_to_server, supervisor, settings.supervisor_socket),
-        await _serve(store_pb2_grpc.add_StoreServicer_to_server, store, settings.store_socket),
-    ]
-    worker.server = servers[0]
-    client = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
-    await client.start_server()
-    try:
-        yield Gateway(client, worker, supervisor, store, str(client.make_url("")).rstrip("/"))
-    finally:
-        await client.close()
-        for s in servers:
-            await s.stop(0)
-        for t in list(worker.tasks):
-            t.cancel()
-        await asyncio.gather(*worker.tasks, return_exceptions=True)
-        worker.ctx.destroy(linger=0)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def run(coro) -> Any:
@@ -138,7 +68,7 @@ def test_liveness_routes_answer_without_the_key_and_the_key_opens_the_rest():
 
 def test_official_clients_work_with_the_key_and_report_auth_errors_without_it():
     async def scenario():
-        async with gateway(api_key=KEY) as g:
+        async with gateway(api_key=KEY, port=True) as g:
             def with_openai() -> None:
                 c = openai.OpenAI(base_url=f"{g.url}/v1", api_key=KEY, max_retries=0)
                 r = c.chat.completions.create(**CHAT)
@@ -270,7 +200,7 @@ def test_a_blob_upload_is_not_held_to_the_json_body_limit():
 
 def test_a_blob_upload_that_stalls_is_cut_off_and_nothing_is_stored():
     async def scenario():
-        async with gateway(body_timeout=0.5) as g:
+        async with gateway(body_timeout=0.5, port=True) as g:
             digest = "sha256:" + "ab" * 32
             reader, writer = await asyncio.open_connection("127.0.0.1", g.client.port)
             writer.write(f"POST /api/blobs/{digest} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -288,7 +218,7 @@ def test_a_blob_upload_that_stalls_is_cut_off_and_nothing_is_stored():
 
 def test_a_body_that_trickles_in_is_cut_off_with_408():
     async def scenario():
-        async with gateway(body_timeout=0.5) as g:
+        async with gateway(body_timeout=0.5, port=True) as g:
             reader, writer = await asyncio.open_connection("127.0.0.1", g.client.port)
             writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                          b"Content-Length: 200\r\n\r\n{\"model\":")

@@ -1,7 +1,9 @@
 """The gateway's generation path against in-process gRPC services and a real ZeroMQ PUSH socket.
 
-The supervisor, store and worker here are small fakes serving real gRPC on Unix sockets; the fake
-worker PUSHes real TokenEvent frames to the address the gateway put in Submit. What is under test
+The supervisor, store and worker here are small fakes serving real gRPC on Unix sockets
+(tests/fixtures/gateway_harness.py); the fake worker PUSHes real TokenEvent frames to the address the
+gateway put in Submit. The same lease, cancel and worker-loss logic runs without sockets in
+test_gateway_generation.py. What is under test
 is the real gateway: its routing of frames, NDJSON/SSE rendering, error shapes, worker-death
 detection and cancel-on-disconnect, checked with the real `ollama` and `openai` clients too.
 """
@@ -9,257 +11,26 @@ detection and cancel-on-disconnect, checked with the real `ollama` and `openai` 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
 
 import aiohttp
-import grpc
 import ollama
 import openai
 import pytest
 import zmq
 import zmq.asyncio
-from aiohttp.test_utils import TestClient, TestServer
 
-from mlxserve.gateway.app import create_app
-from mlxserve.gateway.streams import TokenRouter
-from mlxserve.services.common.config import load_settings
-from mlxserve.services.common.errors import Busy, InvalidArgument, NotFound, Unsupported
-from mlxserve.services.common.rpc import ping_response, rpc_method
+from mlxserve.gateway.token_router import TokenRouter
 from mlxserve.services.store.changes import ChangeMarker, marker_path
-from mlxserve.v1 import common_pb2, frames, requests, store_pb2, store_pb2_grpc, supervisor_pb2, supervisor_pb2_grpc, worker_pb2, worker_pb2_grpc
-from mlxserve.v1.frames import Stats, TokenEvent
+from mlxserve.v1 import frames
+from mlxserve.v1.frames import TokenEvent
+from tests.fixtures.gateway_harness import done, harness, ndjson, run, sse, text, wait_for
 
 pytestmark = pytest.mark.timeout(30)
-
-DIGEST = "ab" * 32
-STATS = Stats(prompt_eval_count=5, prompt_eval_duration=2_000_000, eval_count=3, eval_duration=9_000_000, prompt_tokens=5)
-
-
-def done(reason: str = "stop", error: str | None = None) -> TokenEvent:
-    return TokenEvent(request_id="", done=True, done_reason=reason, error=error, stats=STATS)
-
-
-def text(t: str) -> TokenEvent:
-    return TokenEvent(request_id="", text=t, token_ids=[1])
-
-
-class FakeWorker(worker_pb2_grpc.WorkerServicer):
-    """Plays `plan` for each Submit: TokenEvents (request_id filled in), sleeps (float), or "die". `submits` holds
-    each request as the worker decodes it, with the call's metadata."""
-
-    def __init__(self) -> None:
-        self.plan: list[Any] = [text("Hel"), text("lo"), done()]
-        self.submits: list[tuple[requests.GenerationRequest, dict[str, str]]] = []
-        self.reply_to: list[str] = []  # each Submit's frame address
-        self.cancels: list[str] = []
-        self.refusal: str | None = None  # set: Submit and Embed fail as a model lacking the capability
-        self.embeds: list[worker_pb2.EmbedRequest] = []
-        self.ctx = zmq.asyncio.Context()
-        self.server: grpc.aio.Server | None = None
-        self.tasks: set[asyncio.Task] = set()
-
-    @rpc_method
-    async def Ping(self, request, context):
-        return ping_response("worker")
-
-    @rpc_method
-    async def Submit(self, request, context):
-        gen = requests.decode(request.request)
-        self.submits.append((gen, dict(context.invocation_metadata())))
-        self.reply_to.append(request.reply_to)
-        if self.refusal:
-            raise Unsupported(self.refusal)
-        task = asyncio.get_running_loop().create_task(self._play(request.reply_to, gen.request_id))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        # The prompt's token ids, as a worker returns them when asked (for /api/generate's `context`).
-        ids = [*gen.context, 7, 8, 9] if gen.want_prompt_tokens else []
-        return worker_pb2.SubmitResponse(prompt_tokens=5, prompt_token_ids=ids)
-
-    @rpc_method
-    async def Embed(self, request, context):
-        """One vector per input: [index, length of the text (or of the token ids), 0], cut to `dimensions`; with
-        truncate false, an input longer than num_ctx is refused as the worker does."""
-        if self.refusal:
-            raise Unsupported(self.refusal)
-        self.embeds.append(request)
-        lengths = [len(t) for t in request.inputs] or [len(t.ids) for t in request.token_inputs]
-        if request.HasField("num_ctx") and request.HasField("truncate") and not request.truncate and max(lengths) > request.num_ctx:
-            raise InvalidArgument(f"input 0 has {max(lengths)} tokens, over the context of {request.num_ctx}")
-        vectors = [[float(i), float(n), 0.0][:request.dimensions or None] for i, n in enumerate(lengths)]
-        tokens = sum(len(t.split()) for t in request.inputs) or sum(len(t.ids) for t in request.token_inputs)
-        return worker_pb2.EmbedResponse(embeddings=[worker_pb2.Embedding(values=v) for v in vectors],
-                                        prompt_tokens=tokens, total_duration_ns=1000)
-
-    @rpc_method
-    async def Cancel(self, request, context):
-        self.cancels.append(request.request_id)
-        return worker_pb2.CancelResponse(cancelled=True)
-
-    async def _play(self, reply_to: str, request_id: str) -> None:
-        sock = self.ctx.socket(zmq.PUSH)
-        sock.connect(reply_to)
-        try:
-            for step in self.plan:
-                if isinstance(step, (int, float)):
-                    await asyncio.sleep(step)
-                elif step == "die":
-                    await self.server.stop(0)
-                    return
-                else:
-                    event = TokenEvent(**{**{f: getattr(step, f) for f in step.__struct_fields__}, "request_id": request_id})
-                    await sock.send(frames.encode(event))
-        finally:
-            sock.close(linger=1000)
-
-
-class FakeSupervisor(supervisor_pb2_grpc.SupervisorServicer):
-    def __init__(self, worker_address: str) -> None:
-        self.worker_address = worker_address
-        self.acquires: list[supervisor_pb2.AcquireRequest] = []
-        self.releases: list[supervisor_pb2.ReleaseRequest] = []
-        self.stops: list[str] = []
-        self.loaded = True
-        self.dead_addresses: list[str] = []  # handed out (once each) before worker_address
-        self.busy = False
-        self.acquire_delay = 0.0
-        self.release_delay = 0.0
-
-    @rpc_method
-    async def Ping(self, request, context):
-        return ping_response("supervisor")
-
-    @rpc_method
-    async def Acquire(self, request, context):
-        if request.model not in ("tiny", "tiny:latest"):
-            raise NotFound(f"no such model {request.model}")
-        if self.busy:
-            raise Busy("the queue for tiny is full", retry_after=3)
-        await asyncio.sleep(self.acquire_delay)
-        self.acquires.append(request)
-        address = self.dead_addresses.pop(0) if self.dead_addresses else self.worker_address
-        return supervisor_pb2.AcquireResponse(lease_id=f"lease-{len(self.acquires)}", worker_address=address,
-                                              model="tiny:latest", digest=DIGEST, load_duration_s=0.25)
-
-    @rpc_method
-    async def Release(self, request, context):
-        await asyncio.sleep(self.release_delay)
-        self.releases.append(request)
-        return supervisor_pb2.ReleaseResponse()
-
-    @rpc_method
-    async def Stop(self, request, context):
-        if not self.loaded:
-            raise NotFound(f"model '{request.model}' is not loaded")
-        self.stops.append(request.model)
-        return supervisor_pb2.StopResponse(stopped=True)
-
-    @rpc_method
-    async def ListLoaded(self, request, context):
-        return supervisor_pb2.ListLoadedResponse(models=[supervisor_pb2.LoadedModel(
-            name="tiny:latest", model="tiny:latest", digest=DIGEST, size=1234, size_vram=0,
-            expires_at="2030-01-01T00:00:00Z", details=common_pb2.ModelDetails(format="safetensors", family="llama"),
-            context_length=2048)])
-
-
-class FakeStore(store_pb2_grpc.StoreServicer):
-    @rpc_method
-    async def Ping(self, request, context):
-        return ping_response("store")
-
-    @rpc_method
-    async def Show(self, request, context):
-        if request.name not in ("tiny", "tiny:latest"):
-            raise NotFound(f"no such model {request.name}")
-        return store_pb2.ShowResponse()
-
-    @rpc_method
-    async def List(self, request, context):
-        return store_pb2.ListResponse(models=[store_pb2.ModelSummary(
-            name="tiny:latest", model="tiny:latest", digest=DIGEST, size=1234, modified_at="2026-01-02T03:04:05Z",
-            details=common_pb2.ModelDetails(format="safetensors", family="llama", families=["llama"],
-                                            parameter_size="1M", quantization_level="F32"))])
-
-
-@dataclass
-class Harness:
-    client: TestClient
-    worker: FakeWorker
-    supervisor: FakeSupervisor
-    url: str
-    home: Path
-    servers: list[grpc.aio.Server] = field(default_factory=list)
-
-    async def post(self, path: str, body: dict, **kw: Any):
-        return await self.client.post(path, data=json.dumps(body), **kw)
-
-
-async def _serve(add, servicer, path: Path) -> grpc.aio.Server:
-    server = grpc.aio.server()
-    add(servicer, server)
-    server.add_insecure_port(f"unix://{path}")
-    await server.start()
-    return server
-
-
-@contextlib.asynccontextmanager
-async def harness() -> AsyncIterator[Harness]:
-    home = Path(tempfile.mkdtemp(prefix="gw", dir="/tmp"))  # short: Unix socket paths are limited to 107 bytes
-    settings = load_settings({"home": str(home)}, env={})
-    settings.ensure_dirs()
-    worker = FakeWorker()
-    worker_sock = settings.run_dir / "worker-1.sock"
-    supervisor = FakeSupervisor(f"unix://{worker_sock}")
-    servers = [
-        await _serve(worker_pb2_grpc.add_WorkerServicer_to_server, worker, worker_sock),
-        await _serve(supervisor_pb2_grpc.add_SupervisorServicer_to_server, supervisor, settings.supervisor_socket),
-        await _serve(store_pb2_grpc.add_StoreServicer_to_server, FakeStore(), settings.store_socket),
-    ]
-    worker.server = servers[0]
-    client = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
-    await client.start_server()
-    try:
-        yield Harness(client, worker, supervisor, str(client.make_url("")).rstrip("/"), home, servers)
-    finally:
-        await client.close()
-        for s in servers:
-            await s.stop(0)
-        for t in list(worker.tasks):
-            t.cancel()
-        await asyncio.gather(*worker.tasks, return_exceptions=True)
-        worker.ctx.destroy(linger=0)
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def run(coro) -> Any:
-    return asyncio.run(coro)
-
-
-async def ndjson(resp) -> list[dict]:
-    return [json.loads(line) for line in (await resp.text()).splitlines() if line.strip()]
-
-
-async def sse(resp) -> list[Any]:
-    events = []
-    for block in (await resp.text()).split("\n\n"):
-        if block.startswith("data: "):
-            data = block[len("data: "):]
-            events.append(data if data == "[DONE]" else json.loads(data))
-    return events
-
-
-async def wait_for(predicate, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 def test_generate_streams_ndjson_chunks_then_a_final_summary():
@@ -508,7 +279,7 @@ def test_openai_error_mid_stream_is_an_error_event_then_done():
 def test_real_clients_read_the_responses():
     """The official `ollama` and `openai` clients parse what the gateway sends (they run in a thread)."""
     async def scenario():
-        async with harness() as h:
+        async with harness(port=True) as h:
             h.worker.plan = [text("Hel"), text("lo"), done("length")]
 
             def with_ollama() -> None:

@@ -10,11 +10,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 import schemathesis
-from aiohttp.test_utils import TestClient, TestServer
 
 from mlxserve.gateway.app import create_app
 from mlxserve.gateway.openapi import build_document
 from mlxserve.services.common.config import load_settings
+from tests.fixtures.inproc_http import InprocClient
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -90,7 +90,7 @@ def test_served_document_is_the_built_one():
 
     async def scenario() -> None:
         home = Path(tempfile.mkdtemp(prefix="gw", dir="/tmp"))
-        client = TestClient(TestServer(create_app(load_settings({"home": str(home)}, env={})), host="127.0.0.1"))
+        client = InprocClient(create_app(load_settings({"home": str(home)}, env={})))
         await client.start_server()
         try:
             resp = await client.get("/openapi.json")

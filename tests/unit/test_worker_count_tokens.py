@@ -10,15 +10,15 @@ import pytest
 from mlxserve.services.common.errors import InvalidArgument
 from mlxserve.services.worker.blas import BlasReport
 from mlxserve.gateway.anthropic_api import parse_messages_request
-from mlxserve.gateway.streams import submit_request
+from mlxserve.gateway.generation import submit_request
 from mlxserve.services.worker.prompts import ChatMessage, GenerationRequest, Tool, ToolChoice, render_prompt
 from mlxserve.services.worker.runner import ModelRunner
 from mlxserve.services.worker.sampling import SamplingOptions
 from mlxserve.services.worker.server import WorkerServicer
 from mlxserve.v1 import requests, worker_pb2
 from tests.fixtures.tool_model import tool_model_dir  # noqa: F401 - fixture
-from tests.unit.test_runner import drive
-from tests.unit.test_worker_server import over_the_wire
+from tests.fixtures.runner_driver import drive
+from tests.fixtures.submit_wire import over_the_wire
 
 READ = Tool("Read", "Read a file", {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]})
 
@@ -64,7 +64,7 @@ def test_count_refuses_what_submit_refuses(runner: ModelRunner) -> None:
 
 
 def test_the_count_tokens_rpc_counts_the_submit_request_it_is_given(runner: ModelRunner) -> None:
-    servicer = WorkerServicer(runner, sender=None, blas=BlasReport("", 0.0, True))  # type: ignore[arg-type]
+    servicer = WorkerServicer(runner, replies=None, blas=BlasReport("", 0.0, True))  # type: ignore[arg-type]
     request = GenerationRequest(request_id="rpc-1", is_chat=True, messages=(ChatMessage("user", "Hi there"),),
                                 tools=(Tool("Read", parameters={"type": "object"}),), thinking_budget=64)
     reply = WorkerServicer.CountTokens.__wrapped__(servicer, worker_pb2.SubmitRequest(request=requests.encode(request)), None)

@@ -1,44 +1,41 @@
-"""The data plane and the generation core shared by both API dialects.
+"""The generation core shared by every API dialect: acquire → register → submit → relay → release.
 
-`TokenRouter` owns the gateway's one ZeroMQ PULL socket and hands each `TokenEvent` frame to the
-queue of the request it names. `GenerationCore.start` runs acquire → register → submit and returns
-a `Generation`, whose `events()` relays frames (watching the worker's health while it waits) and
-whose `close()` cancels an unfinished request and gives the lease back (without waiting for the
-supervisor's answer), whatever happened.
+`GenerationCore.start` leases a worker from the supervisor, registers the request with the token
+router and submits it, and returns a `Generation`, whose `events()` relays frames (watching the
+worker's health while it waits) and whose `close()` cancels an unfinished request and gives the
+lease back (without waiting for the supervisor's answer), whatever happened.
 
 Generations for one model name share a supervisor lease (`_SharedLease`) while the store's change
 marker stays the same: concurrent and back-to-back requests cost one Acquire, not one each.
+
+The core talks to the supervisor and the workers through the `SupervisorClient` / `WorkerClient`
+protocols (clients.py): gRPC in the gateway, in-process fakes in the unit tests.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, AsyncIterator
 
 import msgspec
-import zmq
-import zmq.asyncio
 
-from mlxserve.services.common import logs, rpc
+from mlxserve.services.common import logs
 from mlxserve.services.common.config import Settings
 from mlxserve.services.common.errors import Cancelled, Internal, MlxServeError, NotFound, Timeout, Unavailable
 from mlxserve.services.store.changes import marker_path, read_marker
-from mlxserve.v1 import frames, requests, store_pb2, supervisor_pb2, worker_pb2
+from mlxserve.v1 import requests, supervisor_pb2, worker_pb2
 from mlxserve.v1.frames import Stats, TokenEvent, TokenLogprob, ToolCall
 from mlxserve.v1.requests import ChatMessage, SamplingOptions, Tool, ToolChoice
 
-from .backends import Backends
+from .clients import SupervisorClient, WorkerClient
 from .metrics import GatewayMetrics, InFlight
+from .token_router import RequestStream, TokenRouter
 
-# Frames one request may have waiting; more means its client stopped reading.
-MAX_PENDING_FRAMES = 8192
-# Silence after which the worker is pinged, and how long the ping may take: a dead worker is
-# noticed within about their sum.
+# Silence after which the worker is pinged (the default of GenerationCore's `ping_after_s`), and how
+# long the ping may take: a dead worker is noticed within about their sum.
 PING_AFTER_S = 1.0
 PING_TIMEOUT_S = 0.8
 
@@ -49,97 +46,11 @@ SUBMIT_ATTEMPTS = 2
 # the model's keep-alive timer starts that much later.
 LEASE_LINGER_S = 0.5
 
-log = logs.get_logger(component="streams")
+log = logs.get_logger(component="generation")
 
 
 class _WorkerUnreachable(Unavailable):
     """Submit could not reach the leased worker: it never saw the request, so trying again is safe."""
-
-
-class _RequestStream:
-    """Frames for one in-flight request, bounded; overflow fails the request rather than the router."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[TokenEvent] = asyncio.Queue(maxsize=MAX_PENDING_FRAMES)
-        self.overflowed = False
-
-    def push(self, event: TokenEvent) -> None:
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
-            self.overflowed = True
-
-
-class TokenRouter:
-    """The gateway's ZeroMQ PULL socket, routing frames by request id to per-request queues."""
-
-    def __init__(self, run_dir: Path, *, name: str | None = None) -> None:
-        self.path = Path(run_dir) / (name or f"gateway-{os.getpid()}.ipc")
-        self.address = f"ipc://{self.path}"
-        self._streams: dict[str, _RequestStream] = {}
-        self._ctx: zmq.asyncio.Context | None = None
-        self._sock: zmq.asyncio.Socket | None = None
-        self._task: asyncio.Task | None = None
-
-    async def start(self) -> None:
-        """Bind the socket (replacing a stale file a dead gateway left) and start routing."""
-        rpc.prepare_socket_path(self.path)
-        self._ctx = zmq.asyncio.Context()
-        self._sock = self._ctx.socket(zmq.PULL)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        # A worker's frames queue here up to this many (plus ~2k in the kernel and the worker's own
-        # SNDHWM) before its socket refuses more; from then on the worker merges the frames of each
-        # request (replies.py), so a gateway that fell behind catches up on fewer, larger frames.
-        self._sock.setsockopt(zmq.RCVHWM, 1_000)
-        self._sock.bind(self.address)
-        rpc.secure_socket(self.path)
-        self._task = asyncio.get_running_loop().create_task(self._route(), name="token-router")
-
-    async def _route(self) -> None:
-        assert self._sock is not None
-        while True:
-            data = await self._sock.recv()
-            try:
-                event = frames.decode(data)
-            except msgspec.DecodeError as e:
-                log.warning("bad_frame", error=str(e), size=len(data))
-                continue
-            stream = self._streams.get(event.request_id)
-            if stream is not None:
-                stream.push(event)
-            # else: a frame for a request that already ended (e.g. after a cancel); drop it.
-
-    def register(self, request_id: str) -> _RequestStream:
-        """Start collecting frames for `request_id`; call before Submit so no frame is missed."""
-        stream = self._streams[request_id] = _RequestStream()
-        return stream
-
-    def unregister(self, request_id: str) -> None:
-        self._streams.pop(request_id, None)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._streams)
-
-    async def close(self) -> None:
-        """Stop routing, close the socket and remove its file."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
-            self._task = None
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
-        if self._ctx is not None:
-            self._ctx.term()
-            self._ctx = None
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
 
 
 @dataclass
@@ -203,7 +114,7 @@ class Collected:
 class _SharedLease:
     """One supervisor lease used by every generation for a model name that asks the same keep-alive, for
     as long as the store's change marker reads `marker` and the worker answers. Given back when unused
-    for LEASE_LINGER_S, when a newer lease replaces it, or when its worker is lost."""
+    for the core's lease_linger_s, when a newer lease replaces it, or when its worker is lost."""
 
     def __init__(self, name: str, lease: supervisor_pb2.AcquireResponse, keep_alive_s: float | None, marker: str) -> None:
         self.name = name
@@ -220,7 +131,7 @@ class Generation:
     """A submitted request: iterate `events()`, then (always) `close()`."""
 
     def __init__(self, core: GenerationCore, req: GenerationRequest, submit_id: str, lease: supervisor_pb2.AcquireResponse,
-                 stream: _RequestStream, started_ns: int, in_flight: InFlight | None = None,
+                 stream: RequestStream, started_ns: int, in_flight: InFlight | None = None,
                  shared: _SharedLease | None = None) -> None:
         self.core = core
         self.shared = shared
@@ -294,7 +205,8 @@ class Generation:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise Timeout(f"the request ran past {self.core.settings.request_timeout:g} s")
-            wait = min(PING_AFTER_S, remaining, idle_every) if idle_every else min(PING_AFTER_S, remaining)
+            ping_after = self.core.ping_after_s
+            wait = min(ping_after, remaining, idle_every) if idle_every else min(ping_after, remaining)
             try:
                 event = await asyncio.wait_for(queue.get(), timeout=wait)
             except asyncio.TimeoutError:
@@ -350,11 +262,11 @@ class Generation:
 
     async def _check_worker(self) -> None:
         address = self.lease.worker_address
-        if await self.core.backends.ping_worker(address, timeout=PING_TIMEOUT_S):
+        if await self.core.workers.alive(address, timeout=PING_TIMEOUT_S):
             return
         if not self.stream.queue.empty():  # it finished just as we asked
             return
-        self.core.backends.forget_worker(address)
+        self.core.workers.forget(address)
         self.final = TokenEvent(request_id=self.submit_id, done=True, done_reason="error")
         self.worker_lost = True
         log.warning("worker_lost", model=self.model, worker=address)
@@ -389,8 +301,7 @@ class Generation:
         try:
             if self.final is None:
                 try:
-                    await rpc.call("worker", core.backends.worker(self.lease.worker_address).Cancel,
-                                   worker_pb2.CancelRequest(request_id=self.submit_id), timeout=2.0, request_id=rid)
+                    await core.workers.cancel(self.lease.worker_address, self.submit_id, rid)
                 except MlxServeError as e:
                     log.info("cancel_failed", error=str(e))
         finally:
@@ -404,11 +315,17 @@ class Generation:
 class GenerationCore:
     """acquire → submit → relay → release, shared by the native, OpenAI and Anthropic handlers."""
 
-    def __init__(self, settings: Settings, backends: Backends, router: TokenRouter, metrics: GatewayMetrics | None = None) -> None:
+    def __init__(self, settings: Settings, supervisor: SupervisorClient, workers: WorkerClient, router: TokenRouter,
+                 metrics: GatewayMetrics | None = None, *, ping_after_s: float = PING_AFTER_S,
+                 lease_linger_s: float = LEASE_LINGER_S) -> None:
         self.settings = settings
-        self.backends = backends
+        self.supervisor = supervisor
+        self.workers = workers
         self.router = router
         self.metrics = metrics or GatewayMetrics()
+        # Injectable so that tests notice a lost worker, and see a lease lingering, without waiting.
+        self.ping_after_s = ping_after_s
+        self.lease_linger_s = lease_linger_s
         self._background: set[asyncio.Task] = set()
         self._shared: dict[str, _SharedLease] = {}  # by model name as requested
         self._store_marker = marker_path(settings.run_dir)
@@ -423,11 +340,8 @@ class GenerationCore:
         return lease
 
     async def _acquire(self, model: str, request_id: str, keep_alive_s: float | None) -> supervisor_pb2.AcquireResponse:
-        req = supervisor_pb2.AcquireRequest(model=model, request_id=request_id)
-        if keep_alive_s is not None:
-            req.keep_alive_s = keep_alive_s
-        call = asyncio.ensure_future(rpc.call("supervisor", self.backends.supervisor().Acquire, req,
-                                              timeout=self.settings.load_timeout + 30.0, request_id=request_id))
+        call = asyncio.ensure_future(self.supervisor.acquire(model, request_id, keep_alive_s,
+                                                             timeout=self.settings.load_timeout + 30.0))
         try:
             # Shielded: if the client leaves while the model loads, the lease granted later is
             # still released (below) instead of leaking.
@@ -487,7 +401,7 @@ class GenerationCore:
             if shared.retired:
                 self._give_back(shared)
             else:
-                shared.timer = asyncio.get_running_loop().call_later(LEASE_LINGER_S, self._retire, shared)
+                shared.timer = asyncio.get_running_loop().call_later(self.lease_linger_s, self._retire, shared)
 
     def _retire(self, shared: _SharedLease) -> None:
         """No new generation may use `shared`; it goes back once the last one still using it is done."""
@@ -518,11 +432,8 @@ class GenerationCore:
             await asyncio.wait(list(self._background), timeout=5.0)
 
     async def release(self, lease_id: str, keep_alive_s: float | None, request_id: str) -> None:
-        req = supervisor_pb2.ReleaseRequest(lease_id=lease_id)
-        if keep_alive_s is not None:
-            req.keep_alive_s = keep_alive_s
         try:
-            await rpc.call("supervisor", self.backends.supervisor().Release, req, timeout=5.0, request_id=request_id)
+            await self.supervisor.release(lease_id, keep_alive_s, request_id)
         except MlxServeError as e:
             log.warning("release_failed", lease_id=lease_id, error=str(e))
 
@@ -539,14 +450,9 @@ class GenerationCore:
         """
         self.retire_shared()  # its worker is going away
         try:
-            await rpc.call("supervisor", self.backends.supervisor().Stop, supervisor_pb2.StopRequest(model=model),
-                           timeout=30.0, request_id=request_id)
+            await self.supervisor.unload(model, request_id)
         except NotFound:
-            try:
-                await rpc.call("store", self.backends.store().Show, store_pb2.ShowRequest(name=model),
-                               timeout=10.0, request_id=request_id)
-            except NotFound:
-                raise NotFound(f"model '{model}' not found") from None
+            raise NotFound(f"model '{model}' not found") from None
 
     async def start(self, req: GenerationRequest) -> Generation:
         """Lease a worker and submit; errors before any output raise here (so they get an HTTP status).
@@ -584,8 +490,7 @@ class GenerationCore:
                       tool_choice=req.tool_choice.mode, context=len(req.context), think=req.think, keep_alive_s=req.keep_alive_s,
                       load_duration_s=round(lease.load_duration_s, 3))
         try:
-            resp = await rpc.call("worker", self.backends.worker(lease.worker_address).Submit, submit,
-                                  timeout=30.0, request_id=req.request_id)
+            resp = await self.workers.submit(lease.worker_address, submit, req.request_id)
         except BaseException as e:
             if isinstance(e, MlxServeError):  # the worker refused or never got it: nothing to cancel
                 gen.final = TokenEvent(request_id=submit_id, done=True, done_reason="error")
@@ -593,7 +498,7 @@ class GenerationCore:
             gen.worker_lost = isinstance(e, Unavailable)
             await gen.close()  # when the client went away mid-Submit, this cancels on the worker
             if isinstance(e, Unavailable):
-                self.backends.forget_worker(lease.worker_address)
+                self.workers.forget(lease.worker_address)
                 raise _WorkerUnreachable(f"the worker for model '{gen.model}' is not answering: {e.message}") from None
             raise
         gen.prompt_tokens = resp.prompt_tokens
@@ -606,10 +511,9 @@ class GenerationCore:
         lease = await self.acquire(req.model, req.request_id, req.keep_alive_s)
         submit = submit_request(req, f"{req.request_id}.{secrets.token_hex(4)}", "")
         try:
-            resp = await rpc.call("worker", self.backends.worker(lease.worker_address).CountTokens, submit,
-                                  timeout=30.0, request_id=req.request_id)
+            resp = await self.workers.count_tokens(lease.worker_address, submit, req.request_id)
         except Unavailable as e:
-            self.backends.forget_worker(lease.worker_address)
+            self.workers.forget(lease.worker_address)
             raise Unavailable(f"the worker for model '{lease.model or req.model}' is not answering: {e.message}") from None
         finally:
             self.release_soon(lease.lease_id, req.keep_alive_s, req.request_id)
@@ -627,10 +531,9 @@ class GenerationCore:
         if num_ctx is not None:
             req.num_ctx = num_ctx
         try:
-            resp = await rpc.call("worker", self.backends.worker(lease.worker_address).Embed, req,
-                                  timeout=self.settings.request_timeout, request_id=request_id)
+            resp = await self.workers.embed(lease.worker_address, req, request_id, timeout=self.settings.request_timeout)
         except Unavailable as e:
-            self.backends.forget_worker(lease.worker_address)
+            self.workers.forget(lease.worker_address)
             raise Unavailable(f"the worker for model '{lease.model or model}' is not answering: {e.message}") from None
         finally:
             self.release_soon(lease.lease_id, keep_alive_s, request_id)

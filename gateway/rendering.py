@@ -1,4 +1,4 @@
-"""Rendering shared by the dialects: error bodies, NDJSON lines, SSE events, timestamps.
+"""HTTP rendering shared by the dialects: error bodies, NDJSON lines, SSE events, token logprobs.
 
 Errors are rendered once from the taxonomy in services/common/errors.py: the HTTP status and the
 OpenAI error type come from the exception class; only the body shape depends on the dialect
@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Mapping
 
 from aiohttp import web
 
 from mlxserve.services.common import logs
 from mlxserve.services.common.errors import Busy, MlxServeError, NotFound
+from mlxserve.v1.frames import TokenLogprob
 
 NDJSON_HEADERS = {"Content-Type": "application/x-ndjson"}
 
@@ -50,8 +50,21 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
-def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+def logprobs_json(items: list[TokenLogprob], *, top: bool = True) -> list[dict[str, Any]]:
+    """Token logprobs as every dialect shows them: [{token, logprob, bytes, top_logprobs: [{token, logprob,
+    bytes}]}] (Ollama's, OpenAI chat's `logprobs.content`, the Responses API's). `top` False leaves
+    top_logprobs out (Ollama, when none were asked for); OpenAI's legacy completions regroup these entries."""
+    out = []
+    for lp in items:
+        entry: dict[str, Any] = {"token": lp.token, "logprob": lp.logprob, "bytes": lp.bytes}
+        if top:
+            entry["top_logprobs"] = [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes} for t in lp.top]
+        out.append(entry)
+    return out
+
+
+def sse_response_headers() -> dict[str, str]:
+    return {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
 def native_error_body(message: str) -> dict[str, Any]:
