@@ -29,7 +29,7 @@ import typer
 from mlxserve.services.common.errors import InvalidArgument, NotFound
 
 from .backend import complete_model_names, exits_on_error, settings_from
-from .generate import base_url
+from .gateway_client import base_url
 
 # Claude Code insists on a token; a server without `api_key` takes any.
 PLACEHOLDER_TOKEN = "mlxserve"

@@ -1,4 +1,6 @@
-"""How mlxctl reaches a running mlxserve: settings, gRPC stubs, and errors rendered as one line."""
+"""How mlxctl reaches a running mlxserve: settings, gRPC stubs, and errors rendered as one line.
+
+The gateway's HTTP routes (`run`, `chat`, `bench`) go through gateway_client.py instead."""
 
 from __future__ import annotations
 
@@ -101,7 +103,7 @@ class Backend:
                 raise
 
     def stream(self, service: str, method: str, request: Any) -> Iterator[Any]:
-        """A server-streaming call (store Create), mapping failures to our errors."""
+        """A server-streaming call (the store's Create, Pull, Push, Pack, ImportOllama, Verify), mapping failures to our errors."""
         with self._channel(service) as channel:
             try:
                 yield from getattr(self._stub(service, channel), method)(request)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import io
 import json
 import math
 import os
@@ -19,8 +18,6 @@ import secrets
 import statistics
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -28,11 +25,11 @@ import aiohttp
 import typer
 
 from mlxserve import __version__
-from mlxserve.services.common.errors import Internal, InvalidArgument, MlxServeError, Timeout, Unavailable
+from mlxserve.services.common.errors import Internal, InvalidArgument, Timeout, Unavailable
 
 from .backend import START_HINT, complete_model_names, exits_on_error, gateway_headers, settings_from
-from .generate import _http_error, base_url
-from .render import table
+from .gateway_client import GatewayClient, StreamFailed, base_url, stream_chunks
+from .render import status_lines, table
 
 DEFAULT_PROMPT = "Tell me a story about {subject}."
 SUBJECTS = ("a lighthouse keeper", "a lost robot", "a dragon who bakes bread", "a city under the sea",
@@ -172,36 +169,20 @@ def _body(cfg: BenchConfig, system: str, prompt: str, num_predict: int) -> dict[
 
 def warm_up(cfg: BenchConfig, prompts: Prompts) -> tuple[float, dict]:
     """One one-token request, so the model is loaded before anything is timed: (wall seconds,
-    final chunk). Sent with urllib like `mlxctl run`, so a missing model or a stopped server
+    final chunk). Sent with the client `mlxctl run` uses, so a missing model or a stopped server
     fails here with the same errors."""
     system, prompt = prompts.take()
-    req = urllib.request.Request(f"{cfg.url}/api/generate", data=json.dumps(_body(cfg, system, prompt, 1)).encode(),
-                                 headers={"Content-Type": "application/json", **cfg.headers}, method="POST")
+    client = GatewayClient(cfg.url, cfg.headers, cfg.timeout_s)
     t0 = time.perf_counter()
-    try:
-        resp = urllib.request.urlopen(req, timeout=cfg.timeout_s)
-    except urllib.error.HTTPError as e:
-        raise _http_error(e) from None
-    except (urllib.error.URLError, ConnectionError) as e:
-        raise Unavailable(f"mlxserve is not running (nothing answers at {cfg.url}: {getattr(e, 'reason', e)}); "
-                          f"{START_HINT}") from None
     done: dict = {}
-    with resp:
-        for raw in resp:
-            if raw.strip():
-                chunk = json.loads(raw)
-                if chunk.get("error"):
-                    raise Internal(f"the warm-up request failed: {chunk['error']}")
+    try:
+        with client.generate(_body(cfg, system, prompt, 1)) as chunks:
+            for chunk in chunks:
                 if chunk.get("done"):
                     done = chunk
+    except StreamFailed as e:
+        raise Internal(f"the warm-up request failed: {e}") from None
     return time.perf_counter() - t0, done
-
-
-async def _error_from(resp: aiohttp.ClientResponse) -> MlxServeError:
-    """An HTTP error answer mapped the way `mlxctl run` maps it."""
-    body = await resp.read()
-    return _http_error(urllib.error.HTTPError(str(resp.url), resp.status, resp.reason or "", resp.headers,  # type: ignore[arg-type]
-                                              io.BytesIO(body)))
 
 
 async def stream_one(session: aiohttp.ClientSession, cfg: BenchConfig, system: str, prompt: str,
@@ -210,22 +191,17 @@ async def stream_one(session: aiohttp.ClientSession, cfg: BenchConfig, system: s
     t0 = clock()
     first = last = None
     done: dict = {}
-    async with session.post(f"{cfg.url}/api/generate", json=_body(cfg, system, prompt, cfg.num_predict)) as resp:
-        if resp.status != 200:
-            raise await _error_from(resp)
-        async for raw in resp.content:
-            if not raw.strip():
-                continue
+    try:
+        async for chunk in stream_chunks(session, cfg.url, "/api/generate", _body(cfg, system, prompt, cfg.num_predict)):
             now = clock() - t0
-            chunk = json.loads(raw)
-            if chunk.get("error"):
-                raise Internal(f"a benchmark request failed: {chunk['error']}")
             if chunk.get("done"):
                 done = chunk
                 continue
             # A chunk before the last is a decode step: a token came, whether or not it is visible text yet.
             first = now if first is None else first
             last = now
+    except StreamFailed as e:
+        raise Internal(f"a benchmark request failed: {e}") from None
     total = clock() - t0
     if first is None:  # everything arrived in the final chunk
         first = last = total
@@ -250,14 +226,7 @@ async def run_level(cfg: BenchConfig, prompts: Prompts, streams: int, sequential
 
 
 def server_version(cfg: BenchConfig) -> str:
-    req = urllib.request.Request(f"{cfg.url}/api/version", headers=cfg.headers)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            doc = json.loads(resp.read())
-            # mlxserve's own version; `version` is the Ollama API level it speaks (what Ollama clients check).
-            return str(doc.get("mlxserve_version") or doc.get("version", ""))
-    except (OSError, ValueError):
-        return ""
+    return GatewayClient(cfg.url, cfg.headers, cfg.timeout_s).version()
 
 
 def machine_info() -> dict[str, Any]:
@@ -373,7 +342,7 @@ def bench(
     cfg = BenchConfig(model=model, url=base_url(host, settings.base_url), num_predict=num_predict, runs=runs,
                       concurrency=parse_concurrency(concurrency), prompt=prompt, keep_alive=keepalive,
                       headers=gateway_headers(settings), timeout_s=settings.request_timeout)
-    progress = (lambda msg: print(msg, file=sys.stderr, flush=True)) if sys.stderr.isatty() else (lambda _: None)
+    progress = status_lines(sys.stderr)
     try:
         report = run_bench(cfg, progress)
     except aiohttp.ClientConnectionError as e:

@@ -2,7 +2,7 @@
 
 `ChatSession` is the conversation and its settings (system, options, format, think, verbose) and
 parses the REPL's commands into `Action`s; `InputAssembler` joins `\"\"\"` multi-line blocks; both
-are plain code. `GatewayClient` is the HTTP side, and `repl` the loop that ties them to a terminal
+are plain code. `GatewayClient` (gateway_client.py) is the HTTP side, and `repl` the loop that ties them to a terminal
 (readline editing and history, Ctrl-C stops an answer, Ctrl-D or /bye leaves).
 """
 
@@ -12,19 +12,20 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, TextIO
+from typing import Any, Callable, Optional, TextIO
 
 import typer
 
 from mlxserve.services.common.config import Settings
-from mlxserve.services.common.errors import InvalidArgument, MlxServeError, NotFound
+from mlxserve.services.common.errors import InvalidArgument, MlxServeError
 from mlxserve.services.store.recipes import normalize_parameters
 from mlxserve.v1 import common_pb2, store_pb2
 
 from .backend import complete_model_names, exits_on_error, settings_from
-from .generate import AnswerWriter, base_url, check_format, open_stream, parse_options, post_json, read_chunks, stream_answer
+from .gateway_client import GatewayClient, base_url
 from .models import show_text
-from .render import print_timings
+from .options import check_format, parse_options
+from .render import AnswerWriter, print_answer, print_timings
 
 PROMPT = ">>> "
 CONTINUATION = "... "
@@ -306,32 +307,6 @@ def show_response(shown: dict[str, Any]) -> store_pb2.ShowResponse:
     )
 
 
-class GatewayClient:
-    """The gateway routes a chat needs, over HTTP (so `--host` reaches another machine too)."""
-
-    def __init__(self, url: str, settings: Settings) -> None:
-        self.url = url
-        self.settings = settings
-
-    def show(self, model: str) -> dict[str, Any]:
-        """The model's /api/show answer; an unknown model is NotFound, with where to look."""
-        try:
-            return post_json(self.url, "/api/show", {"model": model}, self.settings)
-        except NotFound as e:
-            raise NotFound(f"{e}; `mlxctl list` shows the models here") from None
-
-    def load(self, body: dict[str, Any]) -> None:
-        post_json(self.url, "/api/chat", body, self.settings)
-
-    def chat(self, body: dict[str, Any]) -> Any:
-        """The open /api/chat response (NDJSON); close it to stop the answer."""
-        return open_stream(self.url, "/api/chat", body, self.settings)
-
-    def create(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        with open_stream(self.url, "/api/create", body, self.settings) as resp:
-            yield from read_chunks(resp)
-
-
 # -- the terminal loop ---------------------------------------------------------------------------------
 
 
@@ -371,8 +346,8 @@ class History:
 def answer(session: ChatSession, client: GatewayClient, text: str, out: TextIO) -> None:
     """Send one turn and print the answer as it streams; keep it only if it finished."""
     writer = AnswerWriter(out)
-    with client.chat(session.chat_body(text)) as resp:
-        done = stream_answer(resp, writer, chat=True)
+    with client.chat(session.chat_body(text)) as chunks:
+        done = print_answer(chunks, writer, chat=True)
     session.record(text, writer.content, writer.thinking)
     if session.verbose and done:
         print_timings(done, out)
@@ -430,7 +405,7 @@ def repl(session: ChatSession, client: GatewayClient, read: Callable[[str], str]
 
 def start_chat(session: ChatSession, url: str, settings: Settings) -> int:
     """Check the model and the server, load the model, and chat on this terminal; the exit code."""
-    client = GatewayClient(url, settings)
+    client = GatewayClient.for_settings(url, settings)
     client.show(session.model)  # an unknown model, or no server, ends here with its exit code
     client.load(session.load_body())
     history = History(settings.home / "history")

@@ -1,165 +1,19 @@
-"""`mlxctl run`: stream one answer from the gateway's /api/generate (NDJSON) to stdout, or chat on a terminal.
-
-Also the HTTP plumbing `mlxctl chat` shares: opening a gateway stream, reading its chunks, and
-printing an answer (thinking first, dimmed on a terminal) as it arrives.
-"""
+"""`mlxctl run`: stream one answer from the gateway's /api/generate (NDJSON) to stdout, or chat on a terminal."""
 
 from __future__ import annotations
 
-import http.client
-import json
 import sys
-import urllib.error
-import urllib.request
-from typing import Iterable, Iterator, Optional, TextIO
+from typing import Optional
 
 import typer
 
-from mlxserve.services.common.config import Settings
-from mlxserve.services.common.errors import (
-    Busy, Cancelled, Forbidden, Internal, InvalidArgument, MlxServeError, NotFound, Timeout, Unauthenticated, Unavailable,
-)
+from mlxserve.services.common.errors import InvalidArgument
 
-from .backend import START_HINT, complete_model_names, exits_on_error, gateway_headers, settings_from
-from .render import print_timings
-
-_BY_STATUS: dict[int, type[MlxServeError]] = {400: InvalidArgument, 401: Unauthenticated, 403: Forbidden, 404: NotFound,
-                                               499: Cancelled, 503: Busy, 504: Timeout}
-
-
-def base_url(host: str | None, default: str) -> str:
-    """`--host` as a URL, host:port, or bare host (with the default port); else the default URL."""
-    if not host:
-        return default
-    if host.startswith(("http://", "https://")):
-        return host.rstrip("/")
-    if ":" in host and not host.startswith("["):
-        return f"http://{host}"
-    port = default.rsplit(":", 1)[1]
-    return f"http://{host}:{port}"
-
-
-def _http_error(e: urllib.error.HTTPError) -> MlxServeError:
-    try:
-        message = json.loads(e.read().decode() or "{}").get("error") or e.reason
-    except (ValueError, AttributeError):
-        message = str(e.reason)
-    if isinstance(message, dict):  # OpenAI-shaped
-        message = message.get("message", str(message))
-    cls = _BY_STATUS.get(e.code, Internal if e.code >= 500 else InvalidArgument)
-    if e.code == 503 and e.headers.get("Retry-After") is None:
-        cls = Unavailable  # a backend is down, not a full queue
-    return cls(str(message))
-
-
-def parse_options(pairs: list[str]) -> dict:
-    """`KEY=VALUE` pairs as an Ollama `options` object; values are JSON where they parse (numbers,
-    booleans, lists), else strings. `stop` may repeat and accumulates into a list."""
-    options: dict = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise InvalidArgument(f"--option wants KEY=VALUE, got {pair!r}")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        key = key.strip()
-        if key == "stop":
-            options.setdefault("stop", []).extend(value if isinstance(value, list) else [str(value)])
-        else:
-            options[key] = value
-    return options
-
-
-def open_stream(url: str, path: str, body: dict, settings: Settings) -> http.client.HTTPResponse:
-    """POST `body` to the gateway; HTTP errors become our errors, nothing listening is 'not running'."""
-    req = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json", **gateway_headers(settings)}, method="POST")
-    try:
-        return urllib.request.urlopen(req, timeout=settings.request_timeout)
-    except urllib.error.HTTPError as e:
-        raise _http_error(e) from None
-    except (urllib.error.URLError, ConnectionError) as e:
-        raise Unavailable(f"mlxserve is not running (nothing answers at {url}: {getattr(e, 'reason', e)}); {START_HINT}") from None
-
-
-def post_json(url: str, path: str, body: dict, settings: Settings) -> dict:
-    """One request, one JSON answer (e.g. /api/show)."""
-    with open_stream(url, path, body, settings) as resp:
-        raw = resp.read()
-    return json.loads(raw) if raw.strip() else {}
-
-
-def read_chunks(resp: Iterable[bytes]) -> Iterator[dict]:
-    """The NDJSON objects of a stream; an `{"error": ...}` line (a failure after the first chunk) raises."""
-    for raw in resp:
-        if not raw.strip():
-            continue
-        chunk = json.loads(raw)
-        if chunk.get("error"):
-            raise Internal(str(chunk["error"]))
-        yield chunk
-
-
-DIM, RESET = "\x1b[2m", "\x1b[0m"
-
-
-class AnswerWriter:
-    """Prints an answer as it streams: thinking first (between Ollama's 'Thinking...' markers,
-    dimmed on a terminal), then the content; `finish` ends the last line."""
-
-    def __init__(self, out: TextIO | None = None) -> None:
-        self.out = out or sys.stdout
-        self.tty = self.out.isatty()
-        self.content = ""
-        self.thinking = ""
-        self._in_thinking = False
-        self._at_line_start = True
-
-    def _write(self, text: str) -> None:
-        self.out.write(text)
-        self.out.flush()
-        self._at_line_start = text.endswith("\n")
-
-    def add(self, content: str = "", thinking: str = "") -> None:
-        if thinking:
-            if not self._in_thinking:
-                self._write("Thinking...\n")
-                self._in_thinking = True
-            self.thinking += thinking
-            self._write(f"{DIM}{thinking}{RESET}" if self.tty else thinking)
-        if content:
-            self._end_thinking()
-            self.content += content
-            self._write(content)
-
-    def _end_thinking(self) -> None:
-        if self._in_thinking:
-            self._in_thinking = False
-            self._write(("" if self._at_line_start else "\n") + "...done thinking.\n\n")
-
-    def finish(self) -> None:
-        self._end_thinking()
-        if not self._at_line_start:
-            self._write("\n")
-
-
-def stream_answer(resp: Iterable[bytes], writer: AnswerWriter, chat: bool) -> dict:
-    """Print a /api/generate (`chat=False`) or /api/chat stream as it arrives; return the final chunk."""
-    done: dict = {}
-    try:
-        for chunk in read_chunks(resp):
-            if chat:
-                message = chunk.get("message") or {}
-                writer.add(message.get("content", ""), message.get("thinking", ""))
-            else:
-                writer.add(chunk.get("response", ""), chunk.get("thinking", ""))
-            if chunk.get("done"):
-                done = chunk
-    finally:
-        writer.finish()
-    return done
+from .backend import complete_model_names, exits_on_error, settings_from
+from .chat import ChatSession, start_chat
+from .gateway_client import GatewayClient, base_url
+from .options import check_format, parse_options
+from .render import AnswerWriter, print_answer, print_timings
 
 
 @exits_on_error
@@ -184,8 +38,6 @@ def run(
     if raw and (system is not None or think is not None):
         raise InvalidArgument("--raw sends the prompt without the template, so it takes no --system or --think")
     if prompt is None and sys.stdin.isatty() and not raw:
-        from .chat import ChatSession, start_chat  # chat pulls in readline; `run PROMPT` needs none of it
-
         session = ChatSession(model=model, system=system, options=options, format=format_, think=think,
                               verbose=verbose, keepalive=keepalive)
         raise typer.Exit(start_chat(session, url, settings))
@@ -204,13 +56,7 @@ def run(
         body["think"] = think
     if raw:
         body["raw"] = True
-    with open_stream(url, "/api/generate", body, settings) as resp:
-        done = stream_answer(resp, AnswerWriter(), chat=False)
+    with GatewayClient.for_settings(url, settings).generate(body) as chunks:
+        done = print_answer(chunks, AnswerWriter(), chat=False)
     if verbose and done:
         print_timings(done)
-
-
-def check_format(format_: str | None) -> None:
-    """`--format` takes `json` (a JSON schema goes through the API, not the command line)."""
-    if format_ is not None and format_ != "json":
-        raise InvalidArgument(f"--format takes 'json', got {format_!r}")

@@ -12,7 +12,7 @@ from mlxserve.services.common.errors import InvalidArgument
 from mlxserve.v1 import common_pb2, store_pb2
 
 from .backend import Backend, complete_model_names, exits_on_error, settings_from
-from .render import human_size, progress_view, relative_time, table
+from .render import human_size, relative_time, show_progress, table
 
 RECIPE_SUFFIXES = {".yaml": "modelspec", ".yml": "modelspec"}  # anything else is read as a Modelfile
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is text; templates and licenses fit many times over
@@ -47,13 +47,8 @@ def list_models(ctx: typer.Context, as_json: bool = typer.Option(False, "--json"
 
 
 def run_progress(backend: Backend, method: str, request: Any) -> None:
-    """Stream a store operation's progress to stdout (bars on a terminal, lines elsewhere)."""
-    view = progress_view()
-    try:
-        for p in backend.stream("store", method, request):
-            view.update(p.status, p.total, p.completed)
-    finally:
-        view.close()
+    """Run a streaming store operation, its progress on stdout (bars on a terminal, lines elsewhere)."""
+    show_progress(backend.stream("store", method, request))
 
 
 def create_model(backend: Backend, name: str, source: Path) -> None:

@@ -1,10 +1,10 @@
-"""How mlxctl prints: tables, human sizes and times, progress lines, Ollama-style timings."""
+"""How mlxctl prints: tables, human sizes and times, progress lines, streamed answers, Ollama-style timings."""
 
 from __future__ import annotations
 
 import datetime as dt
 import sys
-from typing import Iterable, Protocol, Sequence, TextIO
+from typing import Any, Callable, Iterable, Protocol, Sequence, TextIO
 
 from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn,
@@ -161,6 +161,23 @@ def progress_view(out: TextIO | None = None) -> ProgressView:
     return ProgressPrinter(out)
 
 
+def status_lines(out: TextIO) -> Callable[[str], None]:
+    """Where a long command says what it is doing: one line each on a terminal, nothing otherwise."""
+    if not out.isatty():
+        return lambda _: None
+    return lambda message: print(message, file=out, flush=True)
+
+
+def show_progress(events: Iterable[Any], out: TextIO | None = None) -> None:
+    """Render a store operation's Progress stream (status, total, completed) as it arrives."""
+    view = progress_view(out)
+    try:
+        for p in events:
+            view.update(p.status, p.total, p.completed)
+    finally:
+        view.close()
+
+
 def _duration(ns: int) -> str:
     s = ns / 1e9
     if s >= 1:
@@ -186,3 +203,63 @@ def print_timings(done: dict, out=None) -> None:
                 rows.append((f"{prefix} rate:", f"{count / (int(ns) / 1e9):.2f} tokens/s"))
     for label, value in rows:
         print(f"{label:<22}{value}", file=out)
+
+
+DIM, RESET = "\x1b[2m", "\x1b[0m"
+
+
+class AnswerWriter:
+    """Prints an answer as it streams: thinking first (between Ollama's 'Thinking...' markers,
+    dimmed on a terminal), then the content; `finish` ends the last line."""
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+        self.tty = self.out.isatty()
+        self.content = ""
+        self.thinking = ""
+        self._in_thinking = False
+        self._at_line_start = True
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+        self._at_line_start = text.endswith("\n")
+
+    def add(self, content: str = "", thinking: str = "") -> None:
+        if thinking:
+            if not self._in_thinking:
+                self._write("Thinking...\n")
+                self._in_thinking = True
+            self.thinking += thinking
+            self._write(f"{DIM}{thinking}{RESET}" if self.tty else thinking)
+        if content:
+            self._end_thinking()
+            self.content += content
+            self._write(content)
+
+    def _end_thinking(self) -> None:
+        if self._in_thinking:
+            self._in_thinking = False
+            self._write(("" if self._at_line_start else "\n") + "...done thinking.\n\n")
+
+    def finish(self) -> None:
+        self._end_thinking()
+        if not self._at_line_start:
+            self._write("\n")
+
+
+def print_answer(chunks: Iterable[dict], writer: AnswerWriter, chat: bool) -> dict:
+    """Print a /api/generate (`chat=False`) or /api/chat stream's chunks as they arrive; return the final chunk."""
+    done: dict = {}
+    try:
+        for chunk in chunks:
+            if chat:
+                message = chunk.get("message") or {}
+                writer.add(message.get("content", ""), message.get("thinking", ""))
+            else:
+                writer.add(chunk.get("response", ""), chunk.get("thinking", ""))
+            if chunk.get("done"):
+                done = chunk
+    finally:
+        writer.finish()
+    return done

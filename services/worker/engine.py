@@ -1,8 +1,10 @@
-"""The engine thread: the one thread that loads the model and makes every MLX call.
+"""The engine thread: the one thread that loads the model and computes with it.
 
-It builds the ModelRunner (so the model's arrays and streams belong to it), then loops:
-step the runner, hand the frames to `emit`, and sleep on the runner's wake-up event when idle.
-Transport threads only call the runner's thread-safe methods (submit, cancel, counts).
+It builds the ModelRunner (so the model's arrays and streams belong to it), confirms the BLAS
+(a CPU matmul), then loops: step the runner, hand the frames to `emit`, and sleep on the runner's
+wake-up event when idle. Transport threads only call the runner's thread-safe methods (submit,
+cancel, counts); the one other thread that touches MLX is the disk cache's writer, which saves
+arrays this thread has already evaluated, on its own stream (disk_cache.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Callable
 from mlxserve.services.common import logs
 from mlxserve.v1.frames import TokenEvent
 
+from .blas import BlasReport, confirm_blas
 from .runner import ModelRunner
 
 log = logs.get_logger()
@@ -21,9 +24,11 @@ Emit = Callable[[TokenEvent], None]
 
 
 class Engine:
-    def __init__(self, make_runner: Callable[[], ModelRunner], emit: Emit, *, idle_poll_s: float = 0.5) -> None:
+    """Owns the engine thread; `emit` (given to `start`) receives every frame, on that thread."""
+
+    def __init__(self, make_runner: Callable[[], ModelRunner], *, idle_poll_s: float = 0.5) -> None:
         self._make_runner = make_runner
-        self._emit = emit
+        self._emit: Emit = lambda event: None
         self._idle_poll_s = idle_poll_s
         self._loaded = threading.Event()
         self._stopping = threading.Event()
@@ -31,16 +36,23 @@ class Engine:
         self._load_error: BaseException | None = None
         self._shutdown_message = "the worker is shutting down"
         self.runner: ModelRunner | None = None
+        self.blas = BlasReport("", 0.0, False)  # confirmed on the engine thread after the load
         self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
 
-    def start(self) -> ModelRunner:
-        """Start the thread and wait for the model to load; re-raises a load failure."""
+    def start(self, emit: Emit) -> ModelRunner:
+        """Start the thread, frames going to `emit`, and wait for the model to load; re-raises a load failure."""
+        self._emit = emit
         self._thread.start()
         self._loaded.wait()
         if self._load_error is not None:
             raise self._load_error
         assert self.runner is not None
         return self.runner
+
+    def cancel(self, request_id: str) -> bool:
+        """Ask the runner to end `request_id` (any thread); False if unknown or nothing is loaded yet."""
+        runner = self.runner
+        return runner.cancel(request_id) if runner is not None else False
 
     def stop(self, message: str = "the worker is shutting down", timeout: float = 10.0) -> bool:
         """End in-flight requests with an error frame carrying `message`, then stop the thread."""
@@ -52,14 +64,16 @@ class Engine:
 
     def _run(self) -> None:
         try:
-            self.runner = self._make_runner()
+            runner = self._make_runner()
+            # Logged, and shown by ps; measured before the socket answers, so no request competes.
+            self.blas = confirm_blas(runner.device)
+            self.runner = runner
         except BaseException as e:  # noqa: BLE001 - reported to start()'s caller
             self._load_error = e
             self._loaded.set()
             self._stopped.set()
             return
         self._loaded.set()
-        runner = self.runner
         try:
             while not self._stopping.is_set():
                 if not runner.has_work():

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import signal
 import stat
 import sys
@@ -25,6 +24,7 @@ from mlxserve.services.common import lifecycle, logs
 from mlxserve.services.common.config import load_settings, worker_memory_budget
 from mlxserve.services.common.errors import MlxServeError
 from mlxserve.services.common.rpc import CHANNEL_OPTIONS, prepare_socket_path, secure_socket, unix_target
+from mlxserve.services.common.worker_logs import worker_log_name
 from mlxserve.v1 import worker_pb2_grpc
 
 EXIT_LOAD_FAILED = 3
@@ -42,9 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def log_service_name(model_name: str) -> str:
-    """One log file per worker: `worker-<model>` with the name made safe for a file name."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name).strip("._")
-    return f"worker-{safe or os.getpid()}"
+    """One log file per worker: `worker-<model>` (the name the supervisor uses too)."""
+    return worker_log_name(model_name, fallback=str(os.getpid()))
 
 
 def _watch_stdin(stop: threading.Event) -> None:
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from .disk_cache import DiskCacheSettings
     from .embeddings import EmbeddingRunner, is_embedding_model
     from .engine import Engine
-    from .replies import FrameSender
+    from .replies import FrameSender, ReplyRouter
     from .runner import ModelRunner
     from .server import WorkerServicer
 
@@ -113,11 +112,12 @@ def main(argv: list[str] | None = None) -> int:
                                                                settings.prefix_cache_disk_min_tokens),
                            cpu_float32=settings.cpu_float32, memory_budget=memory_budget)
 
-    servicer: WorkerServicer | None = None
-    sender = FrameSender(on_undeliverable=lambda rid: servicer.runner.cancel(rid) if servicer else None)
-    engine = Engine(make_runner, lambda event: servicer.route(event) if servicer else None)
+    # Frames go engine → router (the request's reply_to) → sender; a gateway that is gone cancels.
+    engine = Engine(make_runner)
+    sender = FrameSender(on_undeliverable=engine.cancel)
+    replies = ReplyRouter(sender)
     try:
-        runner = engine.start()
+        runner = engine.start(replies.route)
     except BaseException as e:  # noqa: BLE001 - any load failure ends the process with its cause
         cause = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         name = f"{args.model_name} " if args.model_name else ""
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         os._exit(EXIT_LOAD_FAILED)
     loaded.set()
-    servicer = WorkerServicer(runner, sender, model_name=args.model_name)
+    servicer = WorkerServicer(runner, replies, blas=engine.blas, model_name=args.model_name)
     log.info("model_loaded", model=args.model_name, kind=getattr(runner, "kind", "generate"), model_path=str(args.model_path), load_duration_s=round(runner.load_duration_s, 3),
              device=runner.device, compute_dtype=getattr(runner, "compute_dtype", ""),
              precision_reason=getattr(getattr(runner, "precision", None), "reason", ""), memory_budget=memory_budget,

@@ -1,4 +1,7 @@
-"""The reply path: one thread that owns every ZeroMQ PUSH socket and sends TokenEvent frames.
+"""The reply path: where each request's frames go, and the one thread that sends them.
+
+`ReplyRouter` keeps each request's `reply_to` (registered by Submit before the request is queued,
+so even a frame made at once has an address) and hands the engine's frames to the FrameSender.
 
 ZeroMQ sockets are not thread-safe, so frames from the engine are queued here and a single
 sender thread keeps one PUSH socket per distinct `reply_to` address. Encoding happens on that
@@ -27,6 +30,7 @@ from typing import Callable
 import zmq
 
 from mlxserve.services.common import logs
+from mlxserve.services.common.errors import InvalidArgument
 from mlxserve.v1 import frames
 from mlxserve.v1.frames import TokenEvent
 
@@ -201,3 +205,33 @@ class FrameSender:
             log.warning("frame_undeliverable", request_id=event.request_id, reply_to=address, error=reason)
             if self._on_undeliverable is not None and not event.done:
                 self._on_undeliverable(event.request_id)
+
+
+class ReplyRouter:
+    """Each request's `reply_to`, from Submit until its last frame; the engine's frames go through `route`."""
+
+    def __init__(self, sender: FrameSender) -> None:
+        self._sender = sender
+        self._lock = threading.Lock()
+        self._reply_to: dict[str, str] = {}
+
+    def register(self, request_id: str, reply_to: str) -> None:
+        """Send `request_id`'s frames to `reply_to` (any thread); an id already in flight is refused."""
+        with self._lock:
+            if request_id in self._reply_to:
+                raise InvalidArgument(f"request_id {request_id!r} is already in use")
+            self._reply_to[request_id] = reply_to
+
+    def forget(self, request_id: str) -> None:
+        """Drop the address of a request that was never queued."""
+        with self._lock:
+            self._reply_to.pop(request_id, None)
+
+    def route(self, event: TokenEvent) -> None:
+        """Engine-side sink: send `event` to the gateway that submitted its request."""
+        with self._lock:
+            address = self._reply_to.pop(event.request_id, None) if event.done else self._reply_to.get(event.request_id)
+        if address is None:
+            log.warning("frame_without_reply_to", **logs.submit_fields(event.request_id))
+            return
+        self._sender.send(address, event)

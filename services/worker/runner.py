@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
+import mlx_lm
 from mlx_lm.models.cache import KVCache, QuantizedKVCache, make_prompt_cache
 
 from mlxserve.services.common import logs
@@ -142,7 +143,6 @@ class ModelRunner:
                  cpu_float32: str = "auto", memory_budget: int = 0) -> None:
         """cpu_float32 / memory_budget: see `precision.plan` (budget: bytes this worker may use, 0: unknown).
         prefix_cache_disk: where long prefixes outlive the process (None: nowhere)."""
-        import mlx_lm  # here, so that importing this module stays cheap for the transport layer
 
         if num_parallel < 1 or max_queue < 0:
             raise InvalidArgument("num_parallel must be >= 1 and max_queue >= 0")

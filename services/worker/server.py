@@ -1,16 +1,14 @@
 """The Worker gRPC service: a thin translation from protos to the ModelRunner and back.
 
 Submit decodes the request (requests.GenerationRequest, the gateway's own object: one decode, no
-copies) and registers where its frames go (`reply_to`) before queueing it, so even a frame
-produced at once has an address; the engine's frames are routed through `route()` to the one
-FrameSender thread.
+copies) and registers where its frames go (`reply_to`, with the ReplyRouter) before queueing it;
+from then on the frames go engine → router → FrameSender without coming back here.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import threading
 from typing import Any
 
 import msgspec
@@ -19,11 +17,10 @@ from mlxserve.services.common import logs
 from mlxserve.services.common.errors import InvalidArgument, Unsupported
 from mlxserve.services.common.rpc import ping_response, rpc_method
 from mlxserve.v1 import requests, worker_pb2, worker_pb2_grpc
-from mlxserve.v1.frames import TokenEvent
 
-from .blas import BlasReport, confirm_blas
+from .blas import BlasReport
 from .embeddings import EmbeddingRunner
-from .replies import FrameSender
+from .replies import ReplyRouter
 from .runner import ModelRunner
 
 log = logs.get_logger()
@@ -44,25 +41,14 @@ def resident_memory_bytes() -> int:
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
-    def __init__(self, runner: ModelRunner | EmbeddingRunner, sender: FrameSender, *, model_name: str = "",
-                 blas: BlasReport | None = None) -> None:
+    def __init__(self, runner: ModelRunner | EmbeddingRunner, replies: ReplyRouter, *, blas: BlasReport,
+                 model_name: str = "") -> None:
+        """replies: where Submit registers each request's reply_to; blas: the engine thread's report, for Info."""
         self.runner = runner
-        # Confirmed once, after the load and before the socket answers: logged, and shown by ps.
-        self.blas = blas if blas is not None else confirm_blas(runner.device)
+        self.blas = blas
         self.model_name = model_name or runner.model_path.name
         self.kind = "embed" if isinstance(runner, EmbeddingRunner) else "generate"
-        self.sender = sender
-        self._lock = threading.Lock()
-        self._reply_to: dict[str, str] = {}
-
-    def route(self, event: TokenEvent) -> None:
-        """Engine-side sink: send `event` to the gateway that submitted its request."""
-        with self._lock:
-            address = self._reply_to.pop(event.request_id, None) if event.done else self._reply_to.get(event.request_id)
-        if address is None:
-            log.warning("frame_without_reply_to", **logs.submit_fields(event.request_id))
-            return
-        self.sender.send(address, event)
+        self.replies = replies
 
     @rpc_method
     def Ping(self, request: Any, context: Any) -> Any:
@@ -73,15 +59,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         if not request.reply_to.startswith(REPLY_SCHEMES):
             raise InvalidArgument(f"reply_to must be a ZeroMQ address ({', '.join(REPLY_SCHEMES)}), got {request.reply_to!r}")
         gen = requests.decode(request.request)
-        with self._lock:
-            if gen.request_id in self._reply_to:
-                raise InvalidArgument(f"request_id {gen.request_id!r} is already in use")
-            self._reply_to[gen.request_id] = request.reply_to
+        self.replies.register(gen.request_id, request.reply_to)
         try:
             result = self.runner.submit(gen)
         except BaseException:
-            with self._lock:
-                self._reply_to.pop(gen.request_id, None)
+            self.replies.forget(gen.request_id)
             raise
         log.info("submitted", **logs.submit_fields(gen.request_id), prompt_tokens=result.prompt_tokens,
                  queue_position=result.queue_position)

@@ -6,19 +6,17 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import socket
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Callable, Iterator
 
-import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from typer.testing import CliRunner
 
 from mlxserve.cli.bench import (HEADERS, BenchConfig, Prompts, StreamResult, parse_concurrency, percentile, print_report,
                                 report_rows, stream_one, summarize)
+from mlxserve.cli import gateway_client
 from mlxserve.cli.main import app
-from mlxserve.services.common.errors import InvalidArgument, NotFound
+from mlxserve.services.common.errors import Internal, InvalidArgument, NotFound
+from tests.fixtures.http_gateway import InProcessSession, Unreachable
 
 
 def result(ttft: float, last: float, tokens: int, eval_ns: int) -> StreamResult:
@@ -71,16 +69,6 @@ def ndjson(*chunks: dict) -> bytes:
     return b"".join(json.dumps(c).encode() + b"\n" for c in chunks)
 
 
-def serve(handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-          check: Callable[[str], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        application = web.Application()
-        application.router.add_post("/api/generate", handler)
-        async with TestServer(application) as server:
-            return await check(str(server.make_url("")).rstrip("/"))
-    return asyncio.run(main())
-
-
 def fake_clock(times: list[float]) -> Callable[[], float]:
     it: Iterator[float] = iter(times)
     return lambda: next(it)
@@ -89,23 +77,17 @@ def fake_clock(times: list[float]) -> Callable[[], float]:
 def test_a_stream_is_timed_from_its_first_token_to_its_last_with_the_servers_counts() -> None:
     seen: list[dict] = []
 
-    async def handler(request: web.Request) -> web.StreamResponse:
-        seen.append(await request.json())
-        resp = web.StreamResponse()
-        await resp.prepare(request)
-        await resp.write(ndjson({"response": "a", "done": False}, {"response": "", "done": False},
-                                {"response": "b", "done": False},
-                                {"response": "", "done": True, "eval_count": 3, "eval_duration": 500_000_000,
-                                 "prompt_eval_count": 7, "load_duration": 0}))
-        return resp
+    def answer(method: str, path: str, body: dict | None) -> tuple[int, list[dict], dict[str, str]]:
+        assert path == "/api/generate" and body is not None
+        seen.append(body)
+        return 200, [{"response": "a", "done": False}, {"response": "", "done": False}, {"response": "b", "done": False},
+                     {"response": "", "done": True, "eval_count": 3, "eval_duration": 500_000_000,
+                      "prompt_eval_count": 7, "load_duration": 0}], {}
 
-    async def check(url: str) -> StreamResult:
-        cfg = BenchConfig(model="m", url=url, num_predict=3, runs=1, concurrency=[1], prompt=None, keep_alive="1m")
-        async with aiohttp.ClientSession() as session:
-            # request sent at 10.0; chunks at 10.2, 10.3, 10.6; the final chunk at 10.7; done at 10.8
-            return await stream_one(session, cfg, "sys", "hi", clock=fake_clock([10.0, 10.2, 10.3, 10.6, 10.7, 10.8]))
-
-    r = serve(handler, check)
+    cfg = BenchConfig(model="m", url="http://gateway.test", num_predict=3, runs=1, concurrency=[1], prompt=None, keep_alive="1m")
+    # request sent at 10.0; chunks at 10.2, 10.3, 10.6; the final chunk at 10.7; done at 10.8
+    r = asyncio.run(stream_one(InProcessSession(answer), cfg, "sys", "hi",  # type: ignore[arg-type]
+                               clock=fake_clock([10.0, 10.2, 10.3, 10.6, 10.7, 10.8])))
     assert r.ttft_s == pytest.approx(0.2) and r.last_token_s == pytest.approx(0.6) and r.total_s == pytest.approx(0.8)
     assert r.eval_count == 3 and r.prompt_eval_count == 7
     assert r.server_decode_tps == pytest.approx(6.0) and r.client_decode_tps == pytest.approx(5.0)
@@ -115,16 +97,17 @@ def test_a_stream_is_timed_from_its_first_token_to_its_last_with_the_servers_cou
 
 
 def test_an_http_error_maps_to_the_same_error_as_mlxctl_run() -> None:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return web.json_response({"error": "model 'nope' not found"}, status=404)
-
-    async def check(url: str) -> None:
-        cfg = BenchConfig(model="nope", url=url, num_predict=3, runs=1, concurrency=[1], prompt=None, keep_alive=None)
-        async with aiohttp.ClientSession() as session:
-            await stream_one(session, cfg, "sys", "hi")
-
+    session = InProcessSession(lambda method, path, body: (404, {"error": "model 'nope' not found"}, {}))
+    cfg = BenchConfig(model="nope", url="http://gateway.test", num_predict=3, runs=1, concurrency=[1], prompt=None, keep_alive=None)
     with pytest.raises(NotFound, match="model 'nope' not found"):
-        serve(handler, check)
+        asyncio.run(stream_one(session, cfg, "sys", "hi"))  # type: ignore[arg-type]
+
+
+def test_an_error_line_mid_stream_fails_the_request() -> None:
+    session = InProcessSession(lambda method, path, body: (200, [{"response": "a"}, {"error": "the worker crashed"}], {}))
+    cfg = BenchConfig(model="m", url="http://gateway.test", num_predict=3, runs=1, concurrency=[1], prompt=None, keep_alive=None)
+    with pytest.raises(Internal, match="^a benchmark request failed: the worker crashed$"):
+        asyncio.run(stream_one(session, cfg, "sys", "hi"))  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -149,14 +132,9 @@ def test_the_plain_table_has_a_row_per_level_under_the_headers() -> None:
     assert lines[3].split() == ["2", "2", "50", "ms", "70", "ms", "100.0", "90.5", "16.0"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_cli_with_no_server_says_it_is_not_running_with_exit_code_4(tmp_path) -> None:
-    result = CliRunner().invoke(app, ["--home", str(tmp_path), "bench", "tiny", "--host", f"127.0.0.1:{free_port()}"])
+def test_cli_with_no_server_says_it_is_not_running_with_exit_code_4(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gateway_client, "make_opener", Unreachable().opener)
+    result = CliRunner().invoke(app, ["--home", str(tmp_path), "bench", "tiny", "--host", "127.0.0.1:9"])
     assert result.exit_code == 4
     assert result.output.startswith("Error: mlxserve is not running") and "mlxctl serve" in result.output
 

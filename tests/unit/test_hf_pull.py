@@ -23,7 +23,7 @@ from mlxserve.services.common.errors import (
     Unavailable,
     Unsupported,
 )
-from mlxserve.services.store.hf_hub import GgufChoice, RepoFile, gguf_choices, pick_gguf, quant_label
+from mlxserve.services.store.hf_refs import GgufChoice, RepoFile, gguf_choices, pick_gguf, quant_label
 from mlxserve.services.store.manifest import ANN_SOURCE_MANIFEST, ANN_SOURCE_REF, Manifest
 from mlxserve.services.store.progress import ProgressEvent
 from mlxserve.services.store.store import ModelStore

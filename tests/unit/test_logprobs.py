@@ -12,7 +12,7 @@ from mlxserve.services.worker.runner import ModelRunner
 from mlxserve.services.worker.sampling import SamplingOptions
 from mlxserve.v1.frames import TokenEvent
 from tests.fixtures.tiny_model import write_tiny_model
-from tests.unit.test_runner import chat, drive, run_alone, tokens
+from tests.fixtures.runner_driver import chat, drive, run_alone, tokens
 
 
 @pytest.fixture(scope="module")

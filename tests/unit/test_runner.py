@@ -11,55 +11,14 @@ from mlxserve.services.worker.prompts import ChatMessage, GenerationRequest
 from mlxserve.services.worker.runner import ModelRunner
 from mlxserve.services.worker.sampling import SamplingOptions
 from mlxserve.v1.frames import TokenEvent
+from tests.fixtures.runner_driver import GREEDY, chat, drive, run_alone, text, tokens
 from tests.fixtures.tiny_model import tiny_model_dir, tiny_model_factory  # noqa: F401 - fixtures
-
-GREEDY = SamplingOptions(temperature=0, num_predict=16)
-
 
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory: pytest.TempPathFactory) -> ModelRunner:
     from tests.fixtures.tiny_model import write_tiny_model
 
     return ModelRunner(write_tiny_model(tmp_path_factory.mktemp("runner-model")), num_parallel=4, max_queue=8)
-
-
-_ids = iter(range(1_000_000))
-
-
-def chat(text: str, options: SamplingOptions = GREEDY, request_id: str | None = None) -> GenerationRequest:
-    return GenerationRequest(
-        request_id=request_id or f"req-{next(_ids)}",
-        is_chat=True,
-        messages=(ChatMessage("user", text),),
-        options=options,
-    )
-
-
-def drive(runner: ModelRunner, max_steps: int = 500) -> dict[str, list[TokenEvent]]:
-    """Step until no request is outstanding; frames grouped by request id."""
-    frames: dict[str, list[TokenEvent]] = {}
-    for _ in range(max_steps):
-        step = runner.step()
-        ids = [e.request_id for e in step]
-        assert len(ids) == len(set(ids)), "more than one frame for a request in one step"
-        for e in step:
-            frames.setdefault(e.request_id, []).append(e)
-        if not runner.has_work():
-            return frames
-    raise AssertionError("requests did not finish")
-
-
-def tokens(events: list[TokenEvent]) -> list[int]:
-    return [t for e in events for t in e.token_ids]
-
-
-def text(events: list[TokenEvent]) -> str:
-    return "".join(e.text for e in events)
-
-
-def run_alone(runner: ModelRunner, request: GenerationRequest) -> list[TokenEvent]:
-    runner.submit(request)
-    return drive(runner)[request.request_id]
 
 
 def test_greedy_generation_is_deterministic(runner: ModelRunner) -> None:

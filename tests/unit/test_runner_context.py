@@ -12,7 +12,7 @@ from mlxserve.services.worker.runner import ModelRunner
 from mlxserve.services.worker.sampling import SamplingOptions
 from mlxserve.v1.frames import TokenEvent
 from tests.fixtures.tiny_model import tiny_model_dir  # noqa: F401 - fixture
-from tests.unit.test_worker_server import over_the_wire
+from tests.fixtures.submit_wire import over_the_wire
 
 GREEDY = SamplingOptions(temperature=0, num_predict=12)
 _ids = iter(range(1_000_000))

@@ -15,8 +15,8 @@ from mlxserve.services.worker.prompts import GenerationRequest
 from mlxserve.services.worker.runner import ModelRunner
 from mlxserve.services.worker.sampling import SamplingOptions, make_logits_processors
 from tests.fixtures.tiny_model import write_tiny_model
-from tests.unit.test_runner import chat, drive, run_alone, tokens
-from tests.unit.test_worker_server import over_the_wire
+from tests.fixtures.runner_driver import chat, drive, run_alone, tokens
+from tests.fixtures.submit_wire import over_the_wire
 
 PROMPT = "Tell me a story"
 

@@ -18,7 +18,7 @@ from mlxserve.services.worker.runner import ModelRunner
 from mlxserve.services.worker.sampling import SamplingOptions
 from mlxserve.services.worker.thinking import ThinkingBudget, thinking_budget
 from tests.fixtures.tool_model import think_open_model_dir, tool_model_dir  # noqa: F401 - fixtures
-from tests.unit.test_runner import drive
+from tests.fixtures.runner_driver import drive
 
 VOCAB = 32
 START, END = 10, 11

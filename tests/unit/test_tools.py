@@ -17,7 +17,7 @@ from mlxserve.services.worker.sampling import SamplingOptions
 from mlxserve.v1.frames import TokenEvent, ToolCall
 from tests.fixtures.tiny_model import tiny_model_dir  # noqa: F401 - fixture
 from tests.fixtures.tool_model import think_open_model_dir, tool_model_dir  # noqa: F401 - fixtures
-from tests.unit.test_worker_server import over_the_wire
+from tests.fixtures.submit_wire import over_the_wire
 
 WEATHER = Tool("get_weather", "The weather in a city",
                {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})

@@ -10,7 +10,7 @@ from mlxserve.services.worker.prompts import ChatMessage, GenerationRequest, enc
 from mlxserve.services.worker.runner import ModelRunner
 from mlxserve.services.worker.sampling import SamplingOptions
 from tests.fixtures.tiny_model import write_tiny_model
-from tests.unit.test_runner import drive
+from tests.fixtures.runner_driver import drive
 
 SYSTEM = ChatMessage("system", "You are a lighthouse keeper.")
 HISTORY = tuple(

@@ -6,17 +6,12 @@ import msgspec
 import pytest
 
 from mlxserve.gateway.native import parse_chat
-from mlxserve.gateway.streams import submit_request
+from mlxserve.gateway.generation import submit_request
 from mlxserve.services.common.errors import InvalidArgument
 from mlxserve.services.worker.prompts import ChatMessage, GenerationRequest, SamplingOptions, Tool, ToolChoice
-from mlxserve.v1 import requests, worker_pb2
+from mlxserve.v1 import requests
 from mlxserve.v1.frames import ToolCall
-
-
-def over_the_wire(request: GenerationRequest) -> GenerationRequest:
-    """`request` as the worker gets it: encoded into a SubmitRequest, sent as proto bytes, decoded."""
-    sent = worker_pb2.SubmitRequest(reply_to="ipc:///x", request=requests.encode(request)).SerializeToString()
-    return requests.decode(worker_pb2.SubmitRequest.FromString(sent).request)
+from tests.fixtures.submit_wire import over_the_wire
 
 
 def test_unset_options_stay_unset_so_defaults_apply() -> None:
