@@ -25,7 +25,7 @@ import pytest
 
 from tests.e2e.agent_sandbox import AgentRun, AgentSandbox, cli_binary
 from tests.e2e.harness import System
-from tests.e2e.test_real_clients import TOOLS_TEMPLATE
+from tests.fixtures.templates import TOOLS_TEMPLATE
 
 pytestmark = pytest.mark.timeout(900)
 

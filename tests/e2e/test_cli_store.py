@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from mlxserve.cli import render
 from mlxserve.cli.main import app
 from mlxserve.services.store.store import ModelStore
-from tests.unit.test_gguf import write_tiny_gguf
+from tests.fixtures.tiny_gguf import write_tiny_gguf
 
 runner = CliRunner()
 

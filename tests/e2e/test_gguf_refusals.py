@@ -10,7 +10,7 @@ import ollama
 import pytest
 
 from tests.e2e.harness import System
-from tests.unit.test_gguf import write_tiny_gguf
+from tests.fixtures.tiny_gguf import write_tiny_gguf
 
 pytestmark = pytest.mark.timeout(300)
 

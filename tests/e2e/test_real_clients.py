@@ -53,6 +53,7 @@ from pydantic_ai.providers.openai import OpenAIProvider
 from tests.e2e.conftest import TINY
 from tests.e2e.harness import System
 from tests.fixtures.minilm import find_minilm_dir
+from tests.fixtures.templates import TOOLS_TEMPLATE
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -63,37 +64,6 @@ EXTRACT = "Extract the user: Jason is 25 years old."
 TINY_OPTIONS = {"num_predict": 4, "temperature": 0}
 CALL_TOKENS = 64  # a forced call of User or get_weather is ~35 tokens in this template's format
 LLM_BIN = str(Path(sys.executable).with_name("llm"))
-
-# Hermes / Qwen 2.5 style: tools listed in the system turn, calls written as <tool_call> JSON (what
-# mlx-lm's json_tools parser reads, so the worker can force and parse them). It also writes an
-# author's `name` before the content, as templates that take OpenAI's `name` do.
-TOOLS_TEMPLATE = r"""{%- if tools %}
-{{- '<|im_start|>system\n' }}
-{%- if messages[0].role == 'system' %}{{- messages[0].content + '\n\n' }}{%- endif %}
-{{- '# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>' }}
-{%- for tool in tools %}{{- '\n' }}{{- tool | tojson }}{%- endfor %}
-{{- '\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n' }}
-{%- elif messages[0].role == 'system' %}
-{{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
-{%- endif %}
-{%- for message in messages %}
-{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}
-{{- '<|im_start|>' + message.role + '\n' }}{%- if message.name %}{{- message.name + ': ' }}{%- endif %}{{- message.content + '<|im_end|>\n' }}
-{%- elif message.role == 'assistant' %}
-{{- '<|im_start|>assistant\n' }}{%- if message.name %}{{- message.name + ': ' }}{%- endif %}
-{%- if message.content %}{{- message.content }}{%- endif %}
-{%- for tool_call in message.tool_calls or [] %}
-{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}
-{{- '\n<tool_call>\n{"name": "' + tool_call.name + '", "arguments": ' + (tool_call.arguments | tojson) + '}\n</tool_call>' }}
-{%- endfor %}
-{{- '<|im_end|>\n' }}
-{%- elif message.role == 'tool' %}
-{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}
-{{- '\n<tool_response>\n' + message.content + '\n</tool_response>' }}
-{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\n' }}{%- endif %}
-{%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"""
 
 
 class User(BaseModel):

@@ -12,7 +12,7 @@ import pytest
 
 from tests.e2e.harness import System
 from tests.fixtures.registry import Registry, registry  # noqa: F401 (fixture)
-from tests.unit.test_gguf import write_tiny_gguf
+from tests.fixtures.tiny_gguf import write_tiny_gguf
 
 pytestmark = pytest.mark.timeout(300)
 

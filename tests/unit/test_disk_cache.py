@@ -19,7 +19,7 @@ from mlxserve.services.worker.runner import ModelRunner
 from mlxserve.services.worker.sampling import SamplingOptions
 from mlxserve.v1.frames import TokenEvent
 from tests.fixtures.tiny_model import tiny_model_dir  # noqa: F401 - fixture
-from tests.unit.test_prefix_cache import held, kv
+from tests.fixtures.kv_caches import held, kv
 
 MODEL = "a" * 64
 OTHER = "b" * 64

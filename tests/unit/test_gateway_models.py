@@ -19,7 +19,7 @@ from mlxserve.services.common.config import load_settings
 from mlxserve.services.store.server import build_server
 from mlxserve.services.store.store import ModelStore
 from tests.fixtures.inproc_http import InprocClient
-from tests.unit.test_gguf import write_tiny_gguf
+from tests.fixtures.tiny_gguf import write_tiny_gguf
 
 pytestmark = pytest.mark.timeout(120)
 

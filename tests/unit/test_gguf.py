@@ -1,8 +1,6 @@
 """The GGUF importer through the store: faithful llama conversion, what show reports, refusals.
 
-`write_tiny_gguf` builds a real (random-weight) llama GGUF the way llama.cpp's converter does:
-HF-layout weights, Q/K rows permuted for rotary, a byte-level BPE vocabulary trained with
-`tokenizers`. Other store tests import it. Every architecture and tensor type is covered by
+`write_tiny_gguf` (tests/fixtures/tiny_gguf.py) builds a real random-weight llama GGUF. Every architecture and tensor type is covered by
 test_gguf_roundtrip.py (with tests/fixtures/gguf_export.py); this file covers the llama path in
 detail and everything a user is refused.
 """
@@ -20,146 +18,9 @@ gguf = pytest.importorskip("gguf")
 from mlxserve.services.common.errors import InvalidArgument  # noqa: E402
 from mlxserve.services.store.importers.gguf import import_gguf, read_gguf, unpermute_rows  # noqa: E402
 from mlxserve.services.store.store import ModelStore  # noqa: E402
-
-HIDDEN, HEADS, KV_HEADS, FFN, LAYERS = 64, 2, 1, 128, 2
-HEAD_DIM = HIDDEN // HEADS
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+from tests.fixtures.tiny_gguf import (  # noqa: E402
+    HIDDEN, FFN, CHAT_TEMPLATE, _llama_cpp_permute, _trained_tokenizer, write_tiny_gguf,
 )
-CORPUS = ["the quick brown fox jumps over the lazy dog", "hello world 12345", "a tiny model for tests"] * 20
-
-
-def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """What llama.cpp's convert_hf_to_gguf.py does to Q and K rows."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def _trained_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(CORPUS, trainer)
-    return tok
-
-
-def tiny_hf_weights(vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random float32 weights in Hugging Face llama layout (tied embeddings)."""
-    rng = np.random.default_rng(seed)
-
-    def w(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * 0.05).astype(np.float32)
-
-    out = {"model.embed_tokens.weight": w(vocab, HIDDEN), "model.norm.weight": 1 + w(HIDDEN)}
-    for i in range(LAYERS):
-        p = f"model.layers.{i}"
-        out |= {
-            f"{p}.self_attn.q_proj.weight": w(HEADS * HEAD_DIM, HIDDEN),
-            f"{p}.self_attn.k_proj.weight": w(KV_HEADS * HEAD_DIM, HIDDEN),
-            f"{p}.self_attn.v_proj.weight": w(KV_HEADS * HEAD_DIM, HIDDEN),
-            f"{p}.self_attn.o_proj.weight": w(HIDDEN, HEADS * HEAD_DIM),
-            f"{p}.mlp.gate_proj.weight": w(FFN, HIDDEN),
-            f"{p}.mlp.up_proj.weight": w(FFN, HIDDEN),
-            f"{p}.mlp.down_proj.weight": w(HIDDEN, FFN),
-            f"{p}.input_layernorm.weight": 1 + w(HIDDEN),
-            f"{p}.post_attention_layernorm.weight": 1 + w(HIDDEN),
-        }
-    return out
-
-
-_GGUF_NAMES = {
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-}
-
-
-def _gguf_name(hf: str) -> str:
-    if hf == "model.embed_tokens.weight":
-        return "token_embd.weight"
-    if hf == "model.norm.weight":
-        return "output_norm.weight"
-    _, _, layer, rest = hf.split(".", 3)
-    return f"blk.{layer}.{_GGUF_NAMES[rest.removesuffix('.weight')]}.weight"
-
-
-def write_tiny_gguf(
-    path: Path,
-    *,
-    arch: str = "llama",
-    quant: str = "F32",
-    tokenizer_model: str = "gpt2",
-    pre: str = "gpt-2",
-    extra_tensor: tuple[str, int] | None = None,
-    weights: dict[str, np.ndarray] | None = None,
-) -> dict[str, np.ndarray]:
-    """Write a tiny llama GGUF; returns the HF-layout weights it encodes. `quant`: F32, F16, Q4_0, Q8_0, Q4_1, mixed."""
-    Q = gguf.GGMLQuantizationType
-    tok = _trained_tokenizer()
-    vocab = tok.get_vocab()
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-    model_json = json.loads(tok.to_str())["model"]
-    merges = [" ".join(m) if isinstance(m, list) else m for m in model_json["merges"]]
-    weights = weights if weights is not None else tiny_hf_weights(len(tokens))
-
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_block_count(LAYERS)
-    w.add_context_length(256)
-    w.add_embedding_length(HIDDEN)
-    w.add_feed_forward_length(FFN)
-    w.add_head_count(HEADS)
-    w.add_head_count_kv(KV_HEADS)
-    w.add_rope_dimension_count(HEAD_DIM)
-    w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_vocab_size(len(tokens))
-    w.add_file_type({"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q4_1": 3}.get(quant, 3))
-    w.add_license("apache-2.0")
-    w.add_size_label("tiny")
-    w.add_tokenizer_model(tokenizer_model)
-    w.add_tokenizer_pre(pre)
-    w.add_token_list(tokens)
-    w.add_token_merges(merges)
-    w.add_token_types([3 if t.startswith("<|") else 1 for t in tokens])
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_pad_token_id(2)
-    w.add_unk_token_id(0)
-    w.add_add_bos_token(False)
-    w.add_chat_template(CHAT_TEMPLATE)
-    for hf_name, value in weights.items():
-        name = _gguf_name(hf_name)
-        if ".attn_q." in name:
-            value = _llama_cpp_permute(value, HEADS)
-        elif ".attn_k." in name:
-            value = _llama_cpp_permute(value, KV_HEADS)
-        qtype = Q.F32
-        if value.ndim == 2:
-            qtype = {"F32": Q.F32, "F16": Q.F16, "Q4_0": Q.Q4_0, "Q8_0": Q.Q8_0, "Q4_1": Q.Q4_1}.get(quant, Q.Q4_1)
-            if quant == "mixed" and "ffn_down" in name:
-                qtype = Q.Q8_0
-        if qtype == Q.F32:
-            w.add_tensor(name, value)
-        elif qtype == Q.F16:
-            w.add_tensor(name, value.astype(np.float16))
-        else:
-            w.add_tensor(name, gguf.quants.quantize(value, qtype), raw_dtype=qtype)
-    if extra_tensor is not None:
-        name, qtype = extra_tensor
-        _, nbytes = gguf.GGML_QUANT_SIZES[Q(qtype)]
-        w.add_tensor(name, np.zeros((4, nbytes), np.uint8), raw_dtype=Q(qtype))  # one block per row
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return weights
-
 
 def _load_view(folder: Path):
     import mlx_lm

@@ -25,7 +25,7 @@ from mlxserve.services.store.recipes import CreateSpec
 from mlxserve.services.store.server import build_server
 from mlxserve.services.store.store import ModelStore
 from tests.fixtures import ollama_store as fx
-from tests.unit.test_gguf import write_tiny_gguf
+from tests.fixtures.tiny_gguf import write_tiny_gguf
 
 
 @pytest.fixture(scope="module")

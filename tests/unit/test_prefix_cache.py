@@ -6,34 +6,15 @@ from pathlib import Path
 
 import mlx.core as mx
 import pytest
-from mlx_lm.models.cache import KVCache, RotatingKVCache
+from mlx_lm.models.cache import RotatingKVCache
 
 from mlxserve.services.worker.prefix_cache import PrefixCache
 from mlxserve.services.worker.prompts import ChatMessage, GenerationRequest
 from mlxserve.services.worker.runner import ModelRunner
 from mlxserve.services.worker.sampling import SamplingOptions
 from mlxserve.v1.frames import TokenEvent
+from tests.fixtures.kv_caches import LAYERS, held, kv
 from tests.fixtures.tiny_model import tiny_model_dir  # noqa: F401 - fixture
-
-LAYERS = 2
-
-
-def kv(n_tokens: int, start: float = 0.0) -> list[KVCache]:
-    """A per-layer cache of `n_tokens` positions whose keys hold their position (+ start)."""
-    layers = []
-    for _ in range(LAYERS):
-        c = KVCache()
-        positions = mx.arange(n_tokens, dtype=mx.float32) + start
-        c.keys = mx.broadcast_to(positions[None, None, :, None], (1, 1, n_tokens, 4)) + 0
-        c.values = c.keys + 0
-        c.offset = n_tokens
-        layers.append(c)
-    return layers
-
-
-def held(cache: list[KVCache]) -> list[float]:
-    keys, _ = cache[0].keys_and_values()
-    return keys[0, 0, :, 0].tolist()
 
 
 def entry_bytes(n_tokens: int) -> int:

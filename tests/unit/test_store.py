@@ -12,33 +12,9 @@ from mlxserve.services.common.errors import InvalidArgument, NotFound
 from mlxserve.services.store.blobs import BlobStore, check_digest
 from mlxserve.services.store.format import FORMAT_FILE
 from mlxserve.services.store.store import ModelStore
-from tests.unit.test_gguf import CHAT_TEMPLATE, FFN, HEADS, HIDDEN, KV_HEADS, LAYERS, _trained_tokenizer, tiny_hf_weights, write_tiny_gguf
+from tests.fixtures.tiny_gguf import CHAT_TEMPLATE, write_tiny_gguf, write_tiny_hf_folder
 
 
-def write_tiny_hf_folder(folder: Path, seed: int = 0) -> Path:
-    """A tiny random llama in mlx-lm/HF layout with a trained tokenizer and a chat template."""
-    import mlx.core as mx
-
-    folder.mkdir(parents=True)
-    tok = _trained_tokenizer()
-    tok.save(str(folder / "tokenizer.json"))
-    vocab = tok.get_vocab_size()
-    weights = {k: mx.array(v) for k, v in tiny_hf_weights(vocab, seed).items()}
-    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
-    config = {
-        "model_type": "llama", "hidden_size": HIDDEN, "num_hidden_layers": LAYERS, "intermediate_size": FFN,
-        "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "rms_norm_eps": 1e-5,
-        "vocab_size": vocab, "max_position_embeddings": 512, "tie_word_embeddings": True,
-        "torch_dtype": "float32", "eos_token_id": 2,
-    }
-    (folder / "config.json").write_text(json.dumps(config))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>", "bos_token": "<|im_start|>",
-        "chat_template": CHAT_TEMPLATE,
-    }))
-    (folder / "generation_config.json").write_text(json.dumps({"temperature": 0.3, "top_p": 0.9}))
-    (folder / "README.md").write_text("# tiny\n")
-    return folder
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ from mlxserve.services.store.recipes import CreateSpec, parse_modelfile, parse_m
 from mlxserve.services.store.store import ModelStore
 from mlxserve.services.store.templates import BY_NAME
 from tests.fixtures.tiny_model import write_tiny_model
-from tests.unit.test_gguf import write_tiny_gguf
+from tests.fixtures.tiny_gguf import write_tiny_gguf
 
 
 @pytest.fixture()

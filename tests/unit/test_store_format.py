@@ -4,9 +4,6 @@ step, newer or damaged ones are refused with a message that says what to do, unt
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -104,16 +101,6 @@ def test_an_old_format_with_no_migration_path_is_refused_with_advice(tmp_path: P
         ensure_format(models, migrations={}, current=1)
 
 
-def test_the_store_service_exits_with_the_message_when_the_store_is_newer(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    (home / "models").mkdir(parents=True)
-    (home / "models" / FORMAT_FILE).write_text(json.dumps({"format": CURRENT + 5}))
-    env = {**os.environ, "MLXSERVE_HOME": str(home)}
-    proc = subprocess.run([sys.executable, "-m", "mlxserve.services.store"], env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == Unsupported.exit_code
-    assert f"format {CURRENT + 5}" in proc.stderr and "Upgrade mlxserve" in proc.stderr
-    assert not (home / "run" / "store.sock").exists()
-
 
 def _old_store_with(models: Path, names: dict[str, bytes]) -> None:
     """A format-1 store whose bare names live under the old default host, mlxserve.local."""
@@ -126,7 +113,7 @@ def _old_store_with(models: Path, names: dict[str, bytes]) -> None:
 
 
 def test_format_1_bare_names_move_to_ollamas_host_and_keep_their_short_names(tmp_path: Path) -> None:
-    from tests.unit.test_store import write_tiny_hf_folder
+    from tests.fixtures.tiny_gguf import write_tiny_hf_folder
 
     models = tmp_path / "models"
     store = ModelStore(models)

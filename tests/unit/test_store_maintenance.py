@@ -13,7 +13,7 @@ import pytest
 
 from mlxserve.services.common.errors import InvalidArgument, NotFound
 from mlxserve.services.store.store import ModelStore
-from tests.unit.test_store import write_tiny_hf_folder
+from tests.fixtures.tiny_gguf import write_tiny_hf_folder
 
 
 @pytest.fixture()

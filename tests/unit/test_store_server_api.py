@@ -24,7 +24,7 @@ from mlxserve.services.store.progress import ProgressEvent
 from mlxserve.services.store.server import build_server, disk_full_as_error
 from mlxserve.services.store.store import ModelStore
 from mlxserve.v1 import store_pb2, store_pb2_grpc
-from tests.unit.test_gguf import write_tiny_gguf
+from tests.fixtures.tiny_gguf import write_tiny_gguf
 
 OLD = time.time() - 7 * 86400
 

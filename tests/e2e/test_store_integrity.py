@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from mlxserve.services.store.store import ModelStore
-from tests.unit.test_store import write_tiny_hf_folder
+from tests.fixtures.tiny_gguf import write_tiny_hf_folder
 
 BIG = 160 * 1024 * 1024  # large enough that copying and hashing it takes a while
 

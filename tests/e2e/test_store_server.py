@@ -16,9 +16,10 @@ import grpc
 import pytest
 
 from mlxserve.services.common import rpc
-from mlxserve.services.common.errors import InvalidArgument, NotFound
+from mlxserve.services.common.errors import InvalidArgument, NotFound, Unsupported
+from mlxserve.services.store.format import CURRENT, FORMAT_FILE
 from mlxserve.v1 import common_pb2, store_pb2, store_pb2_grpc
-from tests.unit.test_gguf import write_tiny_gguf
+from tests.fixtures.tiny_gguf import write_tiny_gguf
 
 
 @pytest.fixture()
@@ -121,3 +122,14 @@ def test_ping_and_list_answer_while_a_gguf_imports(service, smollm2_gguf: Path) 
     stub.List(store_pb2.ListRequest(), timeout=2)
     assert done.wait(120) and statuses[-1] == "success"
     assert [m.name for m in stub.List(store_pb2.ListRequest(), timeout=5).models] == ["smollm2:latest"]
+
+
+def test_the_store_service_exits_with_the_message_when_the_store_is_newer(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / FORMAT_FILE).write_text(json.dumps({"format": CURRENT + 5}))
+    env = {**os.environ, "MLXSERVE_HOME": str(home)}
+    proc = subprocess.run([sys.executable, "-m", "mlxserve.services.store"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == Unsupported.exit_code
+    assert f"format {CURRENT + 5}" in proc.stderr and "Upgrade mlxserve" in proc.stderr
+    assert not (home / "run" / "store.sock").exists()
