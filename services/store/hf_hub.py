@@ -41,7 +41,6 @@ import tempfile
 import threading
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
 
 from mlxserve.services.common.errors import (
     Cancelled,
@@ -68,10 +67,8 @@ from .manifest import (
 from .names import ModelName
 from .progress import ProgressCallback, ProgressEvent
 from .recipes import CreateSpec
+from .remotes import Remotes
 from .store import ModelStore, ModelSummary
-
-if TYPE_CHECKING:
-    from .transfer import Remotes
 
 __all__ = ["DEFAULT_ENDPOINT", "DEFAULT_QUANT", "QUANT_ORDER", "pick_gguf", "pull", "quant_label"]
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 from mlxserve.services.common.errors import Cancelled, Internal, InvalidArgument, NotFound, Unavailable
@@ -34,25 +33,11 @@ from .manifest import ANN_SOURCE_REF
 from .names import DEFAULT_HOST, HF_HOST, ModelName, parse_name
 from .progress import ProgressCallback, ProgressEvent, no_progress
 from .registry import OCI_MANIFEST, RegistryClient
+from .remotes import OLLAMA_REGISTRY, Remotes  # noqa: F401 - Remotes is part of this module's API
 from .store import ModelStore, ModelSummary
 
 __all__ = ["Remotes", "pull", "push", "pack", "partial_path", "registry_for"]
 
-OLLAMA_REGISTRY = "registry.ollama.ai"
-
-
-@dataclass(frozen=True)
-class Remotes:
-    """Where names without a registry of their own are pulled from (the store's settings)."""
-
-    default_registry: str = OLLAMA_REGISTRY  # "host[:port]", "https://host[:port]" or "http://host[:port]"
-    hf_endpoint: str = ""                    # "" : $HF_ENDPOINT, else https://huggingface.co
-    hf_token_file: str = ""                  # "" : $HF_TOKEN, else huggingface_hub's saved token
-
-    @classmethod
-    def from_settings(cls, settings: object) -> Remotes:
-        return cls(getattr(settings, "default_registry", OLLAMA_REGISTRY) or OLLAMA_REGISTRY,
-                   getattr(settings, "hf_endpoint", ""), getattr(settings, "hf_token_file", ""))
 
 
 def registry_for(mname: ModelName, remotes: Remotes, insecure: bool) -> tuple[str, bool]:
