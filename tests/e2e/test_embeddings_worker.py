@@ -1,5 +1,5 @@
 """Embedding and generative workers as real processes: Embed over gRPC, and each refusing the other's verb
-(moved from tests/unit/test_embeddings.py: these spawn workers)."""
+(the embedding runner in a real worker process; test_embeddings.py has it in process)."""
 
 from __future__ import annotations
 
