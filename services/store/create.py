@@ -8,18 +8,19 @@ On any failure nothing is left behind: no new blobs, no manifest, no staging fil
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mlxserve import __version__
 from mlxserve.services.common.errors import Internal, InvalidArgument, NotFound
 
-from .blobs import digest_of_file, remove_tree, write_atomic
+from .blobs import BlobStore, digest_of_file, remove_tree, write_atomic
 from .gotemplate import bos_token_added, is_go_template, jinja_syntax_error, to_jinja, tool_parser_for
 from .manifest import (
     ANN_CONVERTER,
@@ -39,10 +40,30 @@ from .manifest import (
 from .names import ModelName, parse_name
 from .progress import ProgressCallback, ProgressEvent, no_progress
 from .recipes import RUNTIME_PARAMETERS, CreateSpec, quantization
+from .store_types import Found, ModelSummary
 from .templates import capabilities, default_stops, pick_template
 
 if TYPE_CHECKING:
-    from .store import ModelStore, ModelSummary
+    import structlog
+
+
+class CreateTarget(Protocol):
+    """What a create needs of the store (`ModelStore` is one); named here so create.py need not import store.py."""
+
+    models_dir: Path
+    tmp_dir: Path
+    blobs: BlobStore
+    log: structlog.stdlib.BoundLogger
+
+    def locked(self) -> contextlib.AbstractContextManager[None]: ...
+    def in_flight(self) -> contextlib.AbstractContextManager[None]: ...
+    def find(self, mname: ModelName) -> Found: ...
+    def manifest_at(self, path: Path) -> Manifest | None: ...
+    def config_of(self, manifest: Manifest) -> ModelConfig: ...
+    def summary(self, mname: ModelName, path: Path, data: bytes, manifest: Manifest,
+                config: ModelConfig | None = None) -> ModelSummary: ...
+    def collect(self, candidates: set[str]) -> set[str]: ...
+    def prune_empty_dirs(self, folder: Path) -> None: ...
 
 
 @dataclass
@@ -58,7 +79,7 @@ class Draft:
 class CreatePipeline:
     """Runs one `create` against a store (see `ModelStore.create`)."""
 
-    def __init__(self, store: ModelStore) -> None:
+    def __init__(self, store: CreateTarget) -> None:
         self.store = store
 
     def create(self, name: str, spec: CreateSpec, progress: ProgressCallback = no_progress) -> ModelSummary:

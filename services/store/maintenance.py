@@ -1,25 +1,43 @@
 """verify and gc: re-hash every blob; collect what no manifest references.
 
-Both read the store through `ModelStore`'s own views of it (manifest paths, blobs, locks), so
+Both read the store through its own views of it (manifest paths, blobs, locks: `MaintainedStore`), so
 they hold the same locks as create, pull and remove.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from mlxserve.services.common.errors import Internal, MlxServeError
 
-from .blobs import digest_of_file, newest_mtime, remove_tree, tree_size
+from .blobs import BlobStore, digest_of_file, newest_mtime, remove_tree, tree_size
 from .manifest import Manifest
 from .names import name_from_manifest_path
 from .progress import ProgressCallback, ProgressEvent, no_progress
 
 if TYPE_CHECKING:
-    from .store import ModelStore
+    import structlog
+
+
+class MaintainedStore(Protocol):
+    """What verify and gc need of the store (`ModelStore` is one); named here so this module need not import store.py."""
+
+    models_dir: Path
+    tmp_dir: Path
+    manifests_dir: Path
+    views_dir: Path
+    blobs: BlobStore
+    log: structlog.stdlib.BoundLogger
+
+    def locked(self) -> contextlib.AbstractContextManager[None]: ...
+    def nothing_in_flight(self) -> contextlib.AbstractContextManager[bool]: ...
+    def manifest_paths(self) -> list[Path]: ...
+
 
 PARTIAL_PREFIX = "partial-"  # resumable downloads (transfer.py); gc drops stale ones
 PARTIAL_MAX_AGE_S = 3600.0
@@ -53,7 +71,7 @@ class GcReport:
     removed_partials: list[str] = field(default_factory=list)  # names under models/tmp
 
 
-def verify(store: ModelStore, progress: ProgressCallback = no_progress) -> VerifyReport:
+def verify(store: MaintainedStore, progress: ProgressCallback = no_progress) -> VerifyReport:
     """Re-hash every blob; report corrupt and missing ones with the models they break.
 
     Reads only (no lock held), so serving and creating go on meanwhile.
@@ -93,7 +111,7 @@ def verify(store: ModelStore, progress: ProgressCallback = no_progress) -> Verif
     return VerifyReport(checked=len(present), corrupt=corrupt, missing=missing, damaged_manifests=damaged)
 
 
-def gc(store: ModelStore, *, orphan_min_age_s: float = ORPHAN_MIN_AGE_S,
+def gc(store: MaintainedStore, *, orphan_min_age_s: float = ORPHAN_MIN_AGE_S,
        partial_max_age_s: float = PARTIAL_MAX_AGE_S) -> GcReport:
     """Remove unreferenced blobs, stale partial downloads, staging leftovers and stale views.
 
@@ -148,7 +166,7 @@ def gc(store: ModelStore, *, orphan_min_age_s: float = ORPHAN_MIN_AGE_S,
     return GcReport(removed_blobs=removed, freed_bytes=freed, removed_partials=partials)
 
 
-def _size_or_zero(store: ModelStore, digest: str) -> int:
+def _size_or_zero(store: MaintainedStore, digest: str) -> int:
     try:
         return store.blobs.path(digest).stat().st_size
     except OSError:

@@ -39,30 +39,12 @@ from .modelfile import modelfile_text, parameters_text
 from .names import ModelName, manifests_root, name_from_manifest_path, parse_name
 from .progress import ProgressCallback, no_progress
 from .recipes import CreateSpec
+from .store_types import Found, ModelDetails, ModelSummary
 from .views import VIEW_DEFAULTS_FILE, build_view, view_defaults, view_ok
 
 __all__ = ["ModelStore", "ModelSummary", "ModelDetails", "ModelShow", "ResolvedModel", "VIEW_DEFAULTS_FILE"]
 
 _TMP_PREFIXES = ("create-", "view-", "trash-", ".blob-", ".write-")
-
-
-@dataclass(frozen=True)
-class ModelDetails:
-    format: str
-    family: str
-    families: list[str]
-    parameter_size: str
-    quantization_level: str
-    parent_model: str = ""
-
-
-@dataclass(frozen=True)
-class ModelSummary:
-    name: str          # display name, e.g. "smollm2:latest"
-    digest: str        # manifest digest, hex without "sha256:"
-    size: int          # bytes of all layers
-    modified_at: str   # RFC 3339
-    details: ModelDetails
 
 
 @dataclass(frozen=True)
@@ -94,16 +76,6 @@ class ResolvedModel:
     capabilities: list[str] = field(default_factory=list)
     context_length: int = 0
     config: ModelConfig | None = None
-
-
-@dataclass(frozen=True)
-class Found:
-    """A manifest located by name: its canonical name, path, exact bytes and digest."""
-
-    name: ModelName
-    path: Path
-    data: bytes
-    digest: str  # "sha256:<hex>"
 
 
 class ModelStore:
