@@ -4,26 +4,21 @@ official `anthropic` client reading all of it, against the fake services of test
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
-import anthropic
 import pytest
 
 from mlxserve.gateway import anthropic_api
 from mlxserve.gateway.anthropic_api import parse_count_tokens_request, parse_messages_request, usage_json
 from mlxserve.gateway.validation import BadField, UnsupportedField
-from mlxserve.services.common.rpc import rpc_method
-from mlxserve.v1 import requests, worker_pb2
 from mlxserve.v1.frames import Stats, TokenEvent, ToolCall
-from mlxserve.v1.requests import GenerationRequest
-from tests.fixtures.gateway_harness import KEY, FakeWorker, gateway, harness, run, text, wait_for
+from tests.fixtures.gateway_harness import KEY, gateway, harness, run, text, wait_for
 from tests.fixtures.gateway_harness import sse_events as events
+from tests.fixtures.anthropic_plans import USER, counting_worker  # noqa: F401 (counting_worker: a fixture)
 
 pytestmark = pytest.mark.timeout(30)
 
-USER = [{"role": "user", "content": "Hi"}]
 SCHEMA = {"type": "object", "properties": {"path": {"type": "string"}, "limit": {"type": "integer"}}, "required": ["path"]}
 READ = {"name": "Read", "description": "Read a file", "input_schema": SCHEMA}
 VERSION = {"anthropic-version": "2023-06-01"}
@@ -36,21 +31,6 @@ def body(**fields: Any) -> dict[str, Any]:
 def finished(reason: str = "stop", stop_sequence: str | None = None, cached: int = 0) -> TokenEvent:
     return TokenEvent(request_id="", done=True, done_reason=reason, stop_sequence=stop_sequence,
                       stats=Stats(prompt_eval_count=10 - cached, eval_count=3, prompt_tokens=10, cached_tokens=cached))
-
-
-@pytest.fixture
-def counting_worker(monkeypatch: pytest.MonkeyPatch) -> list[GenerationRequest]:
-    """The fake worker answers CountTokens: 7 tokens per message plus 5 per tool; the requests are kept (decoded)."""
-    counted: list[GenerationRequest] = []
-
-    @rpc_method
-    async def CountTokens(self, request, context):
-        gen = requests.decode(request.request)
-        counted.append(gen)
-        return worker_pb2.CountTokensResponse(prompt_tokens=7 * len(gen.messages) + 5 * len(gen.tools))
-
-    monkeypatch.setattr(FakeWorker, "CountTokens", CountTokens, raising=False)
-    return counted
 
 
 # --- translation -------------------------------------------------------------------------------
@@ -380,7 +360,7 @@ def test_the_api_key_is_taken_from_x_api_key_or_a_bearer_token_and_refused_in_an
     run(scenario())
 
 
-def test_count_tokens_counts_on_the_worker_without_generating(counting_worker):
+def test_count_tokens_counts_on_the_worker_without_generating(counting_worker):  # noqa: F811 (the fixture)
     async def scenario():
         async with harness() as h:
             resp = await h.post("/v1/messages/count_tokens", {"model": "tiny", "system": "Be brief.", "messages": USER,
@@ -411,32 +391,4 @@ def test_models_are_listed_in_anthropics_shape_when_asked_with_anthropic_version
             assert missing.status == 404 and (await missing.json())["error"]["type"] == "not_found_error"
             openai_page = await (await h.client.get("/v1/models")).json()
             assert openai_page["object"] == "list" and openai_page["data"][0]["object"] == "model"
-    run(scenario())
-
-
-def test_the_anthropic_client_reads_messages_streams_counts_models_and_errors(counting_worker):
-    async def scenario():
-        async with harness(port=True) as h:
-            def with_anthropic() -> None:
-                c = anthropic.Anthropic(base_url=h.url, api_key="unused", max_retries=0)
-                msg = c.messages.create(model="tiny", max_tokens=16, messages=USER)
-                assert msg.content[0].text == "Hello" and msg.stop_reason == "end_turn" and msg.usage.output_tokens == 3
-                beta = c.beta.messages.create(model="tiny", max_tokens=16, messages=USER, betas=["interleaved-thinking-2025-05-14"])
-                assert beta.content[0].text == "Hello"
-                with c.messages.stream(model="tiny", max_tokens=16, messages=USER) as stream:
-                    assert "".join(stream.text_stream) == "Hello"
-                    final = stream.get_final_message()
-                assert final.content[0].text == "Hello" and final.usage.input_tokens == 5 and final.usage.output_tokens == 3
-                assert c.messages.count_tokens(model="tiny", messages=USER).input_tokens == 7
-                assert [m.id for m in c.models.list()] == ["tiny:latest"]
-                with pytest.raises(anthropic.NotFoundError) as e:
-                    c.messages.create(model="nope", max_tokens=16, messages=USER)
-                assert e.value.body["error"]["type"] == "not_found_error"
-                with pytest.raises(anthropic.BadRequestError) as e:
-                    c.messages.create(model="tiny", max_tokens=16, messages=[
-                        {"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png",
-                                                                                   "data": "AA=="}}]}])
-                assert "messages[0].content[0].type" in e.value.message
-
-            await asyncio.to_thread(with_anthropic)
     run(scenario())

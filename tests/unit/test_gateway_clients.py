@@ -5,38 +5,19 @@ client asked for. The e2e suite drives the same paths with the clients themselve
 
 from __future__ import annotations
 
-import asyncio
 import json
 
-import openai
 import pytest
 
-from mlxserve.v1.requests import GenerationRequest
-from mlxserve.v1.frames import Stats, TokenEvent, ToolCall
+from mlxserve.v1.frames import TokenEvent, ToolCall
 
 from tests.fixtures.gateway_harness import harness, run, sse, text
+from tests.fixtures.gateway_plans import AUTO, CODEX_TOOLS, NONE, REQUIRED, WEATHER, calls, finished, submit_of
 
 pytestmark = pytest.mark.timeout(30)
 
-AUTO, NONE, REQUIRED = "auto", "none", "required"
 USER_SCHEMA = {"properties": {"name": {"title": "Name", "type": "string"}, "age": {"title": "Age", "type": "integer"}},
                "required": ["name", "age"], "title": "User", "type": "object"}
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
-
-
-def finished(reason: str = "stop") -> TokenEvent:
-    return TokenEvent(request_id="", done=True, done_reason=reason, stats=Stats(prompt_eval_count=5, eval_count=3, prompt_tokens=5))
-
-
-def calls(*names: str) -> list[TokenEvent]:
-    """A turn in which the model calls each of `names`, then stops."""
-    return [TokenEvent(request_id="", token_ids=[1], tool_calls=[ToolCall(name=n, arguments='{"city":"Paris"}', id=f"call_{i}")
-                                                                 for i, n in enumerate(names)]), finished("tool_calls")]
-
-
-def submit_of(h) -> GenerationRequest:
-    return h.worker.submits[-1][0]
 
 
 # --- forcing a tool call (item 1) -------------------------------------------------------------------------
@@ -101,25 +82,6 @@ def test_langchain_bind_tools_with_allowed_tools_and_an_unknown_forced_name():
                                                          "tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}})
             error = (await resp.json())["error"]
             assert resp.status == 400 and error["param"] == "tool_choice.function.name" and "'nope'" in error["message"]
-    run(scenario())
-
-
-def test_the_openai_sdk_forces_a_call_and_reads_it_back():
-    async def scenario():
-        async with harness(port=True) as h:
-            h.worker.plan = calls("get_weather")
-
-            def with_openai() -> None:
-                c = openai.OpenAI(base_url=f"{h.url}/v1", api_key="unused", max_retries=0)
-                r = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Paris?"}], tools=[WEATHER],
-                                              tool_choice={"type": "function", "function": {"name": "get_weather"}},
-                                              parallel_tool_calls=False)
-                [call] = r.choices[0].message.tool_calls
-                assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
-
-            await asyncio.to_thread(with_openai)
-            choice = submit_of(h).tool_choice
-            assert (choice.mode, list(choice.allowed), choice.single) == (REQUIRED, ["get_weather"], True)
     run(scenario())
 
 
@@ -267,36 +229,7 @@ def test_n_above_one_and_audio_output_stay_refused():
 # --- token-id embeddings (item 5) ---------------------------------------------------------------------------
 
 
-def test_langchain_openai_embeds_token_id_lists():
-    # OpenAIEmbeddings tokenizes with tiktoken and sends the ids, base64-encoded answers asked for.
-    async def scenario():
-        async with harness(port=True) as h:
-            def with_openai() -> None:
-                c = openai.OpenAI(base_url=f"{h.url}/v1", api_key="unused", max_retries=0)
-                r = c.embeddings.create(model="tiny", input=[[9906, 1917, 0], [15339]])
-                assert [d.embedding for d in r.data] == [[0.0, 3.0, 0.0], [1.0, 1.0, 0.0]]
-                assert r.usage.prompt_tokens == 4
-                r = c.embeddings.create(model="tiny", input=[9906, 1917])  # one list of ids: one input
-                assert [d.embedding for d in r.data] == [[0.0, 2.0, 0.0]]
-
-            await asyncio.to_thread(with_openai)
-            first, second = h.worker.embeds
-            assert [list(t.ids) for t in first.token_inputs] == [[9906, 1917, 0], [15339]] and not first.inputs
-            assert [list(t.ids) for t in second.token_inputs] == [[9906, 1917]]
-    run(scenario())
-
-
 # --- Codex's Responses request (item 7) --------------------------------------------------------------------
-
-
-CODEX_TOOLS = [
-    {"type": "function", "name": "shell", "description": "Runs a shell command and returns its output.", "strict": False,
-     "parameters": {"type": "object", "properties": {"command": {"type": "array", "items": {"type": "string"}}},
-                    "required": ["command"], "additionalProperties": False}},
-    {"type": "web_search"},
-    {"type": "namespace", "name": "collaboration", "description": "Agents", "tools": [
-        {"type": "function", "name": "spawn_agent", "parameters": {"type": "object", "properties": {}}}]},
-]
 
 
 def codex_request(**extra) -> dict:
@@ -355,19 +288,4 @@ def test_responses_tool_choice_forces_a_function_and_refuses_forcing_a_hosted_to
             assert resp.status == 400 and (await resp.json())["error"]["param"] == "tool_choice.type"
             resp = await h.post("/v1/responses", codex_request(stream=False, tool_choice="required", max_tool_calls=0))
             assert resp.status == 200 and submit_of(h).tool_choice.mode == NONE
-    run(scenario())
-
-
-def test_the_openai_sdk_sends_a_codex_like_responses_request():
-    async def scenario():
-        async with harness(port=True) as h:
-            def with_openai() -> None:
-                c = openai.OpenAI(base_url=f"{h.url}/v1", api_key="unused", max_retries=0)
-                r = c.responses.create(model="tiny", input="hi", tools=[{"type": "web_search"}, CODEX_TOOLS[0]],
-                                       include=["reasoning.encrypted_content"], store=False, prompt_cache_key="k",
-                                       tool_choice="required")
-                assert r.status == "completed" and r.output_text == "Hello"
-
-            await asyncio.to_thread(with_openai)
-            assert submit_of(h).tool_choice.mode == REQUIRED and [t.name for t in submit_of(h).tools] == ["shell"]
     run(scenario())

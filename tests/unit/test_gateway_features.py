@@ -1,43 +1,27 @@
 """Generation features over HTTP: structured output, tools, thinking, logprobs, penalties, completions, embeddings.
 
 Translation is checked on the parsers (what reaches the worker in SubmitRequest); rendering through
-the real gateway against the fake worker of tests/fixtures/gateway_harness.py, with the official clients too.
+the real gateway against the fake worker of tests/fixtures/gateway_harness.py (the official clients read the
+same answers in tests/e2e/test_gateway_sdk_clients.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
-import struct
 
-import ollama
-import openai
 import pytest
 
 from mlxserve.gateway.native import parse_chat, parse_generate, parse_options
 from mlxserve.gateway.openai_api import parse_chat_completion, parse_completion
 from mlxserve.gateway.validation import BadField, UnsupportedField
-from mlxserve.v1.frames import Stats, TokenEvent, TokenLogprob, ToolCall, TopLogprob
+from mlxserve.v1.frames import TokenEvent
 
-from tests.fixtures.gateway_harness import harness, ndjson, run, sse, text, wait_for
+from tests.fixtures.gateway_harness import harness, ndjson, run, text, wait_for
+from tests.fixtures.gateway_plans import USER, WEATHER, finished, lp, tool_plan
 
 pytestmark = pytest.mark.timeout(30)
 
-USER = [{"role": "user", "content": "hi"}]
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
-
-
-def lp(token: str, logprob: float, *alternatives: tuple[str, float]) -> TokenLogprob:
-    return TokenLogprob(token=token, logprob=logprob, bytes=list(token.encode()),
-                        top=[TopLogprob(token=t, logprob=l, bytes=list(t.encode())) for t, l in alternatives])
-
-
-def finished(reason: str = "stop", **stats) -> TokenEvent:
-    return TokenEvent(request_id="", done=True, done_reason=reason, stats=Stats(**{
-        "prompt_eval_count": 5, "eval_count": 3, "prompt_tokens": 5, **stats}))
 
 
 # --- translation -------------------------------------------------------------------------------
@@ -190,14 +174,6 @@ def test_completion_refuses_what_it_cannot_do(extra, param):
 
 # --- rendering ---------------------------------------------------------------------------------
 
-CALL = ToolCall(name="get_weather", arguments='{"city": "Paris"}', id="call_abc")
-
-
-def tool_plan() -> list[TokenEvent]:
-    return [TokenEvent(request_id="", thinking="Need the weather.", token_ids=[1]),
-            TokenEvent(request_id="", tool_calls=[CALL], token_ids=[2]),
-            finished("tool_calls")]
-
 
 def test_ollama_chat_returns_thinking_and_tool_calls_with_object_arguments():
     async def scenario():
@@ -248,89 +224,6 @@ def test_prompt_eval_count_counts_every_prompt_token_cached_ones_too():
     run(scenario())
 
 
-def test_openai_chat_returns_tool_calls_with_string_arguments_and_reasoning():
-    async def scenario():
-        async with harness(port=True) as h:
-            h.worker.plan = tool_plan()
-            out = await (await h.post("/v1/chat/completions", {"model": "tiny", "messages": USER, "tools": [WEATHER],
-                                                                "reasoning_effort": "low"})).json()
-            choice = out["choices"][0]
-            assert choice["finish_reason"] == "tool_calls"
-            assert choice["message"] == {"role": "assistant", "content": None, "reasoning_content": "Need the weather.",
-                                         "tool_calls": [{"id": "call_abc", "type": "function", "function": {
-                                             "name": "get_weather", "arguments": '{"city": "Paris"}'}}]}
-            events = await sse(await h.post("/v1/chat/completions", {"model": "tiny", "messages": USER, "tools": [WEATHER],
-                                                                     "stream": True}))
-            deltas = [e["choices"][0]["delta"] for e in events[:-1]]
-            assert deltas[1] == {"reasoning_content": "Need the weather."}
-            assert deltas[2]["tool_calls"] == [{"index": 0, "id": "call_abc", "type": "function",
-                                                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]
-            assert events[-2]["choices"][0]["finish_reason"] == "tool_calls"
-
-            def with_openai() -> None:
-                c = openai.OpenAI(base_url=f"{h.url}/v1", api_key="unused", max_retries=0)
-                r = c.chat.completions.create(model="tiny", messages=USER, tools=[WEATHER])
-                call = r.choices[0].message.tool_calls[0]
-                assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
-                calls = [tc for ch in c.chat.completions.create(model="tiny", messages=USER, tools=[WEATHER], stream=True)
-                         for tc in (ch.choices[0].delta.tool_calls or []) if ch.choices]
-                assert [(tc.index, tc.function.name) for tc in calls] == [(0, "get_weather")]
-
-            def with_ollama() -> None:
-                r = ollama.Client(host=h.url).chat(model="tiny", messages=USER, tools=[WEATHER], think=True)
-                assert r.message.thinking == "Need the weather."
-                assert r.message.tool_calls[0].function.arguments == {"city": "Paris"}
-
-            await asyncio.to_thread(with_openai)
-            await asyncio.to_thread(with_ollama)
-    run(scenario())
-
-
-def test_openai_chat_logprobs_are_in_choice_logprobs_content():
-    async def scenario():
-        async with harness(port=True) as h:
-            h.worker.plan = [TokenEvent(request_id="", text="Hi", token_ids=[1], logprobs=[lp("Hi", -0.5, ("Hi", -0.5))]),
-                             finished()]
-            out = await (await h.post("/v1/chat/completions", {"model": "tiny", "messages": USER, "logprobs": True,
-                                                                "top_logprobs": 1})).json()
-            assert out["choices"][0]["logprobs"] == {"refusal": None, "content": [
-                {"token": "Hi", "logprob": -0.5, "bytes": [72, 105], "top_logprobs": [{"token": "Hi", "logprob": -0.5, "bytes": [72, 105]}]}]}
-
-            def with_openai() -> None:
-                c = openai.OpenAI(base_url=f"{h.url}/v1", api_key="unused", max_retries=0)
-                stream = c.chat.completions.create(model="tiny", messages=USER, logprobs=True, top_logprobs=1, stream=True)
-                tokens = [t.token for ch in stream if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.content]
-                assert tokens == ["Hi"]
-
-            await asyncio.to_thread(with_openai)
-    run(scenario())
-
-
-def test_completions_render_text_choices_and_the_legacy_logprobs_object():
-    async def scenario():
-        async with harness(port=True) as h:
-            h.worker.plan = [TokenEvent(request_id="", text="Hel", token_ids=[1], logprobs=[lp("Hel", -0.2, ("Hel", -0.2))]),
-                             TokenEvent(request_id="", text="lo", token_ids=[2], logprobs=[lp("lo", -0.3, ("lo", -0.3))]),
-                             finished("length")]
-            out = await (await h.post("/v1/completions", {"model": "tiny", "prompt": "Say", "logprobs": 1})).json()
-            assert out["object"] == "text_completion" and out["id"].startswith("cmpl-")
-            choice = out["choices"][0]
-            assert (choice["text"], choice["finish_reason"]) == ("Hello", "length")
-            assert choice["logprobs"] == {"tokens": ["Hel", "lo"], "token_logprobs": [-0.2, -0.3],
-                                          "top_logprobs": [{"Hel": -0.2}, {"lo": -0.3}], "text_offset": [0, 3]}
-            assert h.worker.submits[0][0].prompt == "Say" and not h.worker.submits[0][0].is_chat
-
-            def with_openai() -> None:
-                c = openai.OpenAI(base_url=f"{h.url}/v1", api_key="unused", max_retries=0)
-                r = c.completions.create(model="tiny", prompt="Say", max_tokens=2)
-                assert r.choices[0].text == "Hello" and r.usage.total_tokens == 8
-                parts = [ch.choices[0].text for ch in c.completions.create(model="tiny", prompt="Say", stream=True) if ch.choices]
-                assert "".join(parts) == "Hello"
-
-            await asyncio.to_thread(with_openai)
-    run(scenario())
-
-
 def test_worker_refusing_a_capability_is_a_400_with_its_message():
     async def scenario():
         async with harness() as h:
@@ -346,57 +239,6 @@ def test_worker_refusing_a_capability_is_a_400_with_its_message():
 
 
 # --- embeddings --------------------------------------------------------------------------------
-
-def test_api_embed_takes_a_string_or_a_list_and_returns_ollamas_shape():
-    async def scenario():
-        async with harness(port=True) as h:
-            body = await (await h.post("/api/embed", {"model": "tiny", "input": ["a b", "cde"], "truncate": False,
-                                                      "dimensions": 2, "keep_alive": "1m"})).json()
-            assert body["model"] == "tiny" and body["embeddings"] == [[0.0, 3.0], [1.0, 3.0]]
-            assert body["prompt_eval_count"] == 3 and body["load_duration"] == 250_000_000 and body["total_duration"] > 0
-            sent = h.worker.embeds[0]
-            assert list(sent.inputs) == ["a b", "cde"] and sent.dimensions == 2 and sent.HasField("truncate") and not sent.truncate
-            await wait_for(lambda: len(h.supervisor.releases) == 1)
-            assert h.supervisor.acquires[0].keep_alive_s == 60 and h.supervisor.releases[0].keep_alive_s == 60
-            body = await (await h.post("/api/embed", {"model": "tiny", "input": "hello"})).json()
-            assert body["embeddings"] == [[0.0, 5.0, 0.0]]
-            legacy = await (await h.post("/api/embeddings", {"model": "tiny", "prompt": "hello"})).json()
-            assert legacy == {"embedding": [0.0, 5.0, 0.0]}
-            resp = await h.post("/api/embed", {"model": "tiny", "input": [1, 2]})
-            assert resp.status == 400 and "input" in (await resp.json())["error"]
-
-            def with_ollama() -> None:
-                r = ollama.Client(host=h.url).embed(model="tiny", input=["x", "yy"])
-                assert [list(e) for e in r.embeddings] == [[0.0, 1.0, 0.0], [1.0, 2.0, 0.0]]
-
-            await asyncio.to_thread(with_ollama)
-    run(scenario())
-
-
-def test_openai_embeddings_in_float_and_base64():
-    async def scenario():
-        async with harness(port=True) as h:
-            body = await (await h.post("/v1/embeddings", {"model": "tiny", "input": ["hello world", "x"]})).json()
-            assert body["object"] == "list" and body["model"] == "tiny"
-            assert body["data"] == [{"object": "embedding", "index": 0, "embedding": [0.0, 11.0, 0.0]},
-                                    {"object": "embedding", "index": 1, "embedding": [1.0, 1.0, 0.0]}]
-            assert body["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
-            body = await (await h.post("/v1/embeddings", {"model": "tiny", "input": "hello", "encoding_format": "base64"})).json()
-            raw = base64.b64decode(body["data"][0]["embedding"])
-            assert struct.unpack("<3f", raw) == (0.0, 5.0, 0.0)
-            for bad, param in [({"input": [[1, 2], "x"]}, "input"), ({"input": "x", "encoding_format": "int8"}, "encoding_format"),
-                               ({"input": []}, "input"), ({"input": [[]]}, "input[0]"), ({"input": [-1]}, "input[0]")]:
-                resp = await h.post("/v1/embeddings", {"model": "tiny", **bad})
-                assert resp.status == 400 and (await resp.json())["error"]["param"] == param
-
-            def with_openai() -> None:
-                c = openai.OpenAI(base_url=f"{h.url}/v1", api_key="unused", max_retries=0)
-                r = c.embeddings.create(model="tiny", input=["ab", "c"], dimensions=2)  # the SDK asks for base64
-                assert [d.embedding for d in r.data] == [[0.0, 2.0], [1.0, 1.0]]
-
-            await asyncio.to_thread(with_openai)
-    run(scenario())
-
 
 def test_embedding_on_a_generative_model_is_a_400_with_the_workers_message():
     async def scenario():
