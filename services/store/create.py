@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from mlxserve import __version__
 from mlxserve.services.common.errors import Internal, InvalidArgument, NotFound
+from mlxserve.services.common.times import rfc3339
 
 from .blobs import BlobStore, digest_of_file, remove_tree, write_atomic
 from .gotemplate import bos_token_added, is_go_template, jinja_syntax_error, to_jinja, tool_parser_for
@@ -35,7 +36,6 @@ from .manifest import (
     Manifest,
     ModelConfig,
     media_type_for,
-    rfc3339,
 )
 from .names import ModelName, parse_name
 from .progress import ProgressCallback, ProgressEvent, no_progress

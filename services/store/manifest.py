@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from fnmatch import fnmatch
 from typing import Any
 
@@ -61,11 +60,6 @@ LAYER_MEDIA_TYPES: list[tuple[str, str]] = [
     ("sentence_bert_config.json", f"{_P}.st-config.v1+json"),
     ("pooling_config.json", f"{_P}.st-pooling.v1+json"),
 ]
-
-
-def rfc3339(ts: float) -> str:
-    """A Unix time as RFC 3339 UTC to the second, e.g. 2026-12-05T15:35:44Z (manifests, list, show)."""
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def media_type_for(filename: str) -> str | None:

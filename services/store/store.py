@@ -30,11 +30,12 @@ from typing import Any, BinaryIO, Iterator
 
 from mlxserve.services.common import logs
 from mlxserve.services.common.errors import Internal, InvalidArgument, MlxServeError, NotFound
+from mlxserve.services.common.times import rfc3339
 
 from .blobs import BlobStore, check_digest, fsync_dir, remove_tree, write_atomic
 from .format import ensure_format
 from .maintenance import ORPHAN_MIN_AGE_S, PARTIAL_MAX_AGE_S, GcReport, VerifyReport
-from .manifest import Manifest, ModelConfig, rfc3339
+from .manifest import Manifest, ModelConfig
 from .modelfile import modelfile_text, parameters_text
 from .names import ModelName, manifests_root, name_from_manifest_path, parse_name
 from .progress import ProgressCallback, no_progress
