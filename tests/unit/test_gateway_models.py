@@ -1,23 +1,18 @@
-"""The native model-management routes (/api/blobs, create, show, copy, delete, pull, push) through
-aiohttp's test server, against a real store service (a real ModelStore on its unix socket)."""
+"""The native model-management routes (/api/blobs, create, show, copy, delete, pull, push), the
+gateway in process, against a real store service (a real ModelStore on its unix socket)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
-import shutil
-import tempfile
-from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator
 
 import pytest
 
 from mlxserve.gateway import models_api
-from mlxserve.gateway.app import create_app
-from mlxserve.services.common.config import load_settings
-from mlxserve.services.store.server import build_server
 from mlxserve.services.store.store import ModelStore
+from tests.fixtures.gateway_store import ndjson, with_store
 from tests.fixtures.inproc_http import InprocClient
 from tests.fixtures.tiny_gguf import write_tiny_gguf
 
@@ -33,30 +28,6 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def with_store(check: Callable[[InprocClient, ModelStore], Awaitable[None]]) -> None:
-    """Run `check(client, store)` against the gateway app and a real store service on one home."""
-    async def scenario() -> None:
-        home = Path(tempfile.mkdtemp(prefix="gwm", dir="/tmp"))
-        settings = load_settings({"home": str(home)}, env={})
-        settings.ensure_dirs()
-        store = ModelStore(settings.models_dir)
-        server = build_server(store, settings.store_socket)
-        server.start()
-        client = InprocClient(create_app(settings))
-        await client.start_server()
-        try:
-            await check(client, store)
-        finally:
-            await client.close()
-            server.stop(0)
-            shutil.rmtree(home, ignore_errors=True)
-    asyncio.run(scenario())
-
-
-async def ndjson(resp) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (await resp.text()).splitlines() if line.strip()]
 
 
 async def upload(c: InprocClient, data: bytes) -> str:
@@ -234,20 +205,6 @@ def test_pull_never_reads_a_tarball_named_over_http() -> None:
     async def check(c: InprocClient, store: ModelStore) -> None:
         resp = await c.post("/api/pull", json={"model": "backup.tar"})
         assert resp.status == 400 and "looks like a file" in (await resp.json())["error"]
-    with_store(check)
-
-
-def test_pull_failure_after_progress_started_ends_the_stream_with_an_error_line() -> None:
-    async def check(c: InprocClient, store: ModelStore) -> None:
-        # Nothing listens on port 9: the manifest request fails after "pulling manifest" was sent.
-        resp = await c.post("/api/pull", json={"model": "127.0.0.1:9/library/nothing:latest", "insecure": True})
-        assert resp.status == 200
-        lines = await ndjson(resp)
-        assert lines[0] == {"status": "pulling manifest"}
-        assert set(lines[-1]) == {"error"} and lines[-1]["error"]
-        resp = await c.post("/api/pull", json={"model": "127.0.0.1:9/library/nothing:latest", "insecure": True,
-                                                "stream": False})
-        assert resp.status >= 400 and "error" in await resp.json()
     with_store(check)
 
 
