@@ -93,6 +93,17 @@ class Settings:
     # A file holding a Hugging Face token (gated or private repos): "" means $HF_TOKEN, else the
     # token `hf auth login` saved.
     hf_token_file: str = field(default="", repr=False)
+    # Models served by a group of MLX processes (mx.distributed; README "Models larger than one
+    # machine"). `distributed`: the group a model goes to when it fits no single host's memory
+    # budget (keys as in services/common/placement.py: hosts or hostfile, strategy, backend,
+    # python, rank_memory, port). `placements`: a group per model name, used whatever its size.
+    # [distributed]
+    # hosts = ["127.0.0.1", "10.0.0.2"]
+    # strategy = "pipeline"
+    # [placements."llama3.3:70b"]
+    # hostfile = "~/.mlxserve/hosts.json"
+    distributed: dict[str, Any] = field(default_factory=dict)
+    placements: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def models_dir(self) -> Path:
@@ -159,11 +170,13 @@ _FALSE = {"false", "0", "no", "off"}
 
 
 def _env_text(value: Any) -> str:
-    """A value as `_coerce` reads it back: booleans as true/false, lists as JSON (so () survives)."""
+    """A value as `_coerce` reads it back: booleans as true/false, lists and tables as JSON (so () survives)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple):
         return json.dumps(list(value))
+    if isinstance(value, dict):
+        return json.dumps(value)
     return str(value)
 
 
@@ -218,11 +231,35 @@ def _registry_auth(raw: Any) -> dict[str, dict[str, str]]:
     return out
 
 
+def _placement_table(name: str, raw: Any, *, per_model: bool) -> dict[str, Any]:
+    """Validate `distributed` (one placement) or `placements` (name -> placement); JSON text in the environment."""
+    from .placement import parse_placement  # placement imports errors only; kept local to keep config's imports lean
+
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.strip() else {}
+        except ValueError as e:
+            raise InvalidArgument(f"config: {name} must be a table (JSON in the environment): {e}") from e
+    if not isinstance(raw, Mapping):
+        raise InvalidArgument(f"config: {name} must be a table")
+    if not per_model:
+        if raw:
+            parse_placement(raw, source=f"config: {name}")
+        return dict(raw)
+    out: dict[str, dict[str, Any]] = {}
+    for model, table in raw.items():
+        parse_placement(table, source=f"config: placements.{model}")
+        out[str(model)] = dict(table)
+    return out
+
+
 def _coerce(name: str, raw: Any) -> Any:
     types = {f.name: f.type for f in dataclasses.fields(Settings)}
     kind = types[name]
     if name == "registry_auth":
         return _registry_auth(raw)
+    if name in ("distributed", "placements"):
+        return _placement_table(name, raw, per_model=name == "placements")
     if kind == "bool":
         return _bool(name, raw)
     if kind == "tuple[str, ...]":

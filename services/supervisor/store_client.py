@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mlxserve.services.common import rpc
 from mlxserve.services.common.errors import NotFound
+from mlxserve.services.common.placement import Placement, placement_or_none
 from mlxserve.services.store.changes import read_marker
 from mlxserve.v1 import common_pb2, store_pb2, store_pb2_grpc
 
@@ -34,6 +35,7 @@ class ModelRef:
     details: common_pb2.ModelDetails | None = field(default=None, compare=False)
     dtype: str = ""              # the weights' dtype per config.json ("" when it does not say)
     quantization_bits: int = 0   # 0: not quantized
+    placement: Placement | None = field(default=None, compare=False)  # the model's own group, if it names one
 
 
 class StoreResolver:
@@ -73,6 +75,7 @@ class StoreResolver:
             name=r.name, digest=r.digest, view_path=r.view_path, size=r.size,
             capabilities=tuple(r.capabilities), context_length=r.context_length,
             details=r.details if r.HasField("details") else None, dtype=r.dtype, quantization_bits=r.quantization_bits,
+            placement=placement_or_none(r.placement, source=f"model {r.name}: placement"),
         )
         if marker is not None:
             self._cache[name] = (marker, ref)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mlxserve/v1/common.proto\x12\x0bmlxserve.v1\"\r\n\x0bPingRequest\"=\n\x0cPingResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x03\"\x8a\x01\n\x0cModelDetails\x12\x14\n\x0cparent_model\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12\x10\n\x08\x66\x61milies\x18\x04 \x03(\t\x12\x16\n\x0eparameter_size\x18\x05 \x01(\t\x12\x1a\n\x12quantization_level\x18\x06 \x01(\t\"L\n\x08Progress\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x11\n\tcompleted\x18\x04 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mlxserve/v1/common.proto\x12\x0bmlxserve.v1\"\r\n\x0bPingRequest\"=\n\x0cPingResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x03\"`\n\x08RankInfo\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\x12\x15\n\ractive_memory\x18\x05 \x01(\x03\"\x8a\x01\n\x0cModelDetails\x12\x14\n\x0cparent_model\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12\x10\n\x08\x66\x61milies\x18\x04 \x03(\t\x12\x16\n\x0eparameter_size\x18\x05 \x01(\t\x12\x1a\n\x12quantization_level\x18\x06 \x01(\t\"L\n\x08Progress\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x11\n\tcompleted\x18\x04 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PINGREQUEST']._serialized_end=54
   _globals['_PINGRESPONSE']._serialized_start=56
   _globals['_PINGRESPONSE']._serialized_end=117
-  _globals['_MODELDETAILS']._serialized_start=120
-  _globals['_MODELDETAILS']._serialized_end=258
-  _globals['_PROGRESS']._serialized_start=260
-  _globals['_PROGRESS']._serialized_end=336
+  _globals['_RANKINFO']._serialized_start=119
+  _globals['_RANKINFO']._serialized_end=215
+  _globals['_MODELDETAILS']._serialized_start=218
+  _globals['_MODELDETAILS']._serialized_end=356
+  _globals['_PROGRESS']._serialized_start=358
+  _globals['_PROGRESS']._serialized_end=434
 # @@protoc_insertion_point(module_scope)

@@ -20,6 +20,20 @@ class PingResponse(_message.Message):
     pid: int
     def __init__(self, service: _Optional[str] = ..., version: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
 
+class RankInfo(_message.Message):
+    __slots__ = ("rank", "host", "pid", "memory_bytes", "active_memory")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    host: str
+    pid: int
+    memory_bytes: int
+    active_memory: int
+    def __init__(self, rank: _Optional[int] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., active_memory: _Optional[int] = ...) -> None: ...
+
 class ModelDetails(_message.Message):
     __slots__ = ("parent_model", "format", "family", "families", "parameter_size", "quantization_level")
     PARENT_MODEL_FIELD_NUMBER: _ClassVar[int]

@@ -17,7 +17,7 @@ class ModelMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class CreateRequest(_message.Message):
-    __slots__ = ("name", "from_path", "from_model", "files", "template", "system", "parameters_json", "license", "messages", "quantize", "group_size", "recipe", "recipe_format", "base_dir")
+    __slots__ = ("name", "from_path", "from_model", "files", "template", "system", "parameters_json", "license", "messages", "quantize", "group_size", "recipe", "recipe_format", "base_dir", "placement_json")
     class FilesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class CreateRequest(_message.Message):
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FORMAT_FIELD_NUMBER: _ClassVar[int]
     BASE_DIR_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_JSON_FIELD_NUMBER: _ClassVar[int]
     name: str
     from_path: str
     from_model: str
@@ -53,7 +54,8 @@ class CreateRequest(_message.Message):
     recipe: str
     recipe_format: str
     base_dir: str
-    def __init__(self, name: _Optional[str] = ..., from_path: _Optional[str] = ..., from_model: _Optional[str] = ..., files: _Optional[_Mapping[str, str]] = ..., template: _Optional[str] = ..., system: _Optional[str] = ..., parameters_json: _Optional[str] = ..., license: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ModelMessage, _Mapping]]] = ..., quantize: _Optional[str] = ..., group_size: _Optional[int] = ..., recipe: _Optional[str] = ..., recipe_format: _Optional[str] = ..., base_dir: _Optional[str] = ...) -> None: ...
+    placement_json: str
+    def __init__(self, name: _Optional[str] = ..., from_path: _Optional[str] = ..., from_model: _Optional[str] = ..., files: _Optional[_Mapping[str, str]] = ..., template: _Optional[str] = ..., system: _Optional[str] = ..., parameters_json: _Optional[str] = ..., license: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ModelMessage, _Mapping]]] = ..., quantize: _Optional[str] = ..., group_size: _Optional[int] = ..., recipe: _Optional[str] = ..., recipe_format: _Optional[str] = ..., base_dir: _Optional[str] = ..., placement_json: _Optional[str] = ...) -> None: ...
 
 class ListRequest(_message.Message):
     __slots__ = ()
@@ -242,7 +244,7 @@ class ResolveRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ResolveResponse(_message.Message):
-    __slots__ = ("name", "digest", "view_path", "size", "capabilities", "context_length", "details", "dtype", "quantization_bits")
+    __slots__ = ("name", "digest", "view_path", "size", "capabilities", "context_length", "details", "dtype", "quantization_bits", "placement")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     VIEW_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -252,6 +254,7 @@ class ResolveResponse(_message.Message):
     DETAILS_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_BITS_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     name: str
     digest: str
     view_path: str
@@ -261,7 +264,8 @@ class ResolveResponse(_message.Message):
     details: _common_pb2.ModelDetails
     dtype: str
     quantization_bits: int
-    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., view_path: _Optional[str] = ..., size: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., context_length: _Optional[int] = ..., details: _Optional[_Union[_common_pb2.ModelDetails, _Mapping]] = ..., dtype: _Optional[str] = ..., quantization_bits: _Optional[int] = ...) -> None: ...
+    placement: str
+    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., view_path: _Optional[str] = ..., size: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., context_length: _Optional[int] = ..., details: _Optional[_Union[_common_pb2.ModelDetails, _Mapping]] = ..., dtype: _Optional[str] = ..., quantization_bits: _Optional[int] = ..., placement: _Optional[str] = ...) -> None: ...
 
 class ListOllamaRequest(_message.Message):
     __slots__ = ("dir",)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from mlxserve.v1 import common_pb2 as mlxserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmlxserve/v1/supervisor.proto\x12\x0bmlxserve.v1\x1a\x18mlxserve/v1/common.proto\"_\n\x0e\x41\x63quireRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x19\n\x0ckeep_alive_s\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x0f\n\r_keep_alive_s\"\x89\x01\n\x0f\x41\x63quireResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x16\n\x0eworker_address\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\x17\n\x0fload_duration_s\x18\x05 \x01(\x01\x12\x14\n\x0c\x63\x61pabilities\x18\x06 \x03(\t\"N\n\x0eReleaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x19\n\x0ckeep_alive_s\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x0f\n\r_keep_alive_s\"\x11\n\x0fReleaseResponse\"\xa3\x02\n\x0bLoadedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x11\n\tsize_vram\x18\x05 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x06 \x01(\x03\x12\x12\n\nexpires_at\x18\x07 \x01(\t\x12*\n\x07\x64\x65tails\x18\x08 \x01(\x0b\x32\x19.mlxserve.v1.ModelDetails\x12\x0b\n\x03pid\x18\t \x01(\x03\x12\x11\n\tin_flight\x18\n \x01(\x05\x12\x16\n\x0e\x63ontext_length\x18\x0b \x01(\x03\x12\x0c\n\x04\x62las\x18\x0c \x01(\t\x12\x13\n\x0b\x62las_gflops\x18\r \x01(\x01\x12\x15\n\rcompute_dtype\x18\x0e \x01(\t\"\x13\n\x11ListLoadedRequest\">\n\x12ListLoadedResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.mlxserve.v1.LoadedModel\"\x1c\n\x0bStopRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x1f\n\x0cStopResponse\x12\x0f\n\x07stopped\x18\x01 \x01(\x08\x32\xe1\x02\n\nSupervisor\x12;\n\x04Ping\x12\x18.mlxserve.v1.PingRequest\x1a\x19.mlxserve.v1.PingResponse\x12\x44\n\x07\x41\x63quire\x12\x1b.mlxserve.v1.AcquireRequest\x1a\x1c.mlxserve.v1.AcquireResponse\x12\x44\n\x07Release\x12\x1b.mlxserve.v1.ReleaseRequest\x1a\x1c.mlxserve.v1.ReleaseResponse\x12M\n\nListLoaded\x12\x1e.mlxserve.v1.ListLoadedRequest\x1a\x1f.mlxserve.v1.ListLoadedResponse\x12;\n\x04Stop\x12\x18.mlxserve.v1.StopRequest\x1a\x19.mlxserve.v1.StopResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmlxserve/v1/supervisor.proto\x12\x0bmlxserve.v1\x1a\x18mlxserve/v1/common.proto\"_\n\x0e\x41\x63quireRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x19\n\x0ckeep_alive_s\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x0f\n\r_keep_alive_s\"\x89\x01\n\x0f\x41\x63quireResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x16\n\x0eworker_address\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\x17\n\x0fload_duration_s\x18\x05 \x01(\x01\x12\x14\n\x0c\x63\x61pabilities\x18\x06 \x03(\t\"N\n\x0eReleaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x19\n\x0ckeep_alive_s\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x0f\n\r_keep_alive_s\"\x11\n\x0fReleaseResponse\"\xdb\x02\n\x0bLoadedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x11\n\tsize_vram\x18\x05 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x06 \x01(\x03\x12\x12\n\nexpires_at\x18\x07 \x01(\t\x12*\n\x07\x64\x65tails\x18\x08 \x01(\x0b\x32\x19.mlxserve.v1.ModelDetails\x12\x0b\n\x03pid\x18\t \x01(\x03\x12\x11\n\tin_flight\x18\n \x01(\x05\x12\x16\n\x0e\x63ontext_length\x18\x0b \x01(\x03\x12\x0c\n\x04\x62las\x18\x0c \x01(\t\x12\x13\n\x0b\x62las_gflops\x18\r \x01(\x01\x12\x15\n\rcompute_dtype\x18\x0e \x01(\t\x12$\n\x05ranks\x18\x0f \x03(\x0b\x32\x15.mlxserve.v1.RankInfo\x12\x10\n\x08strategy\x18\x10 \x01(\t\"\x13\n\x11ListLoadedRequest\">\n\x12ListLoadedResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.mlxserve.v1.LoadedModel\"\x1c\n\x0bStopRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x1f\n\x0cStopResponse\x12\x0f\n\x07stopped\x18\x01 \x01(\x08\x32\xe1\x02\n\nSupervisor\x12;\n\x04Ping\x12\x18.mlxserve.v1.PingRequest\x1a\x19.mlxserve.v1.PingResponse\x12\x44\n\x07\x41\x63quire\x12\x1b.mlxserve.v1.AcquireRequest\x1a\x1c.mlxserve.v1.AcquireResponse\x12\x44\n\x07Release\x12\x1b.mlxserve.v1.ReleaseRequest\x1a\x1c.mlxserve.v1.ReleaseResponse\x12M\n\nListLoaded\x12\x1e.mlxserve.v1.ListLoadedRequest\x1a\x1f.mlxserve.v1.ListLoadedResponse\x12;\n\x04Stop\x12\x18.mlxserve.v1.StopRequest\x1a\x19.mlxserve.v1.StopResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,15 +41,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELEASERESPONSE']._serialized_start=388
   _globals['_RELEASERESPONSE']._serialized_end=405
   _globals['_LOADEDMODEL']._serialized_start=408
-  _globals['_LOADEDMODEL']._serialized_end=699
-  _globals['_LISTLOADEDREQUEST']._serialized_start=701
-  _globals['_LISTLOADEDREQUEST']._serialized_end=720
-  _globals['_LISTLOADEDRESPONSE']._serialized_start=722
-  _globals['_LISTLOADEDRESPONSE']._serialized_end=784
-  _globals['_STOPREQUEST']._serialized_start=786
-  _globals['_STOPREQUEST']._serialized_end=814
-  _globals['_STOPRESPONSE']._serialized_start=816
-  _globals['_STOPRESPONSE']._serialized_end=847
-  _globals['_SUPERVISOR']._serialized_start=850
-  _globals['_SUPERVISOR']._serialized_end=1203
+  _globals['_LOADEDMODEL']._serialized_end=755
+  _globals['_LISTLOADEDREQUEST']._serialized_start=757
+  _globals['_LISTLOADEDREQUEST']._serialized_end=776
+  _globals['_LISTLOADEDRESPONSE']._serialized_start=778
+  _globals['_LISTLOADEDRESPONSE']._serialized_end=840
+  _globals['_STOPREQUEST']._serialized_start=842
+  _globals['_STOPREQUEST']._serialized_end=870
+  _globals['_STOPRESPONSE']._serialized_start=872
+  _globals['_STOPRESPONSE']._serialized_end=903
+  _globals['_SUPERVISOR']._serialized_start=906
+  _globals['_SUPERVISOR']._serialized_end=1259
 # @@protoc_insertion_point(module_scope)

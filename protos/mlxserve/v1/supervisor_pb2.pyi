@@ -46,7 +46,7 @@ class ReleaseResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class LoadedModel(_message.Message):
-    __slots__ = ("name", "model", "digest", "size", "size_vram", "memory_bytes", "expires_at", "details", "pid", "in_flight", "context_length", "blas", "blas_gflops", "compute_dtype")
+    __slots__ = ("name", "model", "digest", "size", "size_vram", "memory_bytes", "expires_at", "details", "pid", "in_flight", "context_length", "blas", "blas_gflops", "compute_dtype", "ranks", "strategy")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,8 @@ class LoadedModel(_message.Message):
     BLAS_FIELD_NUMBER: _ClassVar[int]
     BLAS_GFLOPS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     digest: str
@@ -75,7 +77,9 @@ class LoadedModel(_message.Message):
     blas: str
     blas_gflops: float
     compute_dtype: str
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., size_vram: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., expires_at: _Optional[str] = ..., details: _Optional[_Union[_common_pb2.ModelDetails, _Mapping]] = ..., pid: _Optional[int] = ..., in_flight: _Optional[int] = ..., context_length: _Optional[int] = ..., blas: _Optional[str] = ..., blas_gflops: _Optional[float] = ..., compute_dtype: _Optional[str] = ...) -> None: ...
+    ranks: _containers.RepeatedCompositeFieldContainer[_common_pb2.RankInfo]
+    strategy: str
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., size_vram: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., expires_at: _Optional[str] = ..., details: _Optional[_Union[_common_pb2.ModelDetails, _Mapping]] = ..., pid: _Optional[int] = ..., in_flight: _Optional[int] = ..., context_length: _Optional[int] = ..., blas: _Optional[str] = ..., blas_gflops: _Optional[float] = ..., compute_dtype: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[_common_pb2.RankInfo, _Mapping]]] = ..., strategy: _Optional[str] = ...) -> None: ...
 
 class ListLoadedRequest(_message.Message):
     __slots__ = ()

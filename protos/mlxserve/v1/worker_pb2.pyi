@@ -88,7 +88,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("model_path", "memory_bytes", "active_memory", "running", "waiting", "context_length", "device", "pid", "load_duration_s", "kind", "prefix_cache_bytes", "steps", "blas", "blas_gflops", "compute_dtype")
+    __slots__ = ("model_path", "memory_bytes", "active_memory", "running", "waiting", "context_length", "device", "pid", "load_duration_s", "kind", "prefix_cache_bytes", "steps", "blas", "blas_gflops", "compute_dtype", "ranks", "strategy")
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_MEMORY_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,8 @@ class InfoResponse(_message.Message):
     BLAS_FIELD_NUMBER: _ClassVar[int]
     BLAS_GFLOPS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
     model_path: str
     memory_bytes: int
     active_memory: int
@@ -119,4 +121,6 @@ class InfoResponse(_message.Message):
     blas: str
     blas_gflops: float
     compute_dtype: str
-    def __init__(self, model_path: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., active_memory: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., context_length: _Optional[int] = ..., device: _Optional[str] = ..., pid: _Optional[int] = ..., load_duration_s: _Optional[float] = ..., kind: _Optional[str] = ..., prefix_cache_bytes: _Optional[int] = ..., steps: _Optional[int] = ..., blas: _Optional[str] = ..., blas_gflops: _Optional[float] = ..., compute_dtype: _Optional[str] = ...) -> None: ...
+    ranks: _containers.RepeatedCompositeFieldContainer[_common_pb2.RankInfo]
+    strategy: str
+    def __init__(self, model_path: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., active_memory: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., context_length: _Optional[int] = ..., device: _Optional[str] = ..., pid: _Optional[int] = ..., load_duration_s: _Optional[float] = ..., kind: _Optional[str] = ..., prefix_cache_bytes: _Optional[int] = ..., steps: _Optional[int] = ..., blas: _Optional[str] = ..., blas_gflops: _Optional[float] = ..., compute_dtype: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[_common_pb2.RankInfo, _Mapping]]] = ..., strategy: _Optional[str] = ...) -> None: ...
