@@ -65,8 +65,28 @@ def looks_like_path(text: str) -> bool:
             or text.lower().endswith((".gguf", ".safetensors")))
 
 
+def placement_json(hosts: Optional[str], hostfile: Optional[Path], strategy: Optional[str],
+                   backend: Optional[str]) -> str:
+    """The create request's placement from the flags ("" when none is given; "{}" for --hosts none).
+    The store checks it (placement.parse_placement) and keeps the hosts with the model."""
+    if hosts is None and hostfile is None:
+        if strategy or backend:
+            raise InvalidArgument("--strategy and --distributed-backend go with --hosts or --hostfile")
+        return ""
+    if hosts is not None and hosts.strip().lower() == "none":
+        return "{}"
+    placement: dict[str, Any] = {"strategy": strategy or "pipeline"}
+    if hosts is not None:
+        placement["hosts"] = [h.strip() for h in hosts.split(",") if h.strip()]
+    if hostfile is not None:
+        placement["hostfile"] = str(hostfile.expanduser().resolve())
+    if backend:
+        placement["backend"] = backend
+    return json.dumps(placement)
+
+
 def create_request(name: str, recipe: Optional[Path], source: Optional[str], quantize: Optional[str],
-                   group_size: Optional[int]) -> store_pb2.CreateRequest:
+                   group_size: Optional[int], placement: str = "") -> store_pb2.CreateRequest:
     """The CreateRequest for `mlxctl create`: the store parses the recipe; flags override it."""
     if recipe is None and source is None:
         raise InvalidArgument("create needs a recipe (-f Modelfile or ModelSpec.yaml) or a source (--from PATH|MODEL)")
@@ -102,6 +122,7 @@ def create_request(name: str, recipe: Optional[Path], source: Optional[str], qua
         if group_size <= 0:
             raise InvalidArgument(f"--group-size must be a positive number, got {group_size}")
         req.group_size = group_size
+    req.placement_json = placement
     return req
 
 
@@ -115,10 +136,18 @@ def create(
         None, "--quantize", "-q",
         help="q2..q8 (MLX affine, group 64), q4_0/q8_0 (group 32), or none; a GGUF keeps its own quantization by default"),
     group_size: Optional[int] = typer.Option(None, "--group-size", help="quantization group size (default 64)"),
+    hosts: Optional[str] = typer.Option(
+        None, "--hosts",
+        help="serve the model on a group of processes: host[:port],... (rank 0, first, is this machine); 'none' clears"),
+    hostfile: Optional[Path] = typer.Option(None, "--hostfile", help="the group's hosts from an mlx.launch hostfile (JSON)"),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="how the group splits the model: pipeline (default) or tensor"),
+    distributed_backend: Optional[str] = typer.Option(
+        None, "--distributed-backend", help="MLX's distributed backend: ring (default, TCP), nccl, mpi or jaccl"),
 ) -> None:
     """Create a model from a recipe, a GGUF file, a model folder or another model."""
     backend = Backend(settings_from(ctx))
-    run_progress(backend, "Create", create_request(name, recipe, source, quantize, group_size))
+    placement = placement_json(hosts, hostfile, strategy, distributed_backend)
+    run_progress(backend, "Create", create_request(name, recipe, source, quantize, group_size, placement))
 
 
 # -- show ------------------------------------------------------------------------------------------------

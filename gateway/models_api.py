@@ -123,6 +123,8 @@ def parse_create(data: dict[str, Any]) -> tuple[store_pb2.CreateRequest, bool, l
         # Kept with the model (`mlxctl show` lists them, an export carries them), but not used by this runtime.
         ignored += [f"parameters.{key}" for key in body.parameters if key not in RUNTIME_PARAMETERS]
     req.messages.extend(parse_create_messages(body.messages))
+    if body.placement is not None:
+        req.placement_json = json.dumps(body.placement)
     req.quantize = body.quantize or ""
     return req, body.stream is not False, ignored
 

@@ -261,5 +261,7 @@ class CreateRequest(Struct, omit_defaults=True):
     quantize: str | None = None
     adapters: JsonObject | None = None
     messages: list[CreateMessage] | None = None
+    # mlxserve's own: the group of processes that serves the model (services/common/placement.py).
+    placement: JsonObject | None = None
     modelfile: str | None = None
     path: str | None = None

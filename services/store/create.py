@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from mlxserve import __version__
 from mlxserve.services.common.errors import Internal, InvalidArgument, NotFound
+from mlxserve.services.common.placement import parse_placement
 from mlxserve.services.common.times import rfc3339
 
 from .blobs import BlobStore, digest_of_file, remove_tree, write_atomic
@@ -253,6 +254,12 @@ class CreatePipeline:
             cfg.system = spec.system
         if spec.messages:
             cfg.messages = list(spec.messages)
+        if spec.placement is not None:
+            cfg.placement = dict(spec.placement)
+        if cfg.placement:
+            cfg.model_info["mlxserve.placement"] = parse_placement(cfg.placement).describe()
+        else:
+            cfg.model_info.pop("mlxserve.placement", None)
         if spec.license is not None:
             cfg.license = spec.license
             for title in [t for t in (*draft.files, *draft.reuse) if t.startswith("LICENSE")]:

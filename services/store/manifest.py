@@ -98,9 +98,14 @@ class ModelConfig:
     model_info: dict[str, Any] = field(default_factory=dict)
     messages: list[dict[str, str]] = field(default_factory=list)  # conversation that precedes every chat
     parent_model: str = ""  # the model this one was created from, if any
+    # Its distributed placement (services/common/placement.py), when it is served by a group.
+    placement: dict[str, Any] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+        doc = asdict(self)
+        if not doc["placement"]:
+            del doc["placement"]  # absent, not {}: a model without one keeps the config bytes (and digest) it had
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ModelConfig:

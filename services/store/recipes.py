@@ -2,7 +2,7 @@
 
 A recipe is either an Ollama `Modelfile` (FROM, PARAMETER, TEMPLATE, SYSTEM, LICENSE, MESSAGE)
 or a `ModelSpec.yaml` (keys: from, template, system, parameters, quantize, group_size, license,
-messages). Both resolve `from` against the recipe's folder when it names a path, and parse it as
+messages, placement). Both resolve `from` against the recipe's folder when it names a path, and parse it as
 a model name otherwise. Every parameter is checked against Ollama's known ones and typed.
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mlxserve.services.common.errors import InvalidArgument
+from mlxserve.services.common.placement import parse_placement
 
 from .blobs import check_digest
 from .names import parse_name
@@ -61,6 +62,9 @@ class CreateSpec:
     quantize: str | None = None              # "q4", "q8" (also "q4_0", "q8_0"), "none"; see `quantization`
     group_size: int | None = None
     model_info: dict[str, Any] = field(default_factory=dict)  # facts for `show`, merged into the model's model_info
+    # Where the model is served when it is a group of processes (placement.py's keys); None: keep
+    # the source's, {}: none. A hostfile is read at create time: the model keeps the hosts.
+    placement: dict[str, Any] | None = None
     # The sha256 of `from_path`, when the caller has just verified it (an Ollama blob is named by
     # it): the importer then skips hashing the file again. Never taken from a client request.
     source_digest: str | None = None
@@ -85,7 +89,15 @@ class CreateSpec:
             check_digest(digest)
         self.parameters = normalize_parameters(self.parameters)
         self.messages = normalize_messages(self.messages)
+        self.placement = normalize_placement(self.placement)
         quantization(self.quantize, self.group_size)
+
+
+def normalize_placement(placement: Any, base_dir: Path | None = None) -> dict[str, Any] | None:
+    """A placement as the model keeps it (hosts listed, hostfile read), {} for none, None: unsaid."""
+    if placement is None or placement == {}:
+        return placement
+    return parse_placement(placement, source="placement", base_dir=base_dir).to_dict()
 
 
 def check_filename(filename: str) -> str:
@@ -295,7 +307,7 @@ def parse_modelfile(text: str, base_dir: Path) -> CreateSpec:
 
 # ----------------------------------------------------------------------------- ModelSpec.yaml
 
-_SPEC_KEYS = ("from", "template", "system", "parameters", "quantize", "group_size", "license", "messages")
+_SPEC_KEYS = ("from", "template", "system", "parameters", "quantize", "group_size", "license", "messages", "placement")
 
 
 def parse_modelspec(text: str, base_dir: Path) -> CreateSpec:
@@ -328,5 +340,7 @@ def parse_modelspec(text: str, base_dir: Path) -> CreateSpec:
         spec.group_size = doc["group_size"]
     spec.parameters = normalize_parameters(doc.get("parameters") or {})
     spec.messages = normalize_messages(doc.get("messages") or [])
+    if "placement" in doc:
+        spec.placement = normalize_placement(doc["placement"] or {}, base_dir)
     quantization(spec.quantize, spec.group_size)
     return spec

@@ -111,6 +111,11 @@ def create_spec(request: store_pb2.CreateRequest) -> CreateSpec:
         overrides["parameters"] = {**spec.parameters, **parameters}
     if request.messages:
         overrides["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+    if request.placement_json:
+        try:
+            overrides["placement"] = json.loads(request.placement_json)
+        except ValueError as e:
+            raise InvalidArgument(f"create: placement_json is not valid JSON: {e}") from None
     if request.quantize:
         overrides["quantize"] = request.quantize
     if request.group_size < 0:
@@ -313,7 +318,8 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
                                           quantization_level=c.quantization_level)
         return store_pb2.ResolveResponse(name=r.name, digest=r.digest, view_path=str(r.view_path), size=r.size,
                                          capabilities=r.capabilities, context_length=r.context_length,
-                                         details=details, dtype=dtype, quantization_bits=bits)
+                                         details=details, dtype=dtype, quantization_bits=bits,
+                                         placement=json.dumps(c.placement, sort_keys=True) if c.placement else "")
 
     @rpc.rpc_method
     def Verify(self, request: store_pb2.VerifyRequest, context: grpc.ServicerContext) -> Iterator[store_pb2.VerifyEvent]:

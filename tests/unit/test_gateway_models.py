@@ -129,6 +129,22 @@ def test_create_without_streaming_answers_one_final_object(tiny_gguf: bytes) -> 
     with_store(check)
 
 
+def test_create_with_a_placement_keeps_the_group_and_a_bad_one_is_400(tiny_gguf: bytes) -> None:
+    async def check(c: InprocClient, store: ModelStore) -> None:
+        digest = await upload(c, tiny_gguf)
+        placement = {"hosts": ["127.0.0.1", "10.0.0.2:40000"], "strategy": "pipeline"}
+        resp = await c.post("/api/create", json={"model": "grouped", "files": {"model.gguf": digest},
+                                                 "placement": placement, "stream": False})
+        assert resp.status == 200, await resp.text()
+        assert store.resolve("grouped").config.placement["hosts"] == ["127.0.0.1", "10.0.0.2:40000"]
+        shown = await (await c.post("/api/show", json={"model": "grouped"})).json()
+        assert shown["model_info"]["mlxserve.placement"] == "2 ranks on 127.0.0.1, 10.0.0.2:40000 (pipeline, ring)"
+        resp = await c.post("/api/create", json={"model": "bad", "from": "grouped", "stream": False,
+                                                 "placement": {"hosts": ["10.0.0.2", "127.0.0.1"]}})
+        assert resp.status == 400 and "first host is rank 0" in (await resp.json())["error"]
+    with_store(check)
+
+
 @pytest.mark.parametrize("body, message", [
     ({"model": "x"}, "either 'from'"),
     ({"model": "x", "from": "base", "adapters": {"lora.gguf": "sha256:" + "a" * 64}}, "'adapters' is not supported"),

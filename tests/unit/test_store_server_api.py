@@ -101,6 +101,21 @@ def test_a_model_created_from_uploaded_blobs_keeps_its_system_parameters_and_mes
     assert "PARAMETER temperature 0.25" in shown.modelfile and "MESSAGE user hi" in shown.modelfile
 
 
+def test_resolve_hands_the_supervisor_the_placement_a_model_was_created_with(served, tiny_gguf: Path) -> None:
+    stub, _, _ = served
+    data = tiny_gguf.read_bytes()
+    digest = sha256(data)
+    stub.PutBlob(chunks(digest, data), timeout=30)
+    placement = {"hosts": ["127.0.0.1", "127.0.0.1:40001"], "strategy": "pipeline", "port": 40000}
+    stream(stub.Create, store_pb2.CreateRequest(name="g", files={"model.gguf": digest}, placement_json=json.dumps(placement)))
+    resolved = call(stub.Resolve, store_pb2.ResolveRequest(name="g"))
+    assert json.loads(resolved.placement) == {**placement, "backend": "ring"}
+    stream(stub.Create, store_pb2.CreateRequest(name="one", from_model="g", placement_json="{}"))
+    assert call(stub.Resolve, store_pb2.ResolveRequest(name="one")).placement == ""
+    with pytest.raises(InvalidArgument, match="placement_json is not valid JSON"):
+        stream(stub.Create, store_pb2.CreateRequest(name="x", from_model="g", placement_json="{hosts"))
+
+
 def test_an_upload_that_does_not_hash_to_its_digest_is_refused_and_not_kept(served) -> None:
     stub, store, home = served
     data = b"x" * 300_000
