@@ -157,10 +157,10 @@ class ModelRunner:
         self.defaults = load_defaults(self.model_path)
         started = time.perf_counter()
         # The store's view holds symlinks to blobs; mlx-lm mmaps the safetensors, never copies.
-        self.model, self.tokenizer = mlx_lm.load(str(self.model_path))
+        self.model, self.tokenizer = self._load_model()
         self.device = "gpu" if mx.default_device().type == mx.DeviceType.gpu else "cpu"
         # Before anything else sees the model: on the CPU backend float32 is the fast path.
-        self.precision = precision.apply(self.model, device=self.device, setting=cpu_float32, budget=memory_budget)
+        self.precision = self._apply_precision(cpu_float32, memory_budget)
         if self.device == "cpu":
             cpu_decode.compile_decode_pieces(self.model)  # fewer ops per CPU decode step; the same arithmetic
         self.compute_dtype = self.precision.description
@@ -294,6 +294,7 @@ class ModelRunner:
                 prompt_responses, generation_responses = self._generator.next()
                 self.steps += 1
             except Exception as e:  # noqa: BLE001 - the whole batch shares this failure
+                self._check_step_error(e)
                 log.exception("batch_step_failed", requests=[a.request_id for a in self._active.values()])
                 for active in list(self._active.values()):
                     events.append(self._fail(active, f"generation failed: {type(e).__name__}: {e}"))
@@ -363,6 +364,17 @@ class ModelRunner:
 
     # -- internals (engine thread) -----------------------------------------------------------------
 
+    def _load_model(self) -> tuple[Any, Any]:
+        """The model and its tokenizer (a group's rank loads only its part: group_sync.GroupRunner)."""
+        return mlx_lm.load(str(self.model_path))
+
+    def _apply_precision(self, setting: str, budget: int) -> precision.PrecisionPlan:
+        """`precision.apply` (a group's ranks agree on it first: group_sync.GroupRunner)."""
+        return precision.apply(self.model, device=self.device, setting=setting, budget=budget)
+
+    def _check_step_error(self, error: Exception) -> None:
+        """Raise instead when `error` must end more than this batch (a group's lost rank: group_sync.py)."""
+
     def _new_generator(self) -> BatchedGenerator:
         return BatchedGenerator(
             self.model,
@@ -387,11 +399,14 @@ class ModelRunner:
             limit = min(limit, max(1, room // (self._prefill_token_bytes * self.prefill_step_size)))
         return limit
 
-    def _drain_inbox(self, events: list[TokenEvent]) -> None:
+    def _take_inbox(self) -> list[tuple[str, Any]]:
         with self._lock:
             inbox, self._inbox = self._inbox, []
             self._wakeup.clear()
-        for kind, item in inbox:
+        return inbox
+
+    def _drain_inbox(self, events: list[TokenEvent]) -> None:
+        for kind, item in self._take_inbox():
             if kind == "submit":
                 self._waiting.append(item)
             else:

@@ -16,7 +16,7 @@ import msgspec
 from mlxserve.services.common import logs
 from mlxserve.services.common.errors import InvalidArgument, Unsupported
 from mlxserve.services.common.rpc import ping_response, rpc_method
-from mlxserve.v1 import requests, worker_pb2, worker_pb2_grpc
+from mlxserve.v1 import common_pb2, requests, worker_pb2, worker_pb2_grpc
 
 from .blas import BlasReport
 from .embeddings import EmbeddingRunner
@@ -125,4 +125,15 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             blas_gflops=self.blas.gflops,
             # Embedding runners keep their weights as loaded (no precision plan): "".
             compute_dtype=getattr(self.runner, "compute_dtype", ""),
+            # A group's ranks as of the last step message (rank 0 first); a single worker has none.
+            ranks=self._ranks(),
+            strategy=getattr(self.runner, "strategy", ""),
         )
+
+    def _ranks(self) -> list[common_pb2.RankInfo]:
+        group = getattr(self.runner, "group", None)
+        if group is None:
+            return []
+        return [common_pb2.RankInfo(rank=r, host=group.host(r), pid=state.pid, memory_bytes=state.memory_bytes,
+                                    active_memory=state.active_memory)
+                for r, state in enumerate(getattr(self.runner, "ranks", []))]
