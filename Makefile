@@ -48,12 +48,17 @@ cpu-blas:
 	fi
 
 # Programs the tests run as real peers: an OCI registry (Debian's docker-registry), skopeo for
-# interop, htpasswd for a registry with basic auth. Installed with apt (or Homebrew) if missing.
+# interop, htpasswd for a registry with basic auth, an OpenSSH server on a loopback address that
+# stands in for a second Mac of a distributed group. Installed with apt (or Homebrew) if missing.
 system-test-deps:
 	@missing=""; \
 	command -v docker-registry >/dev/null 2>&1 || command -v registry >/dev/null 2>&1 || missing="$$missing docker-registry"; \
 	command -v skopeo >/dev/null 2>&1 || missing="$$missing skopeo"; \
 	command -v htpasswd >/dev/null 2>&1 || missing="$$missing apache2-utils"; \
+	if [ "$$(uname -s)" = Linux ]; then \
+	  [ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
+	  command -v ssh >/dev/null 2>&1 || missing="$$missing openssh-client"; \
+	fi; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null 2>&1; then \
 	    $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \

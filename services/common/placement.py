@@ -28,7 +28,9 @@ DEFAULT_GROUP_PORT = 32323
 # Hosts that mean "this machine": their ranks are started here, without ssh (as mlx.launch does
 # for 127.0.0.1). Any other name, 127.0.0.2 included, is reached over ssh.
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-PLACEMENT_KEYS = ("hosts", "hostfile", "strategy", "backend", "python", "rank_memory", "port")
+PLACEMENT_KEYS = ("hosts", "hostfile", "strategy", "backend", "python", "rank_memory", "port", "model_dir")
+# Where remote hosts keep their copy of a model (relative to the remote home unless absolute).
+DEFAULT_MODEL_DIR = ".mlxserve/cache/group"
 
 _HOST = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9_.-]+))(?::(?P<port>\d{1,5}))?")
 
@@ -60,6 +62,7 @@ class Placement:
     python: str = ""        # the interpreter on remote hosts ("": the same path as this one)
     rank_memory: int = 0    # bytes each rank may hold (0: this host's memory budget)
     port: int = DEFAULT_GROUP_PORT
+    model_dir: str = DEFAULT_MODEL_DIR  # where remote hosts keep the model's files (copied there by digest)
     source: str = field(default="", compare=False)  # where it was set, for messages
 
     @property
@@ -98,6 +101,8 @@ class Placement:
             out["rank_memory"] = self.rank_memory
         if self.port != DEFAULT_GROUP_PORT:
             out["port"] = self.port
+        if self.model_dir != DEFAULT_MODEL_DIR:
+            out["model_dir"] = self.model_dir
         return out
 
     def to_json(self) -> str:
@@ -212,10 +217,11 @@ def parse_placement(raw: Mapping[str, Any] | str, *, source: str = "placement", 
     if rank_memory < 0 or not 0 < port < 65536 - len(hosts):
         raise InvalidArgument(f"{source}: rank_memory must be >= 0 and port 1-65535")
     python = raw.get("python") or ""
-    if not isinstance(python, str):
-        raise InvalidArgument(f"{source}: python must be a path")
+    model_dir = raw.get("model_dir") or DEFAULT_MODEL_DIR
+    if not isinstance(python, str) or not isinstance(model_dir, str):
+        raise InvalidArgument(f"{source}: python and model_dir must be paths")
     placement = Placement(hosts=tuple(hosts), strategy=strategy, backend=backend, python=python,
-                          rank_memory=rank_memory, port=port, source=source)
+                          rank_memory=rank_memory, port=port, model_dir=model_dir, source=source)
     if backend == "ring":
         addresses = [(h.ip or h.ssh, h.port or port + r) for r, h in enumerate(hosts)]
         dupes = {a for a in addresses if addresses.count(a) > 1}

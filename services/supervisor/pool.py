@@ -5,6 +5,10 @@ Plain asyncio domain code over `policy.Residency` (leases, timers, residency lim
 wait until ready, stop, Info; `processes.ProcessLauncher` runs real processes) and a `Clock`; the
 gRPC servicer in server.py is a thin layer over it. Tests give it a fake launcher and a fake clock.
 
+A model too large for this host's memory budget, or given a placement, is served by a group of
+processes (group.py): the launcher hands back one Worker for the group, and `memory.choose_plan`
+decides where each load goes.
+
 A monitor polls each worker's Info: the memory it reports feeds the memory budget, and a worker
 holding work whose step counter has not moved for `wedge_timeout` seconds is killed as wedged
 (its leases end; the gateway sees the dead worker and fails its requests).
@@ -22,11 +26,15 @@ from typing import Callable, Protocol
 from mlxserve.services.common import logs
 from mlxserve.services.common.config import Settings
 from mlxserve.services.common.errors import Busy, NotFound, Unavailable
+from mlxserve.services.common.placement import Placement, placement_or_none
 from mlxserve.services.common.times import rfc3339
 from mlxserve.v1 import common_pb2, worker_pb2
 
 from .clock import Clock, SystemClock
-from .memory import dtype_bytes, expected_memory, limits_from, mlx_backend_is_cpu
+from .memory import (
+    Plan, choose_plan, dtype_bytes, expected_memory, group_rank_need, limits_from, local_ranks_memory, mlx_backend_is_cpu,
+    shares_endpoints,
+)
 from .policy import LoadBackoff, Residency
 from .store_client import ModelRef
 
@@ -63,6 +71,13 @@ class Launcher(Protocol):
 
     async def spawn(self, ref: ModelRef, *, memory_budget: int) -> Worker:
         """Start `ref`'s worker, telling it the bytes it may hold (0: no budget)."""
+
+    async def preflight(self, placement: Placement) -> None:
+        """Raise, naming the host, when the group's hosts cannot run it (unreachable, other versions)."""
+
+    async def spawn_group(self, ref: ModelRef, placement: Placement, *, rank_budget: int) -> Worker:
+        """Start `ref` on a group of ranks (one Worker: rank 0's address, alive while all are);
+        each rank may hold `rank_budget` bytes (0: no budget). `preflight` has passed."""
 
     async def wait_ready(self, worker: Worker, timeout: float) -> None:
         """Return once it answers Ping; Unavailable if it exits first, Timeout (killed) if late."""
@@ -109,6 +124,8 @@ class LoadedInfo:
     blas: str = ""            # the worker's confirmed BLAS (CPU backend only)
     blas_gflops: float = 0.0  # ... and its float32 matmul rate
     compute_dtype: str = ""   # how the weights are computed
+    ranks: tuple[common_pb2.RankInfo, ...] = ()  # a group's ranks, rank 0 first (empty: one process)
+    strategy: str = ""        # a group's "pipeline" or "tensor"
 
 
 @dataclass
@@ -155,6 +172,11 @@ class WorkerPool:
         self.cpu_backend = mlx_backend_is_cpu() if cpu_backend is None else cpu_backend
         self.backoff = LoadBackoff(self.clock.now, base=settings.restart_backoff, maximum=settings.restart_backoff_max)
         self._stop_grace = stop_grace
+        # Groups from the config (validated when the settings were loaded).
+        self._distributed = placement_or_none(settings.distributed, source="config: distributed")
+        self._placements = {name: placement_or_none(table, source=f"config: placements.{name}")
+                            for name, table in settings.placements.items()}
+        self._groups: dict[str, Placement] = {}  # the group of each resident (or loading) model served by one
         self._loaded: dict[str, _Loaded] = {}
         self._loading: dict[str, _Load] = {}
         self._background: set[asyncio.Task] = set()
@@ -260,6 +282,8 @@ class WorkerPool:
                 blas=info.blas if info is not None else "",
                 blas_gflops=info.blas_gflops if info is not None else 0.0,
                 compute_dtype=info.compute_dtype if info is not None else "",
+                ranks=tuple(info.ranks) if info is not None else (),
+                strategy=info.strategy if info is not None else "",
             ))
         return sorted(out, key=lambda i: i.name)
 
@@ -338,21 +362,37 @@ class WorkerPool:
             self.residency.loaded(key, load.keep_alive)  # loaded for nobody: idle from now on
             self._wake.set()
 
-    async def _admit(self, ref: ModelRef) -> int:
+    def plan(self, ref: ModelRef) -> Plan:
+        """One process or a group for `ref` (memory.choose_plan); InvalidArgument when neither fits."""
+        own = ref.placement or self._placements.get(ref.name)
+        if own is None and ref.name.endswith(":latest"):
+            own = self._placements.get(ref.name.removesuffix(":latest"))
+
+        def per_rank(group: Placement) -> int:
+            return group_rank_need(ref.size, group.size, cpu_float32=self.settings.cpu_float32, cpu_backend=self.cpu_backend,
+                                   rank_budget=group.rank_memory or self.limits.memory_budget,
+                                   bits=ref.quantization_bits, dtype_bytes=dtype_bytes(ref.dtype))
+
+        return choose_plan(ref.name, single_need=self.expected_memory(ref), host_budget=self.limits.memory_budget,
+                           own=own, distributed=self._distributed, per_rank_need=per_rank)
+
+    async def _admit(self, ref: ModelRef, needed: int, group: Placement | None = None) -> int:
         """Reserve room for `ref` under the residency limits, evicting idle models if needed, and
-        return the bytes its worker may use (0: no budget).
+        return the bytes its worker may use (0: no budget). A group also needs its ring ports: an
+        idle model whose group listens there is evicted, a busy one waited for.
 
         The room reserved is what the worker is expected to hold (`expected_memory`: float32 on
         the CPU backend can be ~8x the manifest size), until its measured memory replaces it.
         Waits (up to load_timeout) while busy models hold the room, then raises Busy.
         """
-        needed = self.expected_memory(ref)
         deadline = self.clock.now() + self.settings.load_timeout
         logged = False
         while True:
             room = self._room
+            holders = [k for k, p in self._groups.items() if group is not None and k != ref.digest and shares_endpoints(p, group)]
             evict = self.residency.plan_load(needed, self.limits)
-            if evict is not None:
+            if evict is not None and set(holders) <= set(self.residency.eviction_order()):
+                evict = list(dict.fromkeys([*holders, *evict]))
                 break
             if not logged:
                 self.log.info("load_waiting_for_room", model=ref.name, loaded=self.loaded_names(),
@@ -361,10 +401,14 @@ class WorkerPool:
                 logged = True
             remaining = deadline - self.clock.now()
             if remaining <= 0:
-                raise Busy(f"cannot load {ref.name}: {self._full_reason(needed)} and every loaded model stayed busy "
+                reason = (f"{self._names(holders)}'s group listens on the ports its group needs" if holders
+                          else self._full_reason(needed))
+                raise Busy(f"cannot load {ref.name}: {reason} and every loaded model stayed busy "
                            f"for {self.settings.load_timeout:g}s", retry_after=ROOM_RETRY_AFTER_S)
             await self.clock.wait(room, remaining)
         self.residency.reserve(ref.digest, needed)
+        if group is not None:
+            self._groups[ref.digest] = group
         evicted = [l for l in (self._detach(k) for k in evict) if l is not None]
         for loaded in evicted:
             self.log.info("worker_stopping", model=loaded.ref.name, pid=loaded.worker.pid, reason="evicted",
@@ -382,6 +426,9 @@ class WorkerPool:
                                budget=self.limits.memory_budget, bits=ref.quantization_bits,
                                dtype_bytes=dtype_bytes(ref.dtype))
 
+    def _names(self, keys: list[str]) -> str:
+        return ", ".join(self._loaded[k].ref.name if k in self._loaded else k[:12] for k in keys)
+
     def _full_reason(self, needed: int) -> str:
         if self.limits.max_models and len(self.residency.keys()) >= self.limits.max_models:
             return f"max_loaded_models={self.limits.max_models} models are loaded"
@@ -395,13 +442,22 @@ class WorkerPool:
 
     async def _load(self, ref: ModelRef) -> _Loaded:
         worker: Worker | None = None
+        plan = self.plan(ref)  # a refusal (fits nowhere) is no load failure: it is not retried later
         try:
-            budget = await self._admit(ref)
+            if plan.placement is not None:
+                await self.launcher.preflight(plan.placement)  # before evicting anyone for a group that cannot start
+            budget = await self._admit(ref, plan.reserve, plan.placement)
             spawned = self.clock.now()
-            worker = await self.launcher.spawn(ref, memory_budget=budget)
+            if plan.placement is None:
+                worker = await self.launcher.spawn(ref, memory_budget=budget)
+            else:
+                self.log.info("group_starting", model=ref.name, placement=plan.placement.describe(),
+                              per_rank_bytes=plan.per_rank, rank_budget=plan.rank_budget)
+                worker = await self.launcher.spawn_group(ref, plan.placement, rank_budget=plan.rank_budget)
             await self.launcher.wait_ready(worker, self.settings.load_timeout)
         except BaseException as e:
             self.residency.forget(ref.digest)
+            self._groups.pop(ref.digest, None)
             self._room_changed()
             if worker is not None and worker.alive:
                 await self.launcher.stop(worker, self._stop_grace)
@@ -419,7 +475,7 @@ class WorkerPool:
         # The real resident size replaces the estimate at once, not at the monitor's next pass.
         info = await self.launcher.info(worker)
         if info is not None:
-            self.residency.set_memory(ref.digest, info.memory_bytes)
+            self.residency.set_memory(ref.digest, local_ranks_memory(info))
         self.log.info("worker_ready", model=ref.name, pid=worker.pid, load_s=round(self.clock.now() - spawned, 3),
                       memory_bytes=info.memory_bytes if info is not None else None,
                       compute_dtype=info.compute_dtype if info is not None else None)
@@ -452,6 +508,7 @@ class WorkerPool:
         if loaded is not None:
             self._progress.pop(loaded.worker.pid, None)
         dropped = self.residency.forget(key)
+        self._groups.pop(key, None)
         self._room_changed()
         if dropped:
             self.log.warning("leases_dropped", digest=key, leases=len(dropped))
@@ -491,7 +548,7 @@ class WorkerPool:
             if self._loaded.get(key) is not loaded:
                 continue  # gone while we asked
             if info is not None:
-                self.residency.set_memory(key, info.memory_bytes)
+                self.residency.set_memory(key, local_ranks_memory(info))
             # Work outstanding: a lease is held and the worker has requests (or does not answer).
             busy = self.residency.leases(key) > 0 and (info is None or (info.running + info.waiting > 0 and info.kind != "embed"))
             steps = info.steps if info is not None else -1

@@ -18,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import grpc
 
@@ -58,9 +58,9 @@ def log_path_for(logs_dir: Path, model_name: str) -> Path:
 
 
 def remove_stale_sockets(run_dir: Path) -> list[Path]:
-    """Delete worker sockets left by a previous supervisor (its workers died with it)."""
+    """Delete worker sockets (and group hostfiles) left by a previous supervisor (its workers died with it)."""
     removed = []
-    for path in run_dir.glob("worker-*.sock"):
+    for path in [*run_dir.glob("worker-*.sock"), *run_dir.glob("group-*.hosts.json")]:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
             removed.append(path)
@@ -73,7 +73,7 @@ class WorkerProcess:
 
     name: str
     key: str
-    socket_path: Path
+    socket_path: Path | None  # None: a group's follower rank, which serves nothing
     log_path: Path
     process: asyncio.subprocess.Process
     log_offset: int = 0
@@ -90,7 +90,7 @@ class WorkerProcess:
 
     @property
     def address(self) -> str:
-        return rpc.unix_target(self.socket_path)
+        return rpc.unix_target(self.socket_path) if self.socket_path is not None else ""
 
     @property
     def alive(self) -> bool:
@@ -125,7 +125,7 @@ class WorkerProcess:
 
     async def ping(self, timeout: float = 1.0) -> bool:
         """True when the worker answers Ping on its socket within `timeout`."""
-        if not self.socket_path.exists():
+        if self.socket_path is None or not self.socket_path.exists():
             return False
         channel = rpc.aio_channel(self.address)
         try:
@@ -178,6 +178,9 @@ class WorkerProcess:
             if not exited.done():
                 exited.cancel()
 
+    async def wait(self) -> int:
+        return await self.process.wait()
+
     def start_failure(self) -> Unavailable:
         rc = self.process.returncode
         return Unavailable(f"worker for {self.name} failed to start (exit code {rc}): {self.failure_cause()}")
@@ -195,8 +198,8 @@ class WorkerProcess:
             except asyncio.TimeoutError:
                 self._signal(signal.SIGKILL)
                 await self.process.wait()
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+        if self.socket_path is not None:
+            self.socket_path.unlink(missing_ok=True)
         await self.close_channel()
         return self.process.returncode
 
@@ -219,14 +222,14 @@ async def spawn_worker(
     *,
     name: str,
     key: str,
-    socket_path: Path,
+    socket_path: Path | None,
     log_path: Path,
     env: dict[str, str],
 ) -> WorkerProcess:
     """Start a worker as a fresh process; stderr (and stdout) append to `log_path`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        socket_path.unlink()
+    if socket_path is not None:
+        socket_path.unlink(missing_ok=True)
     with open(log_path, "ab") as log:
         offset = log.tell()
         process = await asyncio.create_subprocess_exec(
@@ -241,11 +244,12 @@ async def spawn_worker(
     return WorkerProcess(name=name, key=key, socket_path=socket_path, log_path=log_path, process=process, log_offset=offset)
 
 
-def watch_exit(worker: WorkerProcess, on_exit: Callable[[WorkerProcess], Awaitable[None] | None]) -> asyncio.Task:
-    """Call `on_exit(worker)` when the process exits, however it exits."""
+def watch_exit(worker: Any, on_exit: Callable[[Any], Awaitable[None] | None]) -> asyncio.Task:
+    """Call `on_exit(worker)` when `worker.wait()` returns (a WorkerProcess has exited, a
+    group.WorkerGroup has lost every rank), however it exits."""
 
     async def watch() -> None:
-        await worker.process.wait()
+        await worker.wait()
         result = on_exit(worker)
         if asyncio.iscoroutine(result):
             await result
@@ -298,8 +302,8 @@ class ProcessLauncher:
         """Call `on_exit(worker)` once the process exits (its socket and channel closed first)."""
 
         async def exited(w: WorkerProcess) -> None:
-            with contextlib.suppress(FileNotFoundError):
-                w.socket_path.unlink()
+            if w.socket_path is not None:
+                w.socket_path.unlink(missing_ok=True)
             await w.close_channel()
             on_exit(w)
 

@@ -17,7 +17,9 @@ from mlxserve.v1 import supervisor_pb2, supervisor_pb2_grpc
 
 from .memory import mlx_backend_is_cpu
 from .pool import LoadedInfo, WorkerPool
-from .processes import ProcessLauncher, remove_stale_sockets
+from .group import ProcessGroupLauncher
+from .processes import remove_stale_sockets
+from .remote_files import ensure_model_on
 from .store_client import StoreResolver
 
 
@@ -70,6 +72,7 @@ def _loaded_pb(info: LoadedInfo) -> supervisor_pb2.LoadedModel:
         memory_bytes=info.memory_bytes, expires_at=info.expires_at, pid=info.pid,
         in_flight=info.in_flight, context_length=info.context_length,
         blas=info.blas, blas_gflops=info.blas_gflops, compute_dtype=info.compute_dtype,
+        ranks=info.ranks, strategy=info.strategy,
     )
     if info.details is not None:
         msg.details.CopyFrom(info.details)
@@ -83,7 +86,8 @@ async def serve(settings: Settings, pool: WorkerPool | None = None, stop: asynci
     resolver = StoreResolver(settings.store_target, changes=marker_path(settings.run_dir))
     if pool is None:
         cpu_backend = mlx_backend_is_cpu()
-        pool = WorkerPool(settings, resolver, ProcessLauncher(settings, cpu_backend=cpu_backend), cpu_backend=cpu_backend)
+        launcher = ProcessGroupLauncher(settings, cpu_backend=cpu_backend, remote_model=ensure_model_on)
+        pool = WorkerPool(settings, resolver, launcher, cpu_backend=cpu_backend)
     stop = stop or asyncio.Event()
     for path in remove_stale_sockets(settings.run_dir):
         log.info("stale_socket_removed", path=str(path))
