@@ -75,13 +75,19 @@ async def ps(request: web.Request) -> web.Response:
 
 
 def compute_fields(m: supervisor_pb2.LoadedModel) -> dict[str, Any]:
-    """mlxserve's additions to an /api/ps entry: how the worker computes (only what it reported)."""
+    """mlxserve's additions to an /api/ps entry: how the worker computes (only what it reported),
+    and for a model served by a group of processes its strategy and ranks (absent otherwise, so
+    a one-process entry keeps Ollama's shape)."""
     out: dict[str, Any] = {}
     if m.compute_dtype:
         out["compute_dtype"] = m.compute_dtype
     if m.blas:
         out["blas"] = m.blas
         out["blas_gflops"] = round(m.blas_gflops, 1)
+    if m.ranks:
+        out["strategy"] = m.strategy
+        out["ranks"] = [{"rank": r.rank, "host": r.host, "pid": r.pid, "memory_bytes": r.memory_bytes,
+                         "active_memory": r.active_memory} for r in m.ranks]
     return out
 
 
