@@ -207,10 +207,10 @@ def test_a_remote_rank_starts_over_ssh_with_the_launch_script_and_its_hosts_copy
 
 def test_hosts_with_other_mlx_versions_are_refused_naming_each_host_and_nothing_starts(
         settings: Settings, store: StubStore, home: Path, sshd: SshHost) -> None:
-    # The remote "python" reports other versions (the preflight runs `<python> -c ...` over ssh).
-    other = home / "other-python"
-    other.write_text('#!/bin/sh\necho \'{"mlx": "0.0.1", "mlx-lm": "0.0.2", "mlxserve": "0.0.3"}\'\n')
-    other.chmod(0o755)
+    # The other host's Python is a real interpreter without mlx installed (a fresh venv): what a
+    # host where mlxserve was never installed, or another version was, reports over ssh.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(home / "bare-env")], check=True)
+    other = home / "bare-env" / "bin" / "python"
     store.add("big", placement=parse_placement({"hosts": [f"127.0.0.1:{free_port()}", f"{sshd.host}:{free_port()}"],
                                                 "python": str(other)}))
 
@@ -220,7 +220,7 @@ def test_hosts_with_other_mlx_versions_are_refused_naming_each_host_and_nothing_
             await pool.acquire("big")
         here = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in ("mlx", "mlx-lm", "mlxserve"))
         assert str(err.value) == (f"the group's hosts run different versions (this machine has {here}; {sshd.host} has "
-                                  "mlx 0.0.1, mlx-lm 0.0.2, mlxserve 0.0.3): install the same mlx, mlx-lm and mlxserve on every host")
+                                  "mlx missing, mlx-lm missing, mlxserve missing): install the same mlx, mlx-lm and mlxserve on every host")
         assert store.spawns("big") == []
         await pool.close()
 
