@@ -25,7 +25,7 @@ import textwrap
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -36,7 +36,7 @@ from mlxserve.services.supervisor.group import LEADER_GRACE_S
 from tests.e2e.harness import System, alive, descendants, free_port, http_json, start_system
 from tests.fixtures.sshd import SshHost, running_sshd
 from tests.fixtures.tiny_model import write_tiny_model
-from tests.fixtures.worker_stub import StubStore, pid_alive, stub_pool
+from tests.fixtures.worker_stub import StubStore, eventually, pid_alive, stub_pool
 
 SMOL = "smollm2:135m"
 EOS = "<|im_end|>"
@@ -69,14 +69,6 @@ def two_local(extra: dict[str, Any] | None = None) -> tuple[dict[str, Any], int,
 def rank_pids(store: StubStore, name: str, rank: int) -> list[int]:
     f = store.root / "views" / name / f"rank{rank}"
     return [int(x) for x in f.read_text().split()] if f.exists() else []
-
-
-async def eventually(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 # -- the pool with stand-in ranks ----------------------------------------------------------------

@@ -16,7 +16,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Iterator
 
 import grpc
 import pytest
@@ -27,7 +27,7 @@ from mlxserve.services.common.errors import Timeout, Unavailable
 from mlxserve.services.supervisor.processes import spawn_worker
 from mlxserve.services.supervisor.server import serve
 from mlxserve.v1 import common_pb2, supervisor_pb2, supervisor_pb2_grpc
-from tests.fixtures.worker_stub import StubStore, pid_alive, stub_pool
+from tests.fixtures.worker_stub import StubStore, eventually, pid_alive, stub_pool
 
 
 def run(coro: Awaitable[Any]) -> Any:
@@ -53,14 +53,6 @@ def settings(home: Path) -> Settings:
 @pytest.fixture
 def store(home: Path) -> StubStore:
     return StubStore(home)
-
-
-async def eventually(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 # -- the pool over real processes ------------------------------------------------------------------
