@@ -111,6 +111,15 @@ class Forbidden(MlxServeError):
     openai_type = "permission_error"
 
 
+class DiskFull(MlxServeError):
+    """The disk that holds the model store has no room for what is being written (507)."""
+
+    http_status = 507
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED  # shared with Busy: told apart by ERROR_CLASS_KEY
+    exit_code = 9
+    openai_type = "server_error"
+
+
 class Internal(MlxServeError):
     """A bug or an unexpected failure (500)."""
 
@@ -121,6 +130,9 @@ _BY_GRPC_CODE: dict[grpc.StatusCode, type[MlxServeError]] = {
                 Unauthenticated, Forbidden, Internal)
 }
 
+# Classes that share a gRPC code with another are told apart by the name a servicer sends along.
+_BY_NAME: dict[str, type[MlxServeError]] = {cls.__name__: cls for cls in (DiskFull,)}
+
 # gRPC trailing-metadata key that carries Retry-After across a process boundary.
 RETRY_AFTER_KEY = "x-retry-after"
 # Set on every status a servicer sends on purpose; its absence means gRPC itself failed (the
@@ -128,8 +140,14 @@ RETRY_AFTER_KEY = "x-retry-after"
 ERROR_CLASS_KEY = "x-mlxserve-error"
 
 
-def from_rpc_error(err: grpc.RpcError, *, service: str = "") -> MlxServeError:
-    """Turn a gRPC failure (from either the sync or the aio API) back into our error type."""
+def from_rpc_error(err: grpc.RpcError, *, service: str = "", timeout: float | None = None) -> MlxServeError:
+    """Turn a gRPC failure (from either the sync or the aio API) back into our error type.
+
+    A servicer's verdict keeps its message. A failure of gRPC itself (no ERROR_CLASS_KEY: the peer
+    is down, died mid-call, or did not answer within `timeout`) becomes a sentence naming the
+    service; gRPC's own text ("Deadline Exceeded", "Stream removed", "failed to connect to all
+    addresses") is no client's business (rpc.call logs it, with debug logging on).
+    """
     code = err.code() if callable(getattr(err, "code", None)) else grpc.StatusCode.UNKNOWN
     details = err.details() if callable(getattr(err, "details", None)) else str(err)
     meta: dict[str, str] = {}
@@ -137,18 +155,34 @@ def from_rpc_error(err: grpc.RpcError, *, service: str = "") -> MlxServeError:
         meta = {key: value for key, value in (err.trailing_metadata() or ())}
     except Exception:  # noqa: BLE001 - metadata is optional garnish
         pass
-    from_servicer = ERROR_CLASS_KEY in meta
-    if code == grpc.StatusCode.UNAVAILABLE and not from_servicer:
-        # A transport failure, not a servicer's verdict: say which service is down.
-        return Unavailable(f"the {service or 'backend'} service is not reachable ({details or 'connection failed'})")
+    if ERROR_CLASS_KEY not in meta:
+        return transport_error(code, service=service, timeout=timeout)
     retry_after = None
     if RETRY_AFTER_KEY in meta:
         try:
             retry_after = float(meta[RETRY_AFTER_KEY])
         except ValueError:
             pass
-    cls = _BY_GRPC_CODE.get(code, Internal)
+    cls = _BY_NAME.get(meta[ERROR_CLASS_KEY]) or _BY_GRPC_CODE.get(code, Internal)
     return cls(details or code.name.lower(), retry_after=retry_after)
+
+
+def transport_error(code: grpc.StatusCode, *, service: str = "", timeout: float | None = None) -> MlxServeError:
+    """The error for a call that gRPC itself failed with `code`: one clear sentence per kind."""
+    name = f"the {service or 'backend'} service"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return Unavailable(f"{name} is not reachable")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        within = f" within {timeout:g} s" if timeout else " in time"
+        return Timeout(f"{name} did not answer{within}")
+    if code == grpc.StatusCode.CANCELLED:
+        return Cancelled(f"the call to {name} was cancelled")
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return Internal(f"{name} does not know this call (is it another version of mlxserve?)")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return InvalidArgument(f"the message to or from {name} is larger than gRPC may carry")
+    # UNKNOWN / INTERNAL without a servicer's verdict: the connection broke mid-call ("Stream removed").
+    return Unavailable(f"the connection to {name} was lost mid-call")
 
 
 def grpc_status(err: MlxServeError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:

@@ -188,7 +188,7 @@ async def call(service: str, fn: Callable[..., Awaitable[T]], request: Any, *, t
         result = await fn(request, timeout=timeout, metadata=metadata(request_id))
     except grpc.RpcError as e:
         _log_call(service, fn, request_id, started, e)
-        raise from_rpc_error(e, service=service) from None
+        raise from_rpc_error(e, service=service, timeout=timeout) from None
     _log_call(service, fn, request_id, started, None)
     return result
 
@@ -201,6 +201,6 @@ def call_sync(service: str, fn: Callable[..., T], request: Any, *, timeout: floa
         result = fn(request, timeout=timeout, metadata=metadata(request_id))
     except grpc.RpcError as e:
         _log_call(service, fn, request_id, started, e)
-        raise from_rpc_error(e, service=service) from None
+        raise from_rpc_error(e, service=service, timeout=timeout) from None
     _log_call(service, fn, request_id, started, None)
     return result
