@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .addresses import parse_pattern
 from .errors import InvalidArgument
 
 DEFAULT_PORT = 11435
@@ -87,6 +88,10 @@ class Settings:
     # a mirror of it as "host[:port]" (https) or "http://host[:port]" (plain http: an explicit choice).
     # The names and where they are stored do not change with it.
     default_registry: str = "registry.ollama.ai"
+    # Hosts that pull/push may reach over plain http (`insecure`) besides loopback, which always may:
+    # "host", "host:port", "*.lan", or a network "192.168.1.0/24" (as Docker's insecure-registries).
+    # Link-local and cloud metadata addresses are never reached, whatever this says (addresses.py).
+    insecure_registries: tuple[str, ...] = ()
     # The Hugging Face hub that hf.co/ORG/REPO names are pulled from: "" means $HF_ENDPOINT, else
     # https://huggingface.co. An http:// endpoint (a local mirror) is an explicit choice.
     hf_endpoint: str = ""
@@ -311,6 +316,11 @@ def load_settings(overrides: Mapping[str, Any] | None = None, env: Mapping[str, 
     values["home"] = home if "home" not in values else values["home"]
     if values.get("cpu_float32", "auto") not in CPU_FLOAT32_CHOICES:
         raise InvalidArgument(f"config: cpu_float32 must be one of {', '.join(CPU_FLOAT32_CHOICES)}, got {values['cpu_float32']!r}")
+    for pattern in values.get("insecure_registries", ()):
+        try:
+            parse_pattern(pattern)
+        except ValueError as e:
+            raise InvalidArgument(f"config: insecure_registries: {e}") from None
     if "default_registry" in values:
         _check_endpoint("default_registry", values["default_registry"], bare_host=True)
     if values.get("hf_endpoint"):

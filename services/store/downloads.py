@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator, Protocol
 from mlxserve.services.common.errors import Cancelled, Internal, MlxServeError, Unavailable
 
 from .blobs import CHUNK
+from .connections import describe_failure
 from .layout import Throttle, short
 from .manifest import Descriptor
 from .progress import ProgressCallback, ProgressEvent
@@ -130,7 +131,11 @@ def fetch_blob(store: ModelStore, source: BlobSource, desc: Descriptor,
         err = download.error
         if isinstance(err, MlxServeError):
             raise type(err)(err.message) from err
-        raise Unavailable(f"download of {desc.digest} failed: {err}") from err
+        if isinstance(err, OSError) and err.errno is not None:
+            # The owner's own disk (network failures arrive as Unavailable): a full disk stays a
+            # full disk for every pull waiting on it, which the store reports as such.
+            raise OSError(err.errno, err.strerror) from err
+        raise Unavailable(f"download of {desc.digest} failed: {describe_failure(err)}") from err
 
 
 def _download(store: ModelStore, source: BlobSource, desc: Descriptor, download: _Download,
@@ -252,7 +257,7 @@ def _receive(source: BlobSource, desc: Descriptor, f: BinaryIO, h: "hashlib._Has
                         n = _fill(resp, buf)
                     except OSError as e:
                         raise Unavailable(f"download of {desc.digest} from {source.where} broke off after "
-                                          f"{completed} bytes ({e}); pull again to resume") from e
+                                          f"{completed} bytes ({describe_failure(e)}); pull again to resume") from e
                     for done in pending:
                         done.result()  # the other buffer is free again
                     if pending:

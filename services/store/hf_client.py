@@ -1,15 +1,23 @@
-"""The Hugging Face hub client: a repo's snapshot (files, commit) from its metadata, and its files' bytes."""
+"""The Hugging Face hub client: a repo's snapshot (files, commit) from its metadata, and its files' bytes.
+
+Both come over plain http.client through the store's address filter (connections.py), the
+metadata from the hub's API as huggingface_hub's `HfApi.model_info(files_metadata=True)` asks
+for it; the hub's error codes (`X-Error-Code`) decide our error, and only its short
+`X-Error-Message` (cleaned, bounded) is ever shown, never a body.
+"""
 
 from __future__ import annotations
 
 import http.client
+import json
 import os
-import ssl
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mlxserve import __version__
+from mlxserve.services.common.addresses import Guard
 from mlxserve.services.common.errors import (
     Forbidden,
     InvalidArgument,
@@ -19,14 +27,15 @@ from mlxserve.services.common.errors import (
     Unavailable,
 )
 
-
+from .connections import clean_text, describe_failure, open_connection, status_line
 from .hf_refs import RepoFile
-
-
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 MAX_REDIRECTS = 5
 TIMEOUT_S = 60.0
+MAX_INFO_BYTES = 64 * 1024 * 1024  # a repo's metadata with every file's hashes: ~200 bytes a file
+_OFFLINE = {"1", "ON", "YES", "TRUE"}
+_DISABLED = "Access to this resource is disabled."  # how the hub says it (huggingface_hub reads it so)
 
 
 
@@ -43,16 +52,17 @@ class Hub:
     through plain http.client (streamed into downloads.py; redirects followed by hand so the
     token never leaves the endpoint's host)."""
 
-    def __init__(self, endpoint: str, token: str | None, token_source: str) -> None:
+    def __init__(self, endpoint: str, token: str | None, token_source: str, guard: Guard | None = None) -> None:
         self.endpoint = endpoint.rstrip("/")
         parts = urllib.parse.urlsplit(self.endpoint)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise InvalidArgument(f"the Hugging Face endpoint {endpoint!r} is not an http(s):// URL")
         self.origin = (parts.scheme, parts.netloc)
         self.token, self.token_source = token, token_source
+        self.guard = guard or Guard()
 
     @classmethod
-    def from_settings(cls, hf_endpoint: str, hf_token_file: str) -> Hub:
+    def from_settings(cls, hf_endpoint: str, hf_token_file: str, guard: Guard | None = None) -> Hub:
         endpoint = (hf_endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).strip()
         if hf_token_file:
             path = Path(hf_token_file).expanduser()
@@ -63,36 +73,38 @@ class Hub:
                                       "or remove it to use $HF_TOKEN") from None
             if not token:
                 raise InvalidArgument(f"hf_token_file {path} is empty; put a Hugging Face token in it")
-            return cls(endpoint, token, f"hf_token_file {path}")
+            return cls(endpoint, token, f"hf_token_file {path}", guard)
         from huggingface_hub import get_token
 
         token = get_token()
         source = "HF_TOKEN" if os.environ.get("HF_TOKEN") else "the token `hf auth login` saved"
-        return cls(endpoint, token or None, source)
+        return cls(endpoint, token or None, source, guard)
 
     def snapshot(self, repo_id: str, revision: str | None) -> Snapshot:
         """The files of `repo_id` at `revision` (its default branch if None), with their hashes."""
-        from huggingface_hub import HfApi
-        from huggingface_hub.errors import HFValidationError, HfHubHTTPError, OfflineModeIsEnabled
-
-        api = HfApi(endpoint=self.endpoint, token=self.token or False, library_name="mlxserve",
-                    library_version=__version__)
-        try:
-            info = api.model_info(repo_id, revision=revision, files_metadata=True, timeout=TIMEOUT_S)
-        except HFValidationError as e:
-            raise InvalidArgument(f"'{repo_id}' is not a valid Hugging Face repo id: {e}") from None
-        except HfHubHTTPError as e:
-            raise self.error_for(e, repo_id, revision=revision) from None
-        except OfflineModeIsEnabled:
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in _OFFLINE:
             raise Unavailable("HF_HUB_OFFLINE is set, so the Hugging Face hub is not contacted; unset it to pull "
-                              "hf.co names") from None
-        except Exception as e:
-            if type(e).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore"):  # the client's transport errors
-                raise Unavailable(f"cannot reach the Hugging Face hub at {self.endpoint}: {e}") from None
-            raise
-        files = [RepoFile(s.rfilename, int(s.size or 0), s.blob_id or "", s.lfs.sha256 if s.lfs else None)
-                 for s in info.siblings or []]
-        return Snapshot(info.id or repo_id, info.sha or revision or "main", files, bool(info.gated))
+                              "hf.co names")
+        if not _valid_repo_id(repo_id):
+            raise InvalidArgument(f"'{repo_id}' is not a valid Hugging Face repo id (ORG/REPO: letters, digits, "
+                                  "'-', '_', '.')")
+        url = f"{self.endpoint}/api/models/{repo_id}"
+        if revision is not None:
+            url += f"/revision/{urllib.parse.quote(revision, safe='')}"
+        with self._get(url + "?blobs=true", (200,), repo_id, revision=revision) as resp:
+            try:
+                data = resp.read(MAX_INFO_BYTES + 1)
+            except OSError as e:
+                raise Unavailable(f"the metadata of hf.co/{repo_id} from {self.endpoint} broke off "
+                                  f"({describe_failure(e)}); pull again") from e
+        info = _info(data, f"hf.co/{repo_id}", self.endpoint)
+        files = []
+        for s in info.get("siblings") or []:
+            lfs = s.get("lfs") if isinstance(s.get("lfs"), dict) else None
+            files.append(RepoFile(str(s.get("rfilename", "")), int(s.get("size") or 0), str(s.get("blobId") or ""),
+                                  str(lfs["sha256"]) if lfs and lfs.get("sha256") else None))
+        return Snapshot(str(info.get("id") or repo_id), str(info.get("sha") or revision or "main"), files,
+                        bool(info.get("gated")))
 
     # ------------------------------------------------------------------ files
 
@@ -101,80 +113,58 @@ class Hub:
         from huggingface_hub import hf_hub_url
 
         url = hf_hub_url(repo_id, path, revision=commit, endpoint=self.endpoint)
-        headers = {"User-Agent": f"mlxserve/{__version__}"}
-        if offset > 0:
-            headers["Range"] = f"bytes={offset}-"
+        headers = {"Range": f"bytes={offset}-"} if offset > 0 else {}
+        return self._get(url, (200, 206, 416), repo_id, path=path, headers=headers)
+
+    def _get(self, url: str, ok: tuple[int, ...], repo_id: str, *, revision: str | None = None,
+             path: str | None = None, headers: dict[str, str] | None = None) -> _Response:
+        """GET `url`, following redirects (the token goes to the endpoint's host only); a status
+        outside `ok` raises our error for it."""
+        headers = {"User-Agent": f"mlxserve/{__version__}", **(headers or {})}
+        what = path or "the metadata"
         for _ in range(MAX_REDIRECTS + 1):
             parts = urllib.parse.urlsplit(url)
             hop = dict(headers)
             if self.token and (parts.scheme, parts.netloc) == self.origin:
                 hop["Authorization"] = f"Bearer {self.token}"
             resp = self._send(url, hop)
-            if resp.status in (200, 206, 416):
+            if resp.status in ok:
                 return resp
             location = resp.headers.get("Location")
             if resp.status in (301, 302, 303, 307, 308) and location:
                 resp.close()
                 nxt = urllib.parse.urljoin(url, location)
-                if self.origin[0] == "https" and not nxt.startswith("https://"):
-                    raise Unavailable(f"the Hugging Face hub sent the download of {path} to a plain-http address; "
-                                      "refusing it")
+                if not nxt.startswith(("https://", "http://")) or (
+                        self.origin[0] == "https" and not nxt.startswith("https://")):
+                    # An http:// endpoint is an explicit choice (the address filter still decides
+                    # where plain http may go); from an https one, plain http is a downgrade.
+                    raise Unavailable(f"the Hugging Face hub sent {what} of hf.co/{repo_id} to a plain-http or "
+                                      "non-http address; refusing it")
                 url = nxt
                 continue
-            detail = resp.read(2048)
-            resp.close()
-            raise self.error_for_status(resp.status, resp.headers.get("X-Error-Code"),
-                                        resp.headers.get("X-Error-Message") or detail.decode(errors="replace")[:200],
-                                        repo_id, path=path, storage=(parts.scheme, parts.netloc) != self.origin)
-        raise Unavailable(f"too many redirects downloading {path} of hf.co/{repo_id} from {self.endpoint}")
+            resp.close()  # its body is never quoted back; the hub's short X-Error-Message is
+            message = clean_text(resp.headers.get("X-Error-Message") or "") or status_line(resp.status)
+            code = resp.headers.get("X-Error-Code") or ("DisabledRepo" if message == _DISABLED else None)
+            raise self.error_for_status(resp.status, code, message, repo_id, revision=revision, path=path,
+                                        storage=(parts.scheme, parts.netloc) != self.origin)
+        raise Unavailable(f"too many redirects getting {what} of hf.co/{repo_id} from {self.endpoint}")
 
     def _send(self, url: str, headers: dict[str, str]) -> _Response:
         parts = urllib.parse.urlsplit(url)
-        conn: http.client.HTTPConnection
-        if parts.scheme == "https":
-            conn = http.client.HTTPSConnection(parts.netloc, timeout=TIMEOUT_S, context=ssl.create_default_context())
-        else:
-            conn = http.client.HTTPConnection(parts.netloc, timeout=TIMEOUT_S)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn, target = open_connection(url, self.guard, timeout=TIMEOUT_S)
         try:
             conn.request("GET", target, headers=headers)
             return _Response(conn, conn.getresponse())
         except (OSError, http.client.HTTPException) as e:
             conn.close()
             hub = (parts.scheme, parts.netloc) == self.origin
-            where = "the Hugging Face hub" if hub else f"the hub's storage ({parts.netloc})"
-            raise Unavailable(f"cannot reach {where} at {parts.scheme}://{parts.netloc}: {e}") from e
+            where = "the Hugging Face hub" if hub else f"the hub's storage ({clean_text(parts.netloc, 80)})"
+            raise Unavailable(f"cannot reach {where}: {describe_failure(e)}") from e
+        except BaseException:  # Forbidden from the address filter
+            conn.close()
+            raise
 
     # ------------------------------------------------------------------ errors
-
-    def error_for(self, e: Exception, repo_id: str, *, revision: str | None = None) -> MlxServeError:
-        """Our error for one of huggingface_hub's (it read the hub's X-Error-Code for us)."""
-        from huggingface_hub.errors import (
-            DisabledRepoError,
-            GatedRepoError,
-            RemoteEntryNotFoundError,
-            RepositoryNotFoundError,
-            RevisionNotFoundError,
-        )
-
-        response = getattr(e, "response", None)
-        status = getattr(response, "status_code", 0) or 0
-        message = getattr(e, "server_message", None) or ""
-        headers = getattr(response, "headers", {}) or {}
-        if isinstance(e, GatedRepoError):
-            code = "GatedRepo"
-        elif isinstance(e, RepositoryNotFoundError):
-            code = "RepoNotFound"
-        elif isinstance(e, RevisionNotFoundError):
-            code = "RevisionNotFound"
-        elif isinstance(e, RemoteEntryNotFoundError):
-            code = "EntryNotFound"
-        elif isinstance(e, DisabledRepoError):
-            code = "DisabledRepo"
-        else:
-            code = headers.get("X-Error-Code")
-        return self.error_for_status(status, code, headers.get("X-Error-Message") or message, repo_id,
-                                     revision=revision)
 
     def error_for_status(self, status: int, code: str | None, message: str, repo_id: str, *,
                          revision: str | None = None, path: str | None = None, storage: bool = False) -> MlxServeError:
@@ -212,7 +202,7 @@ class Hub:
             return Unavailable(f"the Hugging Face hub is rate-limiting requests ({message or '429'}); "
                                "try again in a few minutes, or set HF_TOKEN (signed-in limits are higher)")
         if status >= 500 or status == 0:
-            return Unavailable(f"the Hugging Face hub ({self.endpoint}) answered {status or 'nothing'} for {name}: "
+            return Unavailable(f"the Hugging Face hub ({self.endpoint}) answered {status_line(status)} for {name}: "
                                f"{message or 'server error'}; try again later")
         return InvalidArgument(f"the Hugging Face hub ({self.endpoint}) answered {status} for {name}: {message}")
 
@@ -245,6 +235,31 @@ class _Response:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _valid_repo_id(repo_id: str) -> bool:
+    """ORG/REPO as the hub allows them (huggingface_hub's validate_repo_id, in short)."""
+    parts = repo_id.split("/")
+    return len(parts) == 2 and all(
+        p and len(p) <= 96 and all(c.isascii() and (c.isalnum() or c in "-_.") for c in p)
+        and ".." not in p and "--" not in p and not p.startswith(("-", ".")) and not p.endswith((".", "-"))
+        for p in parts)
+
+
+def _info(data: bytes, name: str, endpoint: str) -> dict[str, Any]:
+    """The hub's JSON metadata of a repo, checked for the shape we read."""
+    if len(data) > MAX_INFO_BYTES:
+        raise Unavailable(f"the metadata of {name} from {endpoint} is over {MAX_INFO_BYTES} bytes; refusing it")
+    try:
+        info = json.loads(data)
+    except (ValueError, RecursionError):
+        info = None
+    siblings = info.get("siblings") if isinstance(info, dict) else None
+    if not isinstance(info, dict) or not isinstance(siblings, (list, type(None))) or not all(
+            isinstance(s, dict) and isinstance(s.get("rfilename"), str)
+            and isinstance(s.get("size", 0), (int, type(None))) for s in siblings or []):
+        raise Unavailable(f"{endpoint} did not answer with a Hugging Face repo's metadata for {name}")
+    return info
 
 
 class HubFiles:

@@ -9,9 +9,9 @@ What the repo holds decides what is made of it:
   the hub's own libraries use). The file is converted by the GGUF importer, then removed. A
   split GGUF (-00001-of-0000N) is refused, naming the way out.
 
-huggingface_hub gives the endpoint's metadata (`HfApi.model_info` with `files_metadata`: file
-names, sizes, git blob ids, LFS sha256s, the commit) and its errors, mapped to ours with a
-sentence that says what to do. The bytes come through downloads.fetch_blob (resumable, hashed
+hf_client.py reads the endpoint's metadata (what `HfApi.model_info` with `files_metadata` asks
+for: file names, sizes, git blob ids, LFS sha256s, the commit) through the store's address
+filter, and maps the hub's errors to ours with a sentence that says what to do. The bytes come through downloads.fetch_blob (resumable, hashed
 as they arrive, adopted only if the sha256 is the hub's), fetched at the commit the metadata
 named, so a branch that moves mid-pull cannot mix two versions. Files kept in git rather than
 LFS (config.json, tokenizer files: at most a few MB) have no sha256 on the hub, only their git
@@ -52,6 +52,7 @@ from mlxserve.services.common.errors import (
 )
 
 from .blobs import remove_tree
+from .connections import describe_failure
 from .downloads import fetch_blob, source_blob
 from .hf_client import DEFAULT_ENDPOINT, Hub, HubFiles, Snapshot
 from .hf_refs import DEFAULT_QUANT, QUANT_ORDER, GgufChoice, RepoFile, gguf_choices, parse_ref, pick_gguf, quant_label
@@ -94,7 +95,7 @@ def pull(store: ModelStore, ref: str, target: ModelName, *, remotes: Remotes, pr
     if target.digest:
         raise InvalidArgument(f"cannot store a pull from the hub under the digest-pinned name '{target}'")
     hub_ref = parse_ref(ref)
-    hub = Hub.from_settings(remotes.hf_endpoint, remotes.hf_token_file)
+    hub = Hub.from_settings(remotes.hf_endpoint, remotes.hf_token_file, remotes.guard())
     progress(ProgressEvent("pulling manifest"))
     snap = hub.snapshot(hub_ref.repo_id, None)
     where = f"hf.co/{snap.repo_id}"
@@ -164,7 +165,7 @@ def _fetch(store: ModelStore, hub: Hub, snap: Snapshot, f: RepoFile, dest: Path,
                     break
                 data += chunk
     except OSError as e:
-        raise Unavailable(f"download of {where} broke off ({e}); pull again") from e
+        raise Unavailable(f"download of {where} broke off ({describe_failure(e)}); pull again") from e
     actual = hashlib.sha1(b"blob %d\0" % len(data) + bytes(data)).hexdigest()
     if len(data) != f.size or actual != f.blob_id:
         raise Internal(f"{where} failed verification: the hub lists {f.size} bytes with git blob id {f.blob_id}, "

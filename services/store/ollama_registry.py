@@ -36,6 +36,7 @@ from typing import Any
 from mlxserve.services.common.errors import Cancelled, Internal, InvalidArgument, NotFound, Unavailable, Unsupported
 
 from .blobs import remove_tree
+from .connections import describe_failure
 from .downloads import BlobSource, fetch_blob, source_blob
 from .importers.ollama import (
     IGNORED_LAYERS,
@@ -198,7 +199,7 @@ def _fetch_small(source: BlobSource, desc: dict[str, Any], where: str, progress:
                 got += len(chunk)
     except (OSError, http.client.HTTPException) as e:
         raise Unavailable(f"cannot pull {where}: the download of its {what} layer {digest} from {source.where} "
-                          f"broke off ({e}); pull again") from e
+                          f"broke off ({describe_failure(e)}); pull again") from e
     if got != size:
         sent = "more than" if got > size else f"only {got} of"
         raise Internal(f"cannot pull {where}: {source.where} sent {sent} the {size} bytes the manifest gives its "

@@ -4,6 +4,9 @@ Runs on the store's worker threads, so it is plain blocking `http.client`, one c
 request. Auth follows the registry's `WWW-Authenticate` challenge: anonymous until asked, then
 Basic with the host's credentials, or Bearer via the challenge's token endpoint (sending the
 credentials there, if any). `https://` always, `http://` only when `insecure=True`.
+
+Every connection (redirects and token services included) goes through the store's address
+filter (connections.py); errors name the status, never the registry's own text.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable
 
 from mlxserve import __version__
+from mlxserve.services.common.addresses import Guard
 from mlxserve.services.common.errors import InvalidArgument, MlxServeError, NotFound, Unavailable
 
+from .connections import clean_text, describe_failure, open_connection, status_line
 from .credentials import Credentials
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -31,6 +36,7 @@ MANIFEST_ACCEPT = ", ".join((OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_MA
 USER_AGENT = f"mlxserve/{__version__}"
 SEND_BLOCK = 1024 * 1024
 _REDIRECTS = (301, 302, 303, 307, 308)
+MAX_TOKEN_ANSWER = 1024 * 1024  # a bearer token answer is a few KB
 _CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
 
 Body = bytes | Callable[[], BinaryIO] | None  # a callable re-opens the body when a request is retried
@@ -54,18 +60,6 @@ def parse_challenge(header: str) -> Challenge | None:
     params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
               for m in _CHALLENGE_PARAM.finditer(rest)}
     return Challenge(scheme.lower(), params)
-
-
-def _error_detail(body: bytes) -> str:
-    """The `errors[].message` of a registry's JSON error body, or a short excerpt of the body."""
-    try:
-        errors = json.loads(body).get("errors") or []
-        parts = [f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors if isinstance(e, dict)]
-        if parts:
-            return "; ".join(parts)
-    except (ValueError, AttributeError):
-        pass
-    return body[:200].decode(errors="replace").strip()
 
 
 class Response:
@@ -99,9 +93,10 @@ class RegistryClient:
     """One registry host (`host[:port]`), with the auth state it has learnt so far."""
 
     def __init__(self, host: str, *, insecure: bool = False, credentials: Credentials | None = None,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, guard: Guard | None = None) -> None:
         self.host = host
         self.insecure = insecure
+        self.guard = guard or Guard()
         self.scheme = "http" if insecure else "https"
         self.credentials = credentials
         self.timeout = timeout
@@ -162,18 +157,11 @@ class RegistryClient:
     def _connect(self, url: str) -> tuple[http.client.HTTPConnection, str]:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme == "http" and not self.insecure:
-            raise InvalidArgument(f"registry {self.host} sent us to plain-http {parts.netloc}; "
+            raise InvalidArgument(f"registry {self.host} sent us to plain-http {clean_text(parts.netloc)}; "
                                   "allow http:// registries with --insecure")
-        conn: http.client.HTTPConnection
-        if parts.scheme == "https":
-            conn = http.client.HTTPSConnection(parts.netloc, timeout=self.timeout, blocksize=SEND_BLOCK,
-                                               context=ssl.create_default_context())
-        else:
-            conn = http.client.HTTPConnection(parts.netloc, timeout=self.timeout, blocksize=SEND_BLOCK)
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
-        return conn, target
+        if parts.scheme not in ("http", "https"):
+            raise RegistryError(f"registry {self.host} sent us to a URL that is not http(s)")
+        return open_connection(url, self.guard, timeout=self.timeout, blocksize=SEND_BLOCK)
 
     def _send(self, method: str, url: str, headers: dict[str, str], body: Body) -> Response:
         conn, target = self._connect(url)
@@ -190,7 +178,7 @@ class RegistryClient:
             raise InvalidArgument(f"TLS with registry {self.host} failed: {e.reason or e}") from e
         except (OSError, http.client.HTTPException) as e:
             conn.close()
-            raise Unavailable(f"cannot reach registry {self.host}: {e}") from e
+            raise Unavailable(f"cannot reach registry {self.host}: {describe_failure(e)}") from e
         except BaseException:  # e.g. Cancelled raised by a progress-reporting body
             conn.close()
             raise
@@ -221,7 +209,7 @@ class RegistryClient:
                     raise RegistryError(f"registry {self.host} redirected {what or url} without a Location")
                 url = urllib.parse.urljoin(url, location)
                 if url in visited:
-                    hops = " -> ".join(urllib.parse.urlsplit(u).netloc + urllib.parse.urlsplit(u).path
+                    hops = " -> ".join(clean_text(urllib.parse.urlsplit(u).netloc + urllib.parse.urlsplit(u).path, 80)
                                        for u in [*visited[visited.index(url):], url])
                     raise RegistryError(f"registry {self.host}: redirect loop for {what or url} ({hops})")
                 visited.append(url)
@@ -235,9 +223,8 @@ class RegistryClient:
                 auth_tried.add(challenge_header)
                 self._answer_challenge(parse_challenge(challenge_header), what)
                 continue
-            detail = _error_detail(resp.read(4096)) if method != "HEAD" else ""
-            resp.close()
-            raise self._status_error(resp.status, what or url, detail)
+            resp.close()  # its body is the registry's text: never quoted back
+            raise self._status_error(resp.status, what or url)
         raise RegistryError(f"registry {self.host}: too many redirects or auth rounds for {what or url}")
 
     # ------------------------------------------------------------------ auth
@@ -284,31 +271,32 @@ class RegistryClient:
         try:
             conn.request("GET", target, headers=headers)
             resp = conn.getresponse()
-            body = resp.read()
+            body = resp.read(MAX_TOKEN_ANSWER + 1)
         except (OSError, http.client.HTTPException) as e:
-            raise Unavailable(f"cannot reach the token service {realm} of registry {self.host}: {e}") from e
+            raise Unavailable(f"cannot reach the token service {clean_text(realm, 80)} of registry {self.host}: "
+                              f"{describe_failure(e)}") from e
         finally:
             conn.close()
         if resp.status in (401, 403):
             raise self._auth_failure(what)
         if resp.status != 200:
-            raise RegistryError(f"token service {realm} of registry {self.host} answered {resp.status}: "
-                                f"{_error_detail(body)}")
+            raise RegistryError(f"token service {clean_text(realm, 80)} of registry {self.host} answered "
+                                f"{status_line(resp.status)}")
         try:
-            doc = json.loads(body)
+            doc = json.loads(body) if len(body) <= MAX_TOKEN_ANSWER else None
             token = doc.get("token") or doc.get("access_token")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             token = None
         if not token or not isinstance(token, str):
-            raise RegistryError(f"token service {realm} of registry {self.host} returned no token")
+            raise RegistryError(f"token service {clean_text(realm, 80)} of registry {self.host} returned no token")
         return token
 
-    def _status_error(self, status: int, what: str, detail: str) -> MlxServeError:
-        suffix = f": {detail}" if detail else ""
+    def _status_error(self, status: int, what: str) -> MlxServeError:
+        suffix = f" ({status_line(status)})"
         if status == 404:
             return NotFound(f"{what} not found on registry {self.host}{suffix}")
         if status == 403:
             return self._auth_failure(what)
         if status in (400, 405, 413, 415, 422):
-            return InvalidArgument(f"registry {self.host} rejected {what} ({status}){suffix}")
-        return RegistryError(f"registry {self.host} answered {status} for {what}{suffix}")
+            return InvalidArgument(f"registry {self.host} rejected {what}{suffix}")
+        return RegistryError(f"registry {self.host} answered {status_line(status)} for {what}")

@@ -84,7 +84,8 @@ def pull(store: ModelStore, ref: str, *, insecure: bool = False, progress: Progr
     """
     remotes = remotes or Remotes()
     if is_package_ref(ref):
-        return unpack(store, ref, insecure=insecure, progress=progress, cancel=cancel, name=name)
+        return unpack(store, ref, insecure=insecure, progress=progress, cancel=cancel, name=name,
+                      guard=remotes.guard())
     mname = parse_name(ref)
     # A digest-pinned pull is stored under the name's tag (`latest` unless given).
     target = parse_name(name) if name else mname
@@ -96,7 +97,8 @@ def pull(store: ModelStore, ref: str, *, insecure: bool = False, progress: Progr
         return hf_hub.pull(store, ref, target, remotes=remotes, progress=progress, cancel=cancel)
     host, insecure = registry_for(mname, remotes, insecure)
     repo = f"{mname.namespace}/{mname.name}"
-    client = RegistryClient(host, insecure=insecure, credentials=resolve_credentials(host, credentials))
+    client = RegistryClient(host, insecure=insecure, credentials=resolve_credentials(host, credentials),
+                            guard=remotes.guard())
     reference = mname.digest or mname.tag
     where = f"{host}/{repo}:{reference}"
 
@@ -194,7 +196,8 @@ def push(store: ModelStore, name: str, *, insecure: bool = False, progress: Prog
             f"'{mname.display}' would go to Ollama's registry, which holds Ollama's own format, not mlxserve "
             "models; push to an OCI registry: mlxctl cp NAME host[:port]/namespace/name:tag, then push that")
     repo = f"{mname.namespace}/{mname.name}"
-    client = RegistryClient(host, insecure=insecure, credentials=resolve_credentials(host, credentials))
+    client = RegistryClient(host, insecure=insecure, credentials=resolve_credentials(host, credentials),
+                            guard=remotes.guard())
     progress(ProgressEvent("retrieving manifest"))
     seen: set[str] = set()
     for desc in [*manifest.layers, manifest.config]:
