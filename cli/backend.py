@@ -104,12 +104,18 @@ class Backend:
 
     def stream(self, service: str, method: str, request: Any) -> Iterator[Any]:
         """A server-streaming call (the store's Create, Pull, Push, Pack, ImportOllama, Verify), mapping failures to our errors."""
+        answered = False
         with self._channel(service) as channel:
             try:
-                yield from getattr(self._stub(service, channel), method)(request)
+                for message in getattr(self._stub(service, channel), method)(request):
+                    answered = True
+                    yield message
             except grpc.RpcError as e:
                 err = from_rpc_error(e, service=service)
                 if isinstance(err, Unavailable) and self._unreachable(service, err):
+                    if answered:  # it was running a moment ago: it died (or was stopped) mid-operation
+                        raise Unavailable(f"the {service} stopped while working on this; see `mlxctl logs "
+                                          f"{service}`, and run the command again once it is back") from None
                     raise self._not_running(service) from None
                 raise err from None
 

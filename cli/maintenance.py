@@ -30,7 +30,7 @@ def verify_text(r: store_pb2.VerifyReport) -> str:
         for b in problems:
             users = f"breaks {', '.join(b.models)}" if b.models else "used by no model"
             lines.append(f"{kind} blob {b.digest} ({users})")
-    lines += [f"unreadable manifest {m}" for m in r.damaged_manifests]
+    lines += [f"damaged manifest {m}" for m in r.damaged_manifests]
     problems = len(r.corrupt) + len(r.missing) + len(r.damaged_manifests)
     blobs = f"{r.checked} blob{'s' if r.checked != 1 else ''}"
     lines.append(f"checked {blobs}: " + ("all good" if not problems else

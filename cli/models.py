@@ -8,7 +8,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from mlxserve.services.common.errors import InvalidArgument
+from mlxserve.services.common.errors import InvalidArgument, NotFound
 from mlxserve.v1 import common_pb2, store_pb2
 
 from .backend import Backend, complete_model_names, exits_on_error, settings_from
@@ -44,6 +44,20 @@ def list_models(ctx: typer.Context, as_json: bool = typer.Option(False, "--json"
 
 
 # -- create --------------------------------------------------------------------------------------------
+
+
+def current_digest(backend: Backend, name: str) -> str | None:
+    """The manifest digest `name` has in the store now, or None if there is no such model."""
+    try:
+        return backend.call("store", "Show", store_pb2.ShowRequest(name=name)).summary.digest
+    except (NotFound, InvalidArgument):
+        return None  # an invalid name: the operation itself says what is wrong with it
+
+
+def say_replaced(backend: Backend, name: str, old: str | None) -> None:
+    """Tell that `name` replaced a different model (create and cp replace, as Ollama's do)."""
+    if old is not None and current_digest(backend, name) != old:
+        typer.echo(f"replaced {name} (was {old[:12]})")
 
 
 def run_progress(backend: Backend, method: str, request: Any) -> None:
@@ -147,7 +161,10 @@ def create(
     """Create a model from a recipe, a GGUF file, a model folder or another model."""
     backend = Backend(settings_from(ctx))
     placement = placement_json(hosts, hostfile, strategy, distributed_backend)
-    run_progress(backend, "Create", create_request(name, recipe, source, quantize, group_size, placement))
+    request = create_request(name, recipe, source, quantize, group_size, placement)
+    old = current_digest(backend, name)
+    run_progress(backend, "Create", request)
+    say_replaced(backend, name, old)
 
 
 # -- show ------------------------------------------------------------------------------------------------
@@ -234,9 +251,12 @@ def copy(
     source: str = typer.Argument(..., help="an existing model", autocompletion=complete_model_names),
     destination: str = typer.Argument(..., help="the new name for it"),
 ) -> None:
-    """Give a model another name (no weights are copied)."""
-    Backend(settings_from(ctx)).call("store", "Copy", store_pb2.CopyRequest(source=source, destination=destination))
+    """Give a model another name (no weights are copied); a model already named so is replaced."""
+    backend = Backend(settings_from(ctx))
+    old = current_digest(backend, destination)
+    backend.call("store", "Copy", store_pb2.CopyRequest(source=source, destination=destination))
     typer.echo(f"copied '{source}' to '{destination}'")
+    say_replaced(backend, destination, old)
 
 
 @exits_on_error

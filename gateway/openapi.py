@@ -203,9 +203,10 @@ def _error(dialect: str, description: str, *, retry: bool = False) -> dict[str, 
 
 def _errors(dialect: str, *codes: int) -> dict[str, Any]:
     text = {400: "Invalid or unsupported request field (named in the message).", 404: "Unknown model.",
-            409: "The destination already exists.", 413: "Request body too large.",
+            413: "Request body too large.",
             503: "A service is not reachable, or the model's queue is full (Retry-After says when to retry).",
             504: "The request took longer than the server's request timeout.",
+            507: "Disk full: not enough space in the model store.",
             529: "The model's queue is full (Anthropic's overloaded_error; Retry-After says when to retry)."}
     if dialect == "anthropic":
         text[503] = "A service or the model's worker is not reachable."
@@ -237,7 +238,7 @@ def _progress_op(op_id: str, summary: str, request: str) -> dict[str, Any]:
     return _op(op_id, summary, "models", body=request, responses={
         "200": {"description": "The final progress object, or (with `stream`) NDJSON progress ending with {\"status\": \"success\"}.",
                 "content": {JSON: {"schema": _ref("Progress")}, NDJSON: {"schema": {"description": "One Progress per line."}}}},
-        **_errors("native", 400, 404, 409, 413, 503, 504)})
+        **_errors("native", 400, 404, 413, 503, 504, 507)})
 
 
 def _empty(description: str) -> dict[str, Any]:
@@ -269,13 +270,15 @@ def build_document() -> dict[str, Any]:
         "/api/show": {"post": _op("show", "A model's details, template, parameters and capabilities.", "models",
                                   {**native_ok("ShowResponse", "Details."), **_errors("native", 400, 404, 413, 503, 504)},
                                   body="ShowRequest")},
-        "/api/copy": {"post": _op("copy", "Copy a model under a new name.", "models",
-                                  {"200": _empty("Copied."), **_errors("native", 400, 404, 409, 413, 503, 504)}, body="CopyRequest")},
+        "/api/copy": {"post": _op("copy", "Copy a model under a new name; a model of that name is replaced (as Ollama does).",
+                                  "models", {"200": _empty("Copied."), **_errors("native", 400, 404, 413, 503, 504, 507)},
+                                  body="CopyRequest")},
         "/api/delete": {"delete": _op("delete", "Remove a model.", "models",
                                       {"200": _empty("Removed."), **_errors("native", 400, 404, 413, 503, 504)}, body="ModelRef")},
         "/api/pull": {"post": _progress_op("pull", "Pull a model from a registry.", "TransferRequest")},
         "/api/push": {"post": _progress_op("push", "Push a model to a registry.", "TransferRequest")},
-        "/api/create": {"post": _progress_op("create", "Create a model from another model or uploaded blobs.", "CreateRequest")},
+        "/api/create": {"post": _progress_op("create", "Create a model from another model or uploaded blobs; a model of that name is "
+                                                "replaced (as Ollama does).", "CreateRequest")},
         "/api/blobs/{digest}": {
             "parameters": [{"name": "digest", "in": "path", "required": True, "schema": {
                 "type": "string", "pattern": "^sha256[:-][0-9a-f]{64}$", "examples": ["sha256:" + "0" * 64]}, "description": "sha256:<64 hex> (or sha256-<64 hex>)."}],

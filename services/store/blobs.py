@@ -7,6 +7,7 @@ into place, so a blob path either does not exist or holds exactly the bytes its 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -59,6 +60,11 @@ def copy_with_digest(src: Path, dst: Path, progress: Callable[[int], None] | Non
     """Copy a file, hashing it on the way; returns (digest, size)."""
     with open(src, "rb") as fin, open(dst, "wb") as out:
         return copy_hashing(fin, out, progress)
+
+
+def is_disk_full(e: OSError) -> bool:
+    """Whether a write failed for want of space (or quota): the disk's problem, not the input's."""
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def fsync_dir(path: Path) -> None:

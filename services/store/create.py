@@ -23,6 +23,7 @@ from mlxserve.services.common.placement import parse_placement
 from mlxserve.services.common.times import rfc3339
 
 from .blobs import BlobStore, digest_of_file, remove_tree, write_atomic
+from .integrity import check_sizes
 from .gotemplate import bos_token_added, is_go_template, jinja_syntax_error, to_jinja, tool_parser_for
 from .manifest import (
     ANN_CONVERTER,
@@ -350,6 +351,8 @@ class CreatePipeline:
                         ANN_CONVERTER_VERSION: __version__,
                     },
                 )
+                # A layer lent by a base model carries the size its manifest claimed: check it too.
+                check_sizes(manifest, self.store.blobs, f"create '{mname.display}'")
                 data = manifest.to_bytes()
                 progress(ProgressEvent("writing manifest"))
                 old = self.store.manifest_at(manifest_path)

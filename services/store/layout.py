@@ -49,6 +49,8 @@ def model_manifest(data: bytes, where: str) -> Manifest:
         raise InvalidArgument(f"{where}: manifest is larger than {MAX_MANIFEST_BYTES} bytes")
     try:
         doc = json.loads(data)
+    except RecursionError:
+        raise InvalidArgument(f"{where}: the manifest is nested too deeply to be an OCI manifest") from None
     except ValueError as e:
         raise InvalidArgument(f"{where}: the manifest is not JSON: {e}") from e
     if not isinstance(doc, dict):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 from mlxserve.services.common.errors import Internal, MlxServeError
 
 from .blobs import BlobStore, digest_of_file, newest_mtime, remove_tree, tree_size
+from .integrity import size_problems
 from .manifest import Manifest
 from .names import name_from_manifest_path
 from .progress import ProgressCallback, ProgressEvent, no_progress
@@ -57,7 +58,8 @@ class VerifyReport:
     checked: int                                                  # blobs re-hashed
     corrupt: list[CorruptBlob] = field(default_factory=list)      # content does not match the name
     missing: list[CorruptBlob] = field(default_factory=list)      # referenced but absent
-    damaged_manifests: list[str] = field(default_factory=list)    # manifest paths that do not parse
+    # Manifest paths that do not parse, or "<path>: <what is wrong>" (a size its blob does not have).
+    damaged_manifests: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -87,6 +89,8 @@ def verify(store: MaintainedStore, progress: ProgressCallback = no_progress) -> 
             continue
         for digest in manifest.digests():
             users.setdefault(digest, []).append(mname.display)
+        if problems := size_problems(manifest, store.blobs):
+            damaged.append(f"{path.relative_to(store.manifests_dir)}: {'; '.join(problems)}")
     present = sorted(store.blobs.all_digests())
     total = sum(_size_or_zero(store, d) for d in present)
     done = 0

@@ -165,12 +165,18 @@ class Manifest:
 
             def desc(d: dict[str, Any]) -> Descriptor:
                 title = (d.get("annotations") or {}).get(TITLE, "")
-                return Descriptor(d["mediaType"], check_digest(d["digest"]), int(d["size"]), title)
+                size = d["size"]
+                if type(size) is not int or size < 0:  # a bool or float is no byte count
+                    named = f"layer {title!r} ({d['digest']})" if title else f"blob {d['digest']}"
+                    raise ValueError(f"{named} declares the size {size!r}, not a count of bytes")
+                return Descriptor(d["mediaType"], check_digest(d["digest"]), size, title)
 
             layers = [desc(d) for d in doc.get("layers", [])]
             for layer in layers:
                 if not layer.title or "/" in layer.title or layer.title in (".", ".."):
                     raise ValueError(f"layer {layer.digest} has an unusable title {layer.title!r}")
             return cls(desc(doc["config"]), layers, dict(doc.get("annotations") or {}))
+        except RecursionError:
+            raise Internal("damaged model manifest: nested too deeply") from None
         except (ValueError, KeyError, TypeError, AttributeError, InvalidArgument) as e:
             raise Internal(f"damaged model manifest: {e}") from e

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import functools
 import io
 import json
@@ -22,10 +21,11 @@ from typing import Any, Callable, Generator, Iterator, TypeVar
 import grpc
 
 from mlxserve.services.common import rpc
-from mlxserve.services.common.errors import Cancelled, InvalidArgument, Unavailable
+from mlxserve.services.common.errors import Cancelled, DiskFull, InvalidArgument
 from mlxserve.v1 import common_pb2, store_pb2, store_pb2_grpc
 
 from . import transfer
+from .blobs import is_disk_full
 from .changes import ChangeMarker, marker_path
 from .importers import ollama
 from .importers.oci_layout import is_package_ref
@@ -52,16 +52,16 @@ def summary_pb(s: ModelSummary) -> store_pb2.ModelSummary:
 
 
 def disk_full_as_error(fn: Callable[..., T]) -> Callable[..., T]:
-    """Turn ENOSPC into a sentence a user can act on, instead of an internal error."""
+    """Turn ENOSPC into DiskFull (507, "disk full"), a sentence a user can act on."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return fn(*args, **kwargs)
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise Unavailable(f"no space left on the disk that holds the model store ({e.strerror}); "
-                                  "free some space (`mlxctl rm`, `mlxctl gc`) and try again") from e
+            if is_disk_full(e):
+                raise DiskFull(f"disk full: no space left on the disk that holds the model store ({e.strerror}); "
+                               "free some space (`mlxctl rm`, `mlxctl gc`) and try again") from e
             raise
 
     return wrapper

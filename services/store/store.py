@@ -34,6 +34,7 @@ from mlxserve.services.common.times import rfc3339
 
 from .blobs import BlobStore, check_digest, fsync_dir, remove_tree, write_atomic
 from .format import ensure_format
+from .integrity import check_sizes, verified_size
 from .maintenance import ORPHAN_MIN_AGE_S, PARTIAL_MAX_AGE_S, GcReport, VerifyReport
 from .manifest import Manifest, ModelConfig
 from .modelfile import modelfile_text, parameters_text
@@ -239,7 +240,7 @@ class ModelStore:
                 if not view_ok(view, manifest, defaults, self.blobs):
                     build_view(view, manifest, found.name.display, defaults, self.blobs, self.tmp_dir)
         return ResolvedModel(
-            name=found.name.display, digest=hexdigest, view_path=view, size=manifest.size,
+            name=found.name.display, digest=hexdigest, view_path=view, size=verified_size(manifest, self.blobs),
             capabilities=list(config.capabilities), context_length=config.context_length, config=config,
         )
 
@@ -259,12 +260,16 @@ class ModelStore:
         mname = parse_name(name)
         if mname.digest:
             raise InvalidArgument(f"cannot tag {name!r}: a digest-pinned name names an existing manifest")
-        manifest = Manifest.from_bytes(data)
+        try:
+            manifest = Manifest.from_bytes(data)
+        except Internal as e:  # the bytes came from a registry or a package: the input is bad, not the store
+            raise InvalidArgument(f"manifest for '{mname.display}': {e.message}") from None
         manifest_path = mname.manifest_path(self.models_dir)
         with self.locked():
             missing = sorted(d for d in manifest.digests() if not self.blobs.exists(d))
             if missing:
                 raise InvalidArgument(f"manifest for '{mname.display}' references blobs not in the store: {', '.join(missing)}")
+            check_sizes(manifest, self.blobs, f"manifest for '{mname.display}'")
             old = self.manifest_at(manifest_path)
             manifest_path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(manifest_path, data, self.tmp_dir)
@@ -306,6 +311,7 @@ class ModelStore:
         with self.locked():
             found = self.find(sname)
             manifest = Manifest.from_bytes(found.data)
+            check_sizes(manifest, self.blobs, f"cannot copy '{found.name.display}'")  # `verify` names it too
             if path != found.path:
                 old = self.manifest_at(path)
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -375,7 +381,7 @@ class ModelStore:
     def config_of(self, manifest: Manifest) -> ModelConfig:
         try:
             return ModelConfig.from_bytes(self.blobs.read(manifest.config.digest))
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, RecursionError) as e:
             raise Internal(f"damaged model config blob {manifest.config.digest}: {e}") from e
 
     def summary(self, mname: ModelName, path: Path, data: bytes, manifest: Manifest,
@@ -384,7 +390,7 @@ class ModelStore:
         return ModelSummary(
             name=mname.display,
             digest=hashlib.sha256(data).hexdigest(),
-            size=manifest.size,
+            size=verified_size(manifest, self.blobs),
             modified_at=rfc3339(path.stat().st_mtime),
             details=ModelDetails(config.format, config.family, list(config.families), config.parameter_size,
                                  config.quantization_level, config.parent_model),

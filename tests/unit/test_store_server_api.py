@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from mlxserve.services.common import rpc
-from mlxserve.services.common.errors import InvalidArgument, NotFound, Unavailable
+from mlxserve.services.common.errors import DiskFull, InvalidArgument, NotFound
 from mlxserve.services.store import server as store_server
 from mlxserve.services.store.progress import ProgressEvent
 from mlxserve.services.store.server import build_server, disk_full_as_error
@@ -241,5 +241,6 @@ def test_a_full_disk_reads_as_a_sentence_not_an_internal_error() -> None:
     def write() -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(Unavailable, match="no space left on the disk that holds the model store"):
+    with pytest.raises(DiskFull, match="disk full: no space left on the disk that holds the model store") as info:
         disk_full_as_error(write)()
+    assert (info.value.http_status, info.value.exit_code) == (507, 9)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from mlxserve.services.common import logs
-from mlxserve.services.common.errors import Cancelled, InvalidArgument, MlxServeError, NotFound, Unavailable
+from mlxserve.services.common.errors import Cancelled, DiskFull, InvalidArgument, MlxServeError, NotFound, Unavailable
 
 from ..blobs import digest_of_file
 from ..manifest import ANN_SOURCE_DIGEST, MANIFEST_MEDIA_TYPE
@@ -271,7 +271,7 @@ def parse_manifest(data: bytes) -> tuple[list[dict[str, Any]], dict[str, Any] | 
     type, sha256 digest, size); ValueError naming what is wrong."""
     try:
         doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ValueError(f"not JSON ({e})") from None
     if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
         raise ValueError("not a schema-2 image manifest")
@@ -412,7 +412,7 @@ def _json(m: OllamaModel, what: str, data: bytes, kind: type) -> Any:
         return kind()
     try:
         value = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         m.skip(f"its {what} layer is not valid JSON ({e})")
         return kind()
     if not isinstance(value, kind):
@@ -601,7 +601,7 @@ def import_model(store: ModelStore, m: OllamaModel, *, force: bool = False, dry_
             link = Path(tmp) / f"{m.model}-{m.tag}.gguf"
             os.symlink(m.gguf, link)
             summary = store.create(m.name, m.create_spec(link), progress)
-    except (Cancelled, Unavailable):
+    except (Cancelled, Unavailable, DiskFull):
         raise
     except MlxServeError as e:
         return skipped(str(e))

@@ -150,13 +150,16 @@ def read_hparams(gg: GGUFFile) -> HParams:
     if value_dim != head_dim:
         raise _refuse(gg, f"attention.value_length {value_dim} differs from key_length {head_dim}; "
                           "mlx-lm uses one head size for both")
+    n_kv = _int(gg, "attention.head_count_kv", n_head)  # llama.cpp: defaults to head_count
+    if n_kv <= 0 or n_head % n_kv:
+        raise _refuse(gg, f"{gg.architecture}.attention.head_count_kv is {n_kv}: it must divide head_count {n_head}")
     n_ff = _int(gg, "feed_forward_length") if gg.arch_get("feed_forward_length") is not None else None
     return HParams(
         n_layer=_int(gg, "block_count"),
         n_embd=n_embd,
         n_ff=n_ff,
         n_head=n_head,
-        n_kv=_int(gg, "attention.head_count_kv", n_head),  # llama.cpp: defaults to head_count
+        n_kv=n_kv,
         head_dim=head_dim,
         n_rot=_int(gg, "rope.dimension_count", head_dim),
         eps=_float(gg, "attention.layer_norm_rms_epsilon"),

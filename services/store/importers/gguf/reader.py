@@ -10,6 +10,7 @@ with the reason before anything is converted.
 
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ GGML_TYPE_IDS = {name: i for i, (name, _, _) in GGML_TYPES.items()}
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _NP = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8", 11: "<i8", 12: "<f8"}
 GGUF_STRING, GGUF_ARRAY = 8, 9
+MAX_ARRAY_DEPTH = 2  # an array of arrays (llama.cpp itself reads no deeper)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
 
@@ -155,7 +157,9 @@ class _Cursor:
             return self.unpack(_SCALARS[vtype])
         if vtype == GGUF_STRING:
             return self.string()
-        if vtype == GGUF_ARRAY and depth < 2:
+        if vtype == GGUF_ARRAY:
+            if depth >= MAX_ARRAY_DEPTH:
+                raise self.fail(f"metadata arrays are nested more than {MAX_ARRAY_DEPTH} deep")
             etype, count = self.unpack("<I"), self.unpack("<Q")
             if etype in _NP:
                 dt = np.dtype(_NP[etype])
@@ -199,7 +203,8 @@ def read_gguf(path: Path | str) -> GGUFFile:
                 ggml_type = cur.unpack("<I")
                 offset = cur.unpack("<Q")
                 if any(d == 0 or d > size * 256 for d in dims):
-                    raise cur.fail(f"tensor {name} has an impossible shape {list(dims)}")
+                    raise cur.fail(f"tensor {name} has an impossible shape {list(dims)} "
+                                   "(an empty dimension, or one larger than the file could hold)")
                 table.append((name, dims, ggml_type, offset))
             alignment = gg.get("general.alignment", DEFAULT_ALIGNMENT)
             if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
@@ -209,7 +214,7 @@ def read_gguf(path: Path | str) -> GGUFFile:
     for name, dims, ggml_type, offset in table:
         if name in gg.tensors:
             raise InvalidArgument(f"{path.name} is not a valid GGUF file (tensor {name} appears twice)")
-        n_elements = int(np.prod(dims, dtype=np.int64))
+        n_elements = math.prod(dims)  # Python ints: 2^32 x 2^32 must not wrap around to 0
         if ggml_type in GGML_TYPES:
             _, block, block_bytes = GGML_TYPES[ggml_type]
             if dims[0] % block:
