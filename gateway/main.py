@@ -20,6 +20,7 @@ from mlxserve.services.common.lifecycle import die_with_parent, parent_pid_from_
 
 from . import security
 from .app import create_app
+from .http_server import GatewayRunner
 
 
 def parse_args(argv: list[str] | None = None) -> dict[str, object]:
@@ -41,7 +42,7 @@ async def serve(settings: Settings) -> None:
     log = logs.get_logger()
     app = create_app(settings)
     # keepalive_timeout also closes a connection whose request headers never finish arriving.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, keepalive_timeout=settings.body_timeout)
+    runner = GatewayRunner(app, handler_cancellation=True, access_log=None, keepalive_timeout=settings.body_timeout)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
     await site.start()

@@ -53,8 +53,8 @@ TopP = Annotated[float, Meta(ge=0.0, le=1.0, description="Nucleus sampling; 0 ke
 TopK = Annotated[int, Meta(ge=0, le=INT32_MAX, description="0 disables it.")]
 MinP = Annotated[float, Meta(ge=0.0, le=1.0)]
 Seed = Annotated[int, Meta(ge=-INT64_MAX - 1, le=INT64_MAX, description="Negative: a fresh random seed.")]
-NumPredict = Annotated[int, Meta(ge=-INT32_MAX - 1, le=INT32_MAX, description="At most this many new tokens; "
-                                 "-1 (any negative) until the context is full. 0 is refused.", examples=[4])]
+NumPredict = Annotated[int, Meta(ge=-2, le=INT32_MAX, description="At most this many new tokens; -1 (no limit) "
+                                 "and -2 (fill the context) both run until the context is full. 0 is refused.", examples=[4])]
 NumCtx = Annotated[int, Meta(ge=1, le=INT32_MAX)]
 RepeatPenalty = Annotated[float, Meta(gt=0.0, le=100.0, description="1 disables it.")]
 RepeatLastN = Annotated[int, Meta(ge=-1, le=INT32_MAX, description="0 disables it, -1 means the whole context.")]

@@ -20,9 +20,11 @@ _NUMERIC = ("temperature", "top_p", "top_k", "min_p", "seed", "num_predict", "nu
 
 
 def check_num_predict(value: int | None, where: str) -> int | None:
-    """The worker takes a positive count or a negative one (no limit), never 0."""
+    """The worker takes a positive count, -1 (no limit) or -2 (fill the context; the same here), as Ollama defines them."""
     if value == 0:
         raise BadField(where, f"'{where}' must not be 0: send a positive count, or -1 for no limit")
+    if value is not None and value < -2:
+        raise BadField(where, f"'{where}' must be a positive count, -1 (no limit) or -2 (fill the context), got {value}")
     return value
 
 

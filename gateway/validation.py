@@ -63,9 +63,42 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+# Deepest JSON nesting taken: far past any real request (a JSON schema in `format` or a tool's parameters
+# nests a few levels a property), far below where Python's recursion (the parser's, then every walk of
+# the value here, in msgspec and in the worker's templates) gives out at about 1,000.
+MAX_JSON_DEPTH = 128
+
+
+class JsonTooDeep(ValueError):
+    """The JSON nests arrays and objects more than MAX_JSON_DEPTH deep."""
+
+    def __init__(self) -> None:
+        super().__init__(f"it nests arrays and objects more than {MAX_JSON_DEPTH} levels deep")
+
+
 def loads(raw: bytes | str) -> Any:
-    """JSON with finite numbers only (no NaN, Infinity or 1e999: no sampler or protobuf can carry them)."""
-    return json.loads(raw, parse_float=_finite, parse_constant=_no_constant)
+    """JSON with finite numbers only (no NaN, Infinity or 1e999: no sampler or protobuf can carry them), nested
+    at most MAX_JSON_DEPTH deep (JsonTooDeep, a ValueError, past that)."""
+    try:
+        value = json.loads(raw, parse_float=_finite, parse_constant=_no_constant)
+    except RecursionError:  # the parser's own recursion gave out first
+        raise JsonTooDeep() from None
+    # Only a text with that many brackets can nest that deep; counting them is C-fast, walking is not.
+    opened = raw.count(b"[" if isinstance(raw, bytes) else "[") + raw.count(b"{" if isinstance(raw, bytes) else "{")
+    if opened > MAX_JSON_DEPTH:
+        check_depth(value)
+    return value
+
+
+def check_depth(value: Any) -> None:
+    """Raise JsonTooDeep if `value` nests lists and dicts more than MAX_JSON_DEPTH deep (walked without recursion)."""
+    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise JsonTooDeep()
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
@@ -399,8 +432,8 @@ def parse_arguments(value: Any, where: str) -> str:
     if isinstance(value, str):
         try:
             value = loads(value) if value.strip() else {}
-        except ValueError:
-            raise BadField(where, f"'{where}' must be a JSON object (as text)") from None
+        except ValueError as e:
+            raise BadField(where, f"'{where}' must be a JSON object (as text): {e}") from None
     if not isinstance(value, dict):
         raise BadField(where, f"'{where}' must be a JSON object")
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

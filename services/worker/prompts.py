@@ -13,7 +13,7 @@ capability the model's template lacks.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from msgspec.structs import replace
@@ -22,6 +22,8 @@ from mlxserve.services.common.errors import InvalidArgument, Unsupported
 # The request type is shared with the gateway (one definition, sent as is); re-exported for the worker.
 from mlxserve.v1.requests import (MAX_TOP_LOGPROBS, ROLES, TOOL_CHOICE_MODES, ChatMessage, GenerationRequest,  # noqa: F401
                                   SamplingOptions, Tool, ToolChoice)
+
+from .prompt_bounds import PromptBounds, PromptTooLong
 
 # The request's own variables: its values win over chat_template_kwargs.
 _REQUEST_VARIABLES = frozenset({"messages", "conversation", "conversations", "tools", "add_generation_prompt"})
@@ -34,62 +36,78 @@ def check_token_ids(ids: Sequence[int], limit: int, what: str) -> None:
             raise InvalidArgument(f"{what}[{i}] is token id {token}, which is not in the model's vocabulary (0 to {limit - 1})")
 
 
-def encode_prompt(tokenizer: Any, request: GenerationRequest) -> list[int]:
+def encode_prompt(tokenizer: Any, request: GenerationRequest, *, fit_within: int | None = None,
+                  bounds: PromptBounds | None = None, alive: Callable[[], bool] | None = None) -> list[int]:
     """Template (unless raw) and tokenize the request's prompt with the model's own tokenizer.
 
     With `context`, its ids come first and the prompt is tokenized as their continuation: no
-    special tokens added, and a BOS that the template writes is dropped.
+    special tokens added, and a BOS that the template writes is dropped. With `bounds` and
+    `fit_within` (the context length in tokens), a text that provably cannot fit is refused
+    (PromptTooLong) before it is tokenized whole, and `alive` is asked between pieces (see
+    prompt_bounds.py).
     """
     continuing = bool(request.context)
-    if request.raw or (request.plain_prompt and not getattr(tokenizer, "has_chat_template", False)):
-        # As is: special tokens (a BOS) only if the tokenizer's own post-processor adds them. A
-        # plain generate request to a model without a template (a base model) completes the
-        # prompt, as Ollama's default template `{{ .Prompt }}` does; with a system message, tools
-        # or thinking it needs a template, and render_prompt says so.
-        tokens = list(tokenizer.encode(request.prompt, add_special_tokens=not continuing))
+    as_is = request.raw or (request.plain_prompt and not getattr(tokenizer, "has_chat_template", False))
+    # As is: a raw prompt, or a plain generate request to a model without a template (a base model):
+    # it completes the prompt, as Ollama's default template `{{ .Prompt }}` does; with a system
+    # message, tools or thinking it needs a template, and render_prompt says so.
+    text = request.prompt if as_is else render_prompt(tokenizer, request)
+    if bounds is not None and fit_within is not None and fit_within > len(request.context):  # else the count refuses it
+        bounds.check(tokenizer, text, fit_within - len(request.context), alive)
+    if as_is:
+        # Special tokens (a BOS) only if the tokenizer's own post-processor adds them.
+        tokens = list(tokenizer.encode(text, add_special_tokens=not continuing))
     else:
         # The template writes any BOS/special tokens itself; don't let the tokenizer add them twice.
-        tokens = list(tokenizer.encode(render_prompt(tokenizer, request), add_special_tokens=False))
+        tokens = list(tokenizer.encode(text, add_special_tokens=False))
         bos = getattr(tokenizer, "bos_token_id", None)
         if continuing and tokens and bos is not None and tokens[0] == bos:
             tokens = tokens[1:]
     return [*request.context, *tokens] if continuing else tokens
 
 
-def fit_prompt(tokenizer: Any, request: GenerationRequest, context: int) -> tuple[list[int], int]:
+def fit_prompt(tokenizer: Any, request: GenerationRequest, context: int, *, bounds: PromptBounds | None = None,
+               alive: Callable[[], bool] | None = None) -> tuple[list[int], int]:
     """Tokenize `request` so that at least one token can be generated within `context` tokens.
 
     As Ollama does, an over-long chat loses its oldest messages first, keeping every system
     message and the last message, and is rendered again. Returns (tokens, messages dropped).
     Raises InvalidArgument if it cannot fit, or if it does not fit and `truncate` is false.
+    `bounds` and `alive`: see encode_prompt (a candidate proved too long by them does not fit).
     """
-    tokens = encode_prompt(tokenizer, request)
-    if len(tokens) < context:
-        return tokens, 0
-    too_long = f"the prompt is {len(tokens)} tokens, which does not fit the context of {context} tokens"
+    try:
+        tokens = encode_prompt(tokenizer, request, fit_within=context, bounds=bounds, alive=alive)
+        if len(tokens) < context:
+            return tokens, 0
+        too_long = f"the prompt is {len(tokens)} tokens, which does not fit the context of {context} tokens"
+    except PromptTooLong as e:
+        too_long = e.message
     if request.raw or not request.is_chat or request.context:
-        raise InvalidArgument(too_long)
+        raise PromptTooLong(too_long)
     if request.truncate is False:
-        raise InvalidArgument(f"{too_long} (truncate is false)")
+        raise PromptTooLong(f"{too_long} (truncate is false)")
     messages = request.messages
     droppable = [i for i, m in enumerate(messages[:-1]) if m.role != "system"]
 
-    def without_oldest(n: int) -> list[int]:
+    def without_oldest(n: int) -> list[int] | None:
         dropped = set(droppable[:n])
         kept = tuple(m for i, m in enumerate(messages) if i not in dropped)
-        return encode_prompt(tokenizer, replace(request, messages=kept))
+        try:
+            return encode_prompt(tokenizer, replace(request, messages=kept), fit_within=context, bounds=bounds, alive=alive)
+        except PromptTooLong:
+            return None
 
     # The fewest drops that fit: prompts only shrink as messages go, so bisect over the count.
     low, high, best = 1, len(droppable), None
     while low <= high:
         mid = (low + high) // 2
         candidate = without_oldest(mid)
-        if len(candidate) < context:
+        if candidate is not None and len(candidate) < context:
             best, high = (candidate, mid), mid - 1
         else:
             low = mid + 1
     if best is None:
-        raise InvalidArgument(f"{too_long}, even with only the system messages and the last message kept")
+        raise PromptTooLong(f"{too_long}, even with only the system messages and the last message kept" if droppable else too_long)
     return best
 
 

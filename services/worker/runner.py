@@ -18,14 +18,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mlx.core as mx
 import mlx_lm
 from mlx_lm.models.cache import KVCache, QuantizedKVCache, make_prompt_cache
 
 from mlxserve.services.common import logs
-from mlxserve.services.common.errors import Busy, InvalidArgument, NotFound, Unavailable
+from mlxserve.services.common.errors import Busy, Cancelled, InvalidArgument, NotFound, Unavailable
 from mlxserve.v1.frames import Stats, TokenEvent, TokenLogprob
 
 from . import cpu_decode, precision
@@ -35,9 +35,10 @@ from .logprobs import TokenTexts, token_logprob, token_logprobs
 from .disk_cache import DiskCacheSettings, open_disk_cache
 from .prefix_cache import PrefixCache
 from .outputs import OutputParser
-from .prompts import GenerationRequest, check_token_ids, encode_prompt, fit_prompt, request_tools, system_prefix_length
+from .prompts import GenerationRequest, PromptBounds, check_token_ids, encode_prompt, fit_prompt, request_tools, system_prefix_length
 from .sampling import LogitsProcessor, make_logits_processors, make_sampler
 from .stops import StopStringFilter
+from .submits import TokenizingSubmits
 from .thinking import thinking_budget
 
 # A prompt's system prefix (system messages and tools) is kept as a cache entry of its own when the
@@ -173,6 +174,7 @@ class ModelRunner:
         self.needs_checkpoints = not all(isinstance(c, (KVCache, QuantizedKVCache)) for c in make_prompt_cache(self.model))
         # Ids a request may send (context): rows of the model that the tokenizer can also decode.
         self.token_id_limit = min(self.vocab_size, len(self.tokenizer.vocab))
+        self.prompt_bounds = PromptBounds.for_tokenizer(self.tokenizer)  # refuses what cannot fit before tokenizing it
         self._token_texts = TokenTexts(self.tokenizer)  # engine thread: logprobs' token texts
         self._stream = mx.new_stream(mx.default_device())
         # What prefill may fill: the supervisor's budget for this worker, else what the device says.
@@ -188,6 +190,7 @@ class ModelRunner:
         self._lock = threading.Lock()          # guards the fields below it, shared with callers
         self._inbox: list[tuple[str, Any]] = []
         self._outstanding: set[str] = set()    # submitted and not finished
+        self._submits = TokenizingSubmits()  # a Cancel while its Submit still tokenizes is kept there
         self._closed_reason: str | None = None
         self._wakeup = threading.Event()
 
@@ -199,44 +202,47 @@ class ModelRunner:
 
     # -- any thread ------------------------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest) -> SubmitResult:
-        """Validate, template and tokenize `request`, and queue it for the engine thread.
+    def submit(self, request: GenerationRequest, alive: Callable[[], bool] | None = None) -> SubmitResult:
+        """Validate, template and tokenize `request` (`ModelDefaults.apply` fills in what it leaves out), and queue it.
 
-        The model's defaults fill in what the request leaves out (see `ModelDefaults.apply`).
-        Raises InvalidArgument (bad request, prompt longer than the context), Unsupported (no
-        chat template), Busy (the bounded queue is full), Unavailable (shutting down).
+        Raises InvalidArgument (bad request, prompt longer than the context), Unsupported (no chat template), Busy
+        (the queue is full), Unavailable (shutting down), Cancelled (`alive()` false, or cancelled while tokenizing).
         """
         request = self._prepared(request)
-        context = request.options.num_ctx or self.context_length
-        tokens, truncated = fit_prompt(self.tokenizer, request, context)
-        if not tokens:
-            raise InvalidArgument("the prompt is empty after tokenization")
-        room = context - len(tokens)
-        num_predict = request.options.num_predict
-        max_tokens = room if num_predict is None or num_predict < 0 else min(num_predict, room)
-        constraint = self._build_constraint(request, tokens)
-        pending = _Pending(request, tokens, max_tokens, time.perf_counter_ns(), truncated, constraint)
-        if self.needs_checkpoints and len(tokens) > CHECKPOINT_MIN_TOKENS:  # else no prefix could be long enough
-            checkpoint = system_prefix_length(self.tokenizer, request, tokens)
-            pending.checkpoint = checkpoint if checkpoint >= CHECKPOINT_MIN_TOKENS else 0
-        with self._lock:
-            if self._closed_reason is not None:
-                raise Unavailable(f"the worker is not accepting requests ({self._closed_reason})")
-            if request.request_id in self._outstanding:
-                raise InvalidArgument(f"request_id {request.request_id!r} is already in use")
-            ahead = len(self._outstanding)
-            if ahead >= self.num_parallel + self.max_queue:
-                raise Busy(f"the model's queue is full ({self.max_queue} waiting)", retry_after=1.0)
-            self._outstanding.add(request.request_id)
-            self._inbox.append(("submit", pending))
+        with self._submits.tokenizing(request.request_id):
+            context = request.options.num_ctx or self.context_length
+            tokens, truncated = fit_prompt(self.tokenizer, request, context, bounds=self.prompt_bounds, alive=alive)
+            if not tokens:
+                raise InvalidArgument("the prompt is empty after tokenization")
+            room = context - len(tokens)
+            num_predict = request.options.num_predict
+            max_tokens = room if num_predict is None or num_predict < 0 else min(num_predict, room)
+            constraint = self._build_constraint(request, tokens)
+            pending = _Pending(request, tokens, max_tokens, time.perf_counter_ns(), truncated, constraint)
+            if self.needs_checkpoints and len(tokens) > CHECKPOINT_MIN_TOKENS:  # else no prefix could be long enough
+                checkpoint = system_prefix_length(self.tokenizer, request, tokens)
+                pending.checkpoint = checkpoint if checkpoint >= CHECKPOINT_MIN_TOKENS else 0
+            with self._lock:
+                if self._closed_reason is not None:
+                    raise Unavailable(f"the worker is not accepting requests ({self._closed_reason})")
+                if request.request_id in self._outstanding:
+                    raise InvalidArgument(f"request_id {request.request_id!r} is already in use")
+                if self._submits.cancelled(request.request_id) or (alive is not None and not alive()):
+                    raise Cancelled("the request was cancelled before it was queued")
+                ahead = len(self._outstanding)
+                if ahead >= self.num_parallel + self.max_queue:
+                    raise Busy(f"the model's queue is full ({self.max_queue} waiting)", retry_after=1.0)
+                self._outstanding.add(request.request_id)
+                self._inbox.append(("submit", pending))
         self._wakeup.set()
         return SubmitResult(prompt_tokens=len(tokens), queue_position=max(0, ahead - self.num_parallel + 1),
                             prompt_token_ids=tuple(tokens) if request.want_prompt_tokens else ())
 
-    def count(self, request: GenerationRequest) -> int:
-        """How many tokens `request`'s prompt is, templated and tokenized as `submit` does (before any
-        truncation to the context); nothing is queued. Raises what `submit` raises for a bad request."""
-        return len(encode_prompt(self.tokenizer, self._prepared(request)))
+    def count(self, request: GenerationRequest, alive: Callable[[], bool] | None = None) -> int:
+        """The tokens of `request`'s prompt as `submit` makes them, untruncated (refused past the character bound)."""
+        request = self._prepared(request)
+        return len(encode_prompt(self.tokenizer, request, fit_within=request.options.num_ctx or self.context_length,
+                                 bounds=self.prompt_bounds.characters_only(), alive=alive))
 
     def _prepared(self, request: GenerationRequest) -> GenerationRequest:
         """`request` validated, with the model's defaults filled in: what `submit` and `count` template."""
@@ -252,7 +258,7 @@ class ModelRunner:
         """Ask the engine to end `request_id` (final frame: done_reason "cancel"). False if unknown."""
         with self._lock:
             if request_id not in self._outstanding:
-                return False
+                return self._submits.cancel(request_id)  # a Submit still tokenizing is refused when done
             self._inbox.append(("cancel", request_id))
         self._wakeup.set()
         return True

@@ -61,7 +61,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         gen = requests.decode(request.request)
         self.replies.register(gen.request_id, request.reply_to)
         try:
-            result = self.runner.submit(gen)
+            # The gateway's deadline and its client's hang-up end the RPC: tokenizing stops there too.
+            alive = getattr(context, "is_active", None)
+            result = self.runner.submit(gen, alive=alive) if isinstance(self.runner, ModelRunner) else self.runner.submit(gen)
         except BaseException:
             self.replies.forget(gen.request_id)
             raise
@@ -81,7 +83,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         if not isinstance(self.runner, ModelRunner):
             raise Unsupported(f"model '{self.model_name}' is an embedding model: it has no prompts to count")
         gen = requests.decode(request.request)
-        count = self.runner.count(gen)
+        count = self.runner.count(gen, alive=getattr(context, "is_active", None))
         log.info("tokens_counted", **logs.submit_fields(gen.request_id), prompt_tokens=count)
         return worker_pb2.CountTokensResponse(prompt_tokens=count)
 

@@ -59,8 +59,8 @@ class SamplingOptions(msgspec.Struct, frozen=True, omit_defaults=True):
             raise InvalidArgument(f"min_p must be in [0, 1], got {self.min_p}")
         if self.num_ctx is not None and self.num_ctx <= 0:
             raise InvalidArgument(f"num_ctx must be positive, got {self.num_ctx}")
-        if self.num_predict == 0:
-            raise InvalidArgument("num_predict must not be 0 (use a positive count, or -1 for no limit)")
+        if self.num_predict == 0 or (self.num_predict is not None and self.num_predict < -2):
+            raise InvalidArgument(f"num_predict must be a positive count, -1 (no limit) or -2 (fill the context), got {self.num_predict}")
         for s in self.stop:
             if not s:
                 raise InvalidArgument("stop strings must not be empty")
