@@ -2,7 +2,9 @@
 
 The three services are fresh child processes in serve's process group, told serve's pid
 (MLXSERVE_PARENT_PID) so each dies with it even if serve is SIGKILLed. Ctrl-C or SIGTERM stops
-them in order (the supervisor stops its workers); if one dies, serve stops the rest and fails.
+them in order (the supervisor stops its workers). One that dies before the system is ready fails
+serve; once it serves, a dead service is restarted with backoff while the others keep serving,
+and serve gives up only after repeated crashes (keeper.py).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
@@ -25,6 +26,7 @@ from mlxserve.services.common.errors import InvalidArgument, NotFound, Timeout, 
 from mlxserve.v1 import common_pb2, store_pb2
 
 from .backend import Backend, exits_on_error, settings_from
+from .keeper import Child, ServiceKeeper
 from .models import create_model
 
 SERVICES = (
@@ -39,31 +41,20 @@ class Stopped(Exception):
     """SIGINT or SIGTERM arrived: shut down cleanly."""
 
 
-@dataclass
-class Child:
-    name: str
-    process: subprocess.Popen
-    log_path: Path
-
-    def tail(self, lines: int = 5) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join([ln for ln in text.splitlines() if ln.strip()][-lines:])
+def start_child(settings: Settings, name: str) -> Child:
+    """Spawn one service; its stdout and stderr append to `<logs>/<service>.stderr.log`."""
+    module = dict(SERVICES)[name]
+    env = {**os.environ, **settings.to_env(), "MLXSERVE_PARENT_PID": str(os.getpid())}
+    log_path = settings.logs_dir / f"{name}.stderr.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", module], env=env, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=log, close_fds=True)
+    return Child(name, proc, log_path)
 
 
 def start_children(settings: Settings) -> list[Child]:
-    """Spawn the three services; their stdout and stderr go to `<logs>/<service>.stderr.log`."""
-    env = {**os.environ, **settings.to_env(), "MLXSERVE_PARENT_PID": str(os.getpid())}
-    children = []
-    for name, module in SERVICES:
-        log_path = settings.logs_dir / f"{name}.stderr.log"
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", module], env=env, stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=log, close_fds=True)
-        children.append(Child(name, proc, log_path))
-    return children
+    """Spawn the three services (store, supervisor, gateway)."""
+    return [start_child(settings, name) for name, _ in SERVICES]
 
 
 def check_alive(children: list[Child]) -> None:
@@ -184,8 +175,10 @@ def serve(
         ensure_models(backend, specs)
         names = [m.name for m in backend.call("store", "List", store_pb2.ListRequest()).models]
         typer.echo(f"mlxserve is serving on {settings.base_url} (models: {', '.join(names) or 'none'})")
+        keeper = ServiceKeeper(children, lambda dead: start_child(settings, dead.name),
+                               say=lambda line: typer.echo(f"mlxctl serve: {line}", err=True))
         while True:
-            check_alive(children)
+            keeper.check(time.monotonic())
             time.sleep(0.2)
     except Stopped:
         pass

@@ -14,7 +14,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from mlxserve.services.common import logs, rpc
+from mlxserve.services.common import lifecycle, logs, rpc
 from mlxserve.v1 import frames
 from mlxserve.v1.frames import TokenEvent
 
@@ -52,6 +52,8 @@ class TokenRouter:
     async def start(self) -> None:
         """Bind the socket (replacing a stale file a dead gateway left) and start routing."""
         rpc.prepare_socket_path(self.path)
+        for stale in lifecycle.remove_stale_gateway_sockets(self.path.parent):  # those of gateways killed with -9
+            log.info("stale_socket_removed", path=str(stale))
         self._ctx = zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.PULL)
         self._sock.setsockopt(zmq.LINGER, 0)

@@ -123,6 +123,22 @@ class Residency:
             res.idle_since = self._clock()
         return key
 
+    def end_leases(self, key: Key) -> list[str]:
+        """End every lease of `key` at once (their holder is gone); a later Release of one is a no-op.
+        Returns the lease ids; the keep-alive timer starts."""
+        res = self._models.get(key)
+        if res is None or not res.leases:
+            return []
+        ended = sorted(res.leases)
+        for lease_id in ended:
+            self._lease_owner.pop(lease_id, None)
+            self._ended[lease_id] = None
+        res.leases.clear()
+        res.idle_since = self._clock()
+        while len(self._ended) > ENDED_LEASES_KEPT:
+            self._ended.popitem(last=False)
+        return ended
+
     def forget(self, key: Key) -> list[str]:
         """Drop a model (unloaded, stopped or crashed); returns the leases it still held."""
         res = self._models.pop(key, None)

@@ -9,9 +9,10 @@ A model too large for this host's memory budget, or given a placement, is served
 processes (group.py): the launcher hands back one Worker for the group, and `memory.choose_plan`
 decides where each load goes.
 
-A monitor polls each worker's Info: the memory it reports feeds the memory budget, and a worker
-holding work whose step counter has not moved for `wedge_timeout` seconds is killed as wedged
-(its leases end; the gateway sees the dead worker and fails its requests).
+A monitor polls each worker's Info: the memory it reports feeds the memory budget; a worker that
+misses several Info calls in a row (frozen, busy or idle) is killed as unresponsive, and one
+holding work whose step counter has not moved for `wedge_timeout` seconds as wedged (health.py
+decides; its leases end; the gateway sees the dead worker and fails its requests).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from mlxserve.services.common.times import rfc3339
 from mlxserve.v1 import common_pb2, worker_pb2
 
 from .clock import Clock, SystemClock
+from .health import UNRESPONSIVE, WorkerHealth
 from .memory import (
     Plan, choose_plan, dtype_bytes, expected_memory, group_rank_need, limits_from, local_ranks_memory, mlx_backend_is_cpu,
     shares_endpoints,
@@ -143,12 +145,6 @@ class _Load:
     keep_alive: float | None = None  # set when a waiter asked for a keep-alive: load even if all leave
 
 
-@dataclass
-class _Progress:
-    steps: int
-    since: float
-
-
 class WorkerPool:
     """Acquire/release/list/stop over worker processes, one per model digest."""
 
@@ -182,7 +178,7 @@ class WorkerPool:
         self._background: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
         self._room = asyncio.Event()  # replaced on each change that may free room for a load
-        self._progress: dict[int, _Progress] = {}  # by worker pid
+        self.health = WorkerHealth()  # missed Info calls and step progress, by worker pid
         self._reaper: asyncio.Task | None = None
         self._monitor: asyncio.Task | None = None
         self._closed = False
@@ -226,6 +222,9 @@ class WorkerPool:
         loaded = self._loaded.get(key)
         if loaded is not None and not loaded.worker.alive:
             self._forget_dead(loaded.worker)  # the exit watcher has not run yet
+            loaded = None
+        if loaded is not None and self.health.misses(loaded.worker.pid) and not await self.launcher.ping(loaded.worker):
+            self._kill(loaded, UNRESPONSIVE)  # it missed the monitor's last Info too: start a fresh one now
             loaded = None
         waited = loaded is None
         if loaded is None:
@@ -506,7 +505,7 @@ class WorkerPool:
     def _detach(self, key: str) -> _Loaded | None:
         loaded = self._loaded.pop(key, None)
         if loaded is not None:
-            self._progress.pop(loaded.worker.pid, None)
+            self.health.forget(loaded.worker.pid)
         dropped = self.residency.forget(key)
         self._groups.pop(key, None)
         self._room_changed()
@@ -534,12 +533,14 @@ class WorkerPool:
         # Checks _closed too: a gRPC call cancelled mid-flight can surface as an RpcError (caught
         # in the launcher's info) rather than CancelledError, which would otherwise keep this loop going.
         while not self._closed:
-            await self.clock.sleep(interval)
+            # A worker that just missed an Info call is asked again soon (its Info waited already).
+            missed = any(self.health.misses(l.worker.pid) for l in self._loaded.values())
+            await self.clock.sleep(interval / 10 if missed else interval)
             with contextlib.suppress(Exception):
                 await self.check_workers()
 
     async def check_workers(self) -> None:
-        """One monitor pass: record each worker's memory; kill a worker wedged past wedge_timeout."""
+        """One monitor pass: record each worker's memory; kill one that stopped answering or is wedged."""
         entries = [l for l in self._loaded.values() if l.worker.alive]
         infos = await asyncio.gather(*(self.launcher.info(l.worker) for l in entries))
         now = self.clock.now()
@@ -551,17 +552,27 @@ class WorkerPool:
                 self.residency.set_memory(key, local_ranks_memory(info))
             # Work outstanding: a lease is held and the worker has requests (or does not answer).
             busy = self.residency.leases(key) > 0 and (info is None or (info.running + info.waiting > 0 and info.kind != "embed"))
-            steps = info.steps if info is not None else -1
-            prog = self._progress.get(worker.pid)
-            if prog is None or not busy or (info is not None and steps != prog.steps):
-                self._progress[worker.pid] = _Progress(steps=steps if info is not None else (prog.steps if prog else -1), since=now)
+            verdict = self.health.observe(worker.pid, answered=info is not None, steps=info.steps if info is not None else -1,
+                                          busy=busy, now=now, wedge_timeout=self.settings.wedge_timeout)
+            if verdict is not None:
+                self._kill(loaded, verdict)
                 continue
-            wedge = self.settings.wedge_timeout
-            if wedge > 0 and now - prog.since >= wedge:
-                self._detach(key)
-                self.log.error("worker_wedged", model=loaded.ref.name, pid=worker.pid, stalled_s=round(now - prog.since, 3),
-                               steps=prog.steps, answered_info=info is not None, stderr_tail=worker.stderr_tail())
-                self.launcher.kill(worker)
+            idle = info is not None and self.residency.leases(key) > 0 and info.running + info.waiting == 0
+            if self.health.leased_without_work(worker.pid, idle=idle, now=now) >= self.settings.request_timeout:
+                ended = self.residency.end_leases(key)
+                self.log.warning("stale_leases_ended", model=loaded.ref.name, leases=len(ended),
+                                 idle_s=self.settings.request_timeout)
+                self._wake.set()
+                self._room_changed()
+
+    def _kill(self, loaded: _Loaded, verdict: str) -> None:
+        """SIGKILL a worker found unresponsive or wedged (it would not honour SIGTERM) and forget it."""
+        worker, now = loaded.worker, self.clock.now()
+        self.log.error(f"worker_{verdict}", model=loaded.ref.name, pid=worker.pid, missed_info=self.health.misses(worker.pid),
+                       stalled_s=round(self.health.stalled_for(worker.pid, now), 3), steps=self.health.steps(worker.pid),
+                       leases=self.residency.leases(loaded.ref.digest), stderr_tail=worker.stderr_tail())
+        self._detach(loaded.ref.digest)
+        self.launcher.kill(worker)
 
     def _track(self, task: asyncio.Task) -> None:
         self._background.add(task)
