@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from mlxserve.services.common import rpc
-from mlxserve.services.common.errors import MlxServeError, NotFound
+from mlxserve.services.common.errors import MlxServeError, NotFound, Timeout
 from mlxserve.v1 import common_pb2, store_pb2, supervisor_pb2, worker_pb2
 
 from .backends import Backends
@@ -40,8 +40,9 @@ class WorkerClient(Protocol):
 
     async def embed(self, address: str, req: worker_pb2.EmbedRequest, request_id: str, *, timeout: float) -> worker_pb2.EmbedResponse: ...
 
-    async def alive(self, address: str, *, timeout: float) -> bool:
-        """Whether the worker answers a ping within `timeout`."""
+    async def alive(self, address: str, *, timeout: float) -> bool | None:
+        """True when the worker answers a ping within `timeout`; None when something holds its
+        socket but does not answer (a frozen or stopped process); False when nothing does (it exited)."""
         ...
 
     def forget(self, address: str) -> None:
@@ -97,10 +98,12 @@ class GrpcWorkerClient:
     async def embed(self, address: str, req: worker_pb2.EmbedRequest, request_id: str, *, timeout: float) -> worker_pb2.EmbedResponse:
         return await rpc.call("worker", self.backends.worker(address).Embed, req, timeout=timeout, request_id=request_id)
 
-    async def alive(self, address: str, *, timeout: float) -> bool:
+    async def alive(self, address: str, *, timeout: float) -> bool | None:
         try:
             await rpc.call("worker", self.backends.worker(address).Ping, common_pb2.PingRequest(), timeout=timeout)
             return True
+        except Timeout:  # connected, no answer: the process is there but not running
+            return None
         except MlxServeError:
             return False
 

@@ -262,14 +262,17 @@ class Generation:
 
     async def _check_worker(self) -> None:
         address = self.lease.worker_address
-        if await self.core.workers.alive(address, timeout=PING_TIMEOUT_S):
+        state = await self.core.workers.alive(address, timeout=PING_TIMEOUT_S)
+        if state:
             return
         if not self.stream.queue.empty():  # it finished just as we asked
             return
         self.core.workers.forget(address)
         self.final = TokenEvent(request_id=self.submit_id, done=True, done_reason="error")
         self.worker_lost = True
-        log.warning("worker_lost", model=self.model, worker=address)
+        log.warning("worker_lost", model=self.model, worker=address, frozen=state is None)
+        if state is None:  # the supervisor's health check kills it; the next request gets a fresh worker
+            raise Unavailable(f"the worker for model '{self.model}' stopped responding; it is being restarted")
         raise Unavailable(f"the worker for model '{self.model}' exited unexpectedly")
 
     def _record_end(self) -> None:
@@ -492,8 +495,9 @@ class GenerationCore:
         try:
             resp = await self.workers.submit(lease.worker_address, submit, req.request_id)
         except BaseException as e:
-            if isinstance(e, MlxServeError):  # the worker refused or never got it: nothing to cancel
+            if isinstance(e, MlxServeError) and not isinstance(e, Timeout):  # refused or never got it: nothing to cancel
                 gen.final = TokenEvent(request_id=submit_id, done=True, done_reason="error")
+            # A Submit past its deadline may still be tokenizing, or just queued: close() tells the worker to cancel.
             gen.in_flight = None  # still in flight if retried; start() ends it otherwise
             gen.worker_lost = isinstance(e, Unavailable)
             await gen.close()  # when the client went away mid-Submit, this cancels on the worker

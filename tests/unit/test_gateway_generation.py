@@ -85,6 +85,18 @@ def test_a_worker_that_dies_mid_stream_fails_the_request_and_is_forgotten(tmp_pa
     run(tmp_path, scenario, lease_linger_s=60.0)
 
 
+def test_a_worker_that_freezes_mid_stream_fails_the_request_saying_it_stopped_responding(tmp_path):
+    async def scenario(c: InprocCore):
+        c.worker.plan = [text("Hel"), "freeze"]
+        gen = await c.core.start(request())
+        with pytest.raises(Unavailable, match="stopped responding; it is being restarted"):
+            async for _ in gen.events():
+                pass
+        await gen.close()
+        assert gen.worker_lost
+    run(tmp_path, scenario)
+
+
 def test_a_leased_worker_that_cannot_be_reached_is_retried_once_with_a_fresh_lease(tmp_path):
     async def scenario(c: InprocCore):
         c.supervisor.dead_addresses = ["inproc://gone"]
