@@ -109,6 +109,11 @@ class FrameSender:
             sock = self._context.socket(zmq.PUSH)
             sock.setsockopt(zmq.SNDHWM, self._send_hwm)
             sock.setsockopt(zmq.LINGER, 1000)
+            # Queue only on a live connection: a gateway that died (kill -9) then refuses every
+            # frame at once, and its requests are cancelled after SEND_TIMEOUT_MS, instead of the
+            # engine generating for it until SNDHWM frames have piled up in a dead pipe first.
+            # (A fresh connection completes within REFUSAL_GRACE_MS.)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
             try:
                 sock.connect(address)
             except zmq.ZMQError:

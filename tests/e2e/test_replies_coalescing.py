@@ -164,6 +164,24 @@ def test_gone_gateway_drops_its_frames_without_holding_up_another(
     alive.close()
 
 
+def test_requests_of_a_gateway_that_died_are_reported_undeliverable_after_a_few_frames(
+        sender: FrameSender, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(replies, "SEND_TIMEOUT_MS", 1000)
+    dead = Gateway(tmp_path / "dead.ipc")
+    first = events("early", 2)
+    for event in first:
+        sender.send(dead.address, event)
+    dead.wait_done({"early"})
+    dead.close()  # the gateway goes away mid-stream (its process killed): nobody reads that path again
+    started = time.monotonic()
+    for event in events("orphan", 3)[:-1]:  # a few tokens, far below the high-water mark
+        sender.send(dead.address, event)
+    while "orphan" not in sender.undeliverable and time.monotonic() - started < 5:
+        time.sleep(0.01)
+    assert "orphan" in sender.undeliverable, "the worker would go on generating for a gateway that is gone"
+    assert time.monotonic() - started < 3.0
+
+
 def test_held_frames_merge_per_request_in_order_and_never_past_done() -> None:
     held = _Gateway(sock=None, used=0.0)  # type: ignore[arg-type]
     held.hold(TokenEvent("a", text="1", token_ids=[1]))
