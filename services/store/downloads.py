@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator, Protocol
 
-from mlxserve.services.common.errors import Cancelled, Internal, MlxServeError, Unavailable
+from mlxserve.services.common.errors import Cancelled, DiskFull, Internal, MlxServeError, Unavailable
 
 from .blobs import CHUNK
 from .connections import describe_failure
@@ -164,6 +164,12 @@ def _download(store: ModelStore, source: BlobSource, desc: Descriptor, download:
             remaining -= len(chunk)
         download.completed = offset
         report(offset, force=True)
+        try:
+            check_room(store.tmp_dir, desc, offset)
+        except DiskFull:
+            if not offset:
+                partial.unlink(missing_ok=True)  # nothing of it was ever fetched
+            raise
         if offset < desc.size:
             h = _receive(source, desc, f, h, offset, download, report, cancel)
         f.flush()
@@ -175,6 +181,17 @@ def _download(store: ModelStore, source: BlobSource, desc: Descriptor, download:
                            f"to {got}); nothing was stored")
         store.blobs.adopt(partial, desc.digest)
     report(desc.size, force=True)
+
+
+def check_room(folder: Path, desc: Descriptor, have: int = 0) -> None:
+    """Refuse, before a byte is fetched, a blob the disk cannot hold: a manifest may declare any
+    size (2^60 bytes for a layer is a lie, or a model no disk here holds), and downloading until the
+    disk fills would only end in a worse error later."""
+    usage = os.statvfs(folder)
+    free = usage.f_bavail * usage.f_frsize
+    if desc.size - have > free:
+        raise DiskFull(f"layer {desc.digest} declares {desc.size} bytes; the disk holding the model store has "
+                       f"{free} bytes free: nothing was downloaded")
 
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mlxserve.services.common.errors import DiskFull
 from mlxserve.services.store.downloads import fetch_blob
 from mlxserve.services.store.manifest import Descriptor
 from mlxserve.services.store.store import ModelStore
@@ -56,3 +57,25 @@ def test_a_pull_waiting_on_a_download_that_filled_the_disk_is_told_the_disk_is_f
     assert waiting.is_set()
     assert isinstance(errors["owner"], OSError) and errors["owner"].errno == errno.ENOSPC
     assert waited.value.errno == errno.ENOSPC
+
+
+class Untouched:
+    """A source that must not be asked for a byte."""
+
+    where = "a test source"
+
+    def __init__(self) -> None:
+        self.opened = False
+
+    def open(self, digest: str, offset: int):  # noqa: ANN201 - fails the test if reached
+        self.opened = True
+        raise AssertionError("the blob was fetched")
+
+
+def test_a_layer_declaring_more_bytes_than_the_disk_has_free_is_refused_before_anything_is_fetched(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models")
+    source = Untouched()
+    with pytest.raises(DiskFull, match=r"declares 1152921504606846976 bytes; the disk holding the model store has \d+ bytes free"):
+        fetch_blob(store, source, Descriptor("application/octet-stream", "sha256:" + "cd" * 32, 1 << 60), lambda e: None, None)
+    assert not source.opened
+    assert not any(store.tmp_dir.glob("*"))
