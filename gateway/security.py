@@ -7,7 +7,8 @@
   rebound to 127.0.0.1 sends its own name and is refused (DNS rebinding).
 - Browsers may call from allowed origins only (CORS); a request from any other origin is refused,
   because a "simple" cross-site POST needs no preflight and would otherwise reach the handlers.
-- JSON bodies must arrive within `body_timeout` and fit `max_body_bytes` (aiohttp's client_max_size).
+- JSON bodies must arrive within `body_timeout` and fit `max_body_bytes` (aiohttp's client_max_size),
+  and large ones together may not hold more than `max_inflight_body_bytes` (`BodyBudget`).
 
 Handlers get no wall-clock bound here: generation is bounded by `request_timeout` in the
 generation core, each backend call carries its own gRPC deadline, and pull/push/create stream
@@ -27,7 +28,7 @@ from aiohttp import hdrs, web
 
 from mlxserve.services.common import logs
 from mlxserve.services.common.config import Settings
-from mlxserve.services.common.errors import Forbidden, InvalidArgument, Unauthenticated
+from mlxserve.services.common.errors import Busy, Forbidden, InvalidArgument, Unauthenticated
 
 from .rendering import dialect_of, error_response, http_error_response
 
@@ -45,6 +46,9 @@ CORS_HEADERS = ("Authorization", "Content-Type", "Accept", "User-Agent", "X-Requ
 API_KEY_HEADER = "x-api-key"  # Anthropic's way to send the key
 CORS_EXPOSE = "X-Request-Id, Retry-After, X-Mlxserve-Ignored"
 CORS_MAX_AGE_S = 600
+# Bodies up to this size are not counted against max_inflight_body_bytes: a chat turn is a few KB.
+SMALL_BODY_BYTES = 1 << 20
+BODY_BUDGET_RETRY_AFTER_S = 1.0
 
 log = logs.get_logger(component="security")
 
@@ -140,11 +144,35 @@ def _same_origin(request: web.Request, origin: str) -> bool:
     return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
 
 
-def middlewares(settings: Settings) -> list[Handler]:
+class BodyBudget:
+    """Bytes of large request bodies held at once (each large body is parsed and copied a few
+    times while its request runs): a request that would pass the budget waits for none of it and
+    is refused as Busy (503, Retry-After) before its body is read. One per gateway, event loop only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> int:
+        """Charge `size` bytes (0 for a small body); Busy when the budget cannot hold them."""
+        if size <= SMALL_BODY_BYTES or self.limit <= 0:
+            return 0
+        if self.held + size > self.limit:
+            raise Busy(f"the server is holding {self.held} bytes of large request bodies (max_inflight_body_bytes="
+                       f"{self.limit}); this one declares {size}", retry_after=BODY_BUDGET_RETRY_AFTER_S)
+        self.held += size
+        return size
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
+def middlewares(settings: Settings, budget: BodyBudget | None = None) -> list[Handler]:
     """The gateway's guards, outermost first; they go after the request-id/error middleware."""
     hosts = HostPolicy(settings.allowed_hosts)
     origins = OriginPolicy(settings.cors_origins)
     check_host = is_loopback(settings.host)  # beyond loopback the API key is the guard
+    bodies = budget or BodyBudget(settings.max_inflight_body_bytes)
 
     @web.middleware
     async def host_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -191,7 +219,18 @@ def middlewares(settings: Settings) -> list[Handler]:
     async def body_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         resource = request.match_info.route.resource
         streamed = resource is not None and resource.canonical in STREAMED_BODY_ROUTES
-        if request.body_exists and not streamed:
+        if not request.body_exists or streamed:
+            return await handler(request)
+        # Charged before a byte is read: what the client declares (a chunked body: the most it may be).
+        declared = min(request.content_length or settings.max_body_bytes, settings.max_body_bytes)
+        try:
+            charged = bodies.take(declared)
+        except Busy as e:
+            log.warning("body_budget_full", path=request.path, declared=declared, held=bodies.held)
+            resp = error_response(e, dialect_of(request.path, request.headers))
+            resp.force_close()  # its body was not read
+            return resp
+        try:
             try:
                 async with asyncio.timeout(settings.body_timeout):
                     await request.read()  # cached for the handler; aiohttp raises 413 past client_max_size
@@ -201,7 +240,9 @@ def middlewares(settings: Settings) -> list[Handler]:
                                            dialect_of(request.path, request.headers))
                 resp.force_close()  # the rest of the body may never come
                 return resp
-        return await handler(request)
+            return await handler(request)
+        finally:
+            bodies.give(charged)
 
     return [host_guard, origin_guard, api_key_guard, body_guard]
 

@@ -66,6 +66,9 @@ class Settings:
     request_timeout: float = 600.0   # seconds one generation may take end to end
     log_level: str = "info"
     max_body_bytes: int = 32 * 1024 * 1024
+    # Bytes of request bodies over 1 MiB the gateway holds at once (each is parsed and copied a few
+    # times while its request runs); one that would pass it is refused as busy (503, Retry-After).
+    max_inflight_body_bytes: int = 256 * 1024 * 1024
     body_timeout: float = 60.0       # seconds a client may take to send a request's headers and JSON body
     # Exposure (README "Exposing the server"). api_key: the Bearer token every HTTP request must
     # carry (except GET/HEAD / and GET /api/health); required to listen beyond loopback unless

@@ -158,6 +158,25 @@ def test_a_too_big_json_body_is_413_in_the_dialect_shape():
     run(scenario())
 
 
+def test_large_bodies_past_the_inflight_budget_are_503_with_retry_after_and_small_ones_still_pass():
+    async def scenario():
+        async with gateway(max_inflight_body_bytes=3 << 20) as g:
+            g.worker.plan = [0.5, *g.worker.plan]  # the first generation holds its body for a while
+            big = {**CHAT, "stream": False, "messages": [{"role": "user", "content": "x" * (2 << 20)}]}
+            first = asyncio.ensure_future(g.client.post("/api/chat", json=big))
+            while not g.worker.submits:
+                await asyncio.sleep(0.01)
+            g.worker.plan = g.worker.plan[1:]
+            refused = await g.client.post("/api/chat", json=big)
+            assert refused.status == 503 and refused.headers["Retry-After"] == "1"
+            assert "max_inflight_body_bytes" in (await refused.json())["error"]
+            small = await g.client.post("/api/chat", json={**CHAT, "stream": False})
+            assert small.status == 200
+            assert (await first).status == 200
+            assert (await g.client.post("/api/chat", json=big)).status == 200  # the budget came back
+    run(scenario())
+
+
 def test_a_blob_upload_is_not_held_to_the_json_body_limit():
     async def scenario():
         async with gateway(max_body_bytes=2048) as g:
