@@ -42,6 +42,7 @@ from mlx.utils import tree_unflatten
 from mlx_lm.models.cache import can_trim_prompt_cache, load_prompt_cache, save_prompt_cache
 
 from mlxserve.services.common import logs
+from mlxserve.services.common.lifecycle import pid_alive
 
 log = logs.get_logger()
 
@@ -397,12 +398,4 @@ def _tokens(metadata: dict[str, str]) -> np.ndarray:
 
 
 def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid == os.getpid() or pid_alive(pid)
