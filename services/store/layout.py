@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from mlxserve.services.common.errors import (
     Cancelled,
@@ -43,18 +43,24 @@ BLOB_ENTRY = re.compile(r"blobs/sha256/([0-9a-f]{64})")
 _INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
 
 
+def load_json(data: bytes, where: str, what: str) -> dict[str, Any]:
+    """A JSON object from a registry or a package, refused (InvalidArgument naming `what`) if it is not one."""
+    try:
+        doc = json.loads(data)
+    except RecursionError:
+        raise InvalidArgument(f"{where}: {what} is nested too deeply to be an OCI document") from None
+    except ValueError as e:
+        raise InvalidArgument(f"{where}: {what} is not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument(f"{where}: {what} is not a JSON object")
+    return doc
+
+
 def model_manifest(data: bytes, where: str) -> Manifest:
     """Parse a manifest fetched from elsewhere, refusing (clearly) anything that is not an mlxserve model."""
     if len(data) > MAX_MANIFEST_BYTES:
         raise InvalidArgument(f"{where}: manifest is larger than {MAX_MANIFEST_BYTES} bytes")
-    try:
-        doc = json.loads(data)
-    except RecursionError:
-        raise InvalidArgument(f"{where}: the manifest is nested too deeply to be an OCI manifest") from None
-    except ValueError as e:
-        raise InvalidArgument(f"{where}: the manifest is not JSON: {e}") from e
-    if not isinstance(doc, dict):
-        raise InvalidArgument(f"{where}: the manifest is not a JSON object")
+    doc = load_json(data, where, "the manifest")
     if doc.get("mediaType") in _INDEX_TYPES or "manifests" in doc:
         raise Unsupported(f"{where} is an image index (multi-platform image), not an mlxserve model")
     config_type = (doc.get("config") or {}).get("mediaType") if isinstance(doc.get("config"), dict) else None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
-import json
 import lzma
 import os
 import shutil
@@ -45,6 +44,7 @@ from ..layout import (
     REF_NAME,
     Throttle,
     check_cancel,
+    load_json,
     model_manifest,
     short,
 )
@@ -139,19 +139,6 @@ def _open_source(store: ModelStore, source: str, insecure: bool, progress: Progr
     if not path.is_file():
         raise NotFound(f"package {source!r} not found (not a file)")
     return open(path, "rb"), str(path), None
-
-
-def load_json(data: bytes, where: str, what: str) -> dict[str, Any]:
-    """A JSON object from a package, refused (InvalidArgument naming `what`) if it is not one."""
-    try:
-        doc = json.loads(data)
-    except RecursionError:
-        raise InvalidArgument(f"{where}: {what} is nested too deeply to be an OCI document") from None
-    except ValueError as e:
-        raise InvalidArgument(f"{where}: {what} is not valid JSON ({e})") from None
-    if not isinstance(doc, dict):
-        raise InvalidArgument(f"{where}: {what} is not a JSON object")
-    return doc
 
 
 def _pick_manifest(index: dict, where: str, tag: str | None) -> dict:
