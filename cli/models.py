@@ -8,7 +8,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from mlxserve.services.common.errors import InvalidArgument, NotFound
+from mlxserve.services.common.errors import InvalidArgument, MlxServeError
 from mlxserve.v1 import common_pb2, store_pb2
 
 from .backend import Backend, complete_model_names, exits_on_error, settings_from
@@ -47,16 +47,18 @@ def list_models(ctx: typer.Context, as_json: bool = typer.Option(False, "--json"
 
 
 def current_digest(backend: Backend, name: str) -> str | None:
-    """The manifest digest `name` has in the store now, or None if there is no such model."""
+    """The manifest digest `name` has in the store now, or None if there is no such model (or the
+    lookup fails: it only serves the "replaced" line; the operation itself says what is wrong)."""
     try:
         return backend.call("store", "Show", store_pb2.ShowRequest(name=name)).summary.digest
-    except (NotFound, InvalidArgument):
-        return None  # an invalid name: the operation itself says what is wrong with it
+    except MlxServeError:
+        return None
 
 
 def say_replaced(backend: Backend, name: str, old: str | None) -> None:
     """Tell that `name` replaced a different model (create and cp replace, as Ollama's do)."""
-    if old is not None and current_digest(backend, name) != old:
+    new = current_digest(backend, name) if old is not None else None
+    if old is not None and new is not None and new != old:
         typer.echo(f"replaced {name} (was {old[:12]})")
 
 
