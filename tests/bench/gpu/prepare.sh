@@ -33,7 +33,8 @@ carry_b="protobuf==7.36.2 pyzmq==27.3.0 msgspec==0.22.0 structlog==26.1.0 typer=
   rich==15.0.0 markdown-it-py==4.3.0 mdurl==0.1.2 pygments==2.21.0 shellingham==1.5.4 annotated-doc==0.0.7
   prometheus-client==0.26.0 aiohttp==3.14.5 aiosignal==1.4.0 aiohappyeyeballs==2.7.1 attrs==26.1.0
   frozenlist==1.8.0 multidict==7.2.1 propcache==0.5.4 yarl==1.25.1 typing-extensions==4.16.0 py-spy==0.4.3
-  pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5"
+  pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+  gguf==0.19.0 pyyaml==6.0.4 requests==2.34.2 tqdm==4.70.1 urllib3==2.8.0 idna==3.21 certifi==2026.10.19.post1 charset-normalizer==3.5.3"
 
 # 1. MLX (CUDA) wheels in two halves; grpcio rides in .gpu/a to balance the two calls' sizes.
 EXTRA="$carry_a" bash ../shared/tools/gpu-wheels >/dev/null 2> >(grep -v "^WARNING: Location" >&2)
