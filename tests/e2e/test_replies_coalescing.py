@@ -3,6 +3,8 @@ nothing lost or reordered, to one that fell behind; dropped and reported for one
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -164,22 +166,45 @@ def test_gone_gateway_drops_its_frames_without_holding_up_another(
     alive.close()
 
 
-def test_requests_of_a_gateway_that_died_are_reported_undeliverable_after_a_few_frames(
-        sender: FrameSender, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+GATEWAY_PROCESS = """
+import sys, zmq
+sock = zmq.Context().socket(zmq.PULL)
+sock.bind(sys.argv[1])
+print("bound", flush=True)
+while True:
+    sock.recv()
+"""
+
+
+def test_requests_of_a_gateway_killed_mid_stream_are_reported_undeliverable_within_the_send_timeout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(replies, "SEND_TIMEOUT_MS", 1000)
-    dead = Gateway(tmp_path / "dead.ipc")
-    first = events("early", 2)
-    for event in first:
-        sender.send(dead.address, event)
-    dead.wait_done({"early"})
-    dead.close()  # the gateway goes away mid-stream (its process killed): nobody reads that path again
-    started = time.monotonic()
-    for event in events("orphan", 3)[:-1]:  # a few tokens, far below the high-water mark
-        sender.send(dead.address, event)
-    while "orphan" not in sender.undeliverable and time.monotonic() - started < 5:
-        time.sleep(0.01)
-    assert "orphan" in sender.undeliverable, "the worker would go on generating for a gateway that is gone"
-    assert time.monotonic() - started < 3.0
+    address = f"ipc://{tmp_path}/gateway.ipc"
+    gateway = subprocess.Popen([sys.executable, "-c", GATEWAY_PROCESS, address], stdout=subprocess.PIPE, text=True)
+    undeliverable: list[str] = []
+    sender = FrameSender(on_undeliverable=undeliverable.append)  # the worker's own high-water mark
+    try:
+        assert gateway.stdout is not None and gateway.stdout.readline().strip() == "bound"
+        for event in events("early", 3):
+            sender.send(address, event)
+        wait_until_sent(sender)
+        gateway.kill()  # kill -9: its socket file stays, nobody reads it again
+        gateway.wait()
+        started = time.monotonic()
+        # The engine goes on making a frame a step (20 a second here) for the request of the gone gateway.
+        for event in events("orphan", 1000)[:-1]:
+            if "orphan" in undeliverable or time.monotonic() - started > 20:
+                break
+            sender.send(address, event)
+            time.sleep(0.05)
+        took = time.monotonic() - started
+        assert "orphan" in undeliverable, "the worker would go on generating for a gateway that is gone"
+        # Within the send timeout (1 s here), not after a high-water mark's worth of frames (~14 s).
+        assert took < 4.0, took
+    finally:
+        sender.close()
+        if gateway.poll() is None:
+            gateway.kill()
 
 
 def test_held_frames_merge_per_request_in_order_and_never_past_done() -> None:
